@@ -11,6 +11,7 @@ from uenn_geo.nn.activation import (
 from uenn_geo.nn.functional import concat_scalars, safe_norm, split_scalars, unit_vectors
 from uenn_geo.nn.linear import EquivariantLinear
 from uenn_geo.nn.mlp import EquivariantMLP
+from uenn_geo.nn.radial import GaussianBasis, SmoothCutoff, smooth_cutoff
 
 __all__ = [
     "EquivariantLinear",
@@ -21,6 +22,9 @@ __all__ = [
     "VectorLeakyReLU",
     "Identity",
     "ACTIVATIONS",
+    "GaussianBasis",
+    "SmoothCutoff",
+    "smooth_cutoff",
     "concat_scalars",
     "split_scalars",
     "safe_norm",
