@@ -1,0 +1,102 @@
+"""Force models with one interface: a PyG batch with ``pos`` (Angstrom) in, forces (eV/A) out.
+
+Every model class takes JSON-serialisable keyword arguments, keeps them in ``model.config``,
+and is registered in :data:`MODELS`, so that :func:`save_model` / :func:`load_model` can
+rebuild it from a file without pickled code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from uenn_geo.io import atomic_save
+from uenn_geo.models.paper import PaperForceModel
+
+__all__ = ["MODELS", "PaperForceModel", "save_model", "load_model", "model_record", "FORMAT"]
+
+#: Model classes by name.
+MODELS: dict[str, type[nn.Module]] = {"paper": PaperForceModel}
+
+try:  # the graph force field arrives with its own module
+    from uenn_geo.models.forcefield import UENNForceField
+
+    MODELS["graph"] = UENNForceField
+    __all__.append("UENNForceField")
+except ImportError:  # pragma: no cover - only while the module is absent
+    pass
+
+#: Marker and version written into every model file.
+FORMAT = "uenn-geo-model"
+FORMAT_VERSION = 1
+
+
+def _model_name(model: nn.Module) -> str:
+    for name, cls in MODELS.items():
+        if type(model) is cls:
+            return name
+    raise ValueError(f"{type(model).__name__} is not a registered model; known: {sorted(MODELS)}")
+
+
+def model_record(model: nn.Module, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The dictionary :func:`save_model` writes: name, configuration, weights, metadata."""
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "model": _model_name(model),
+        "config": dict(model.config),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "metadata": dict(metadata or {}),
+    }
+
+
+def save_model(
+    model: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None
+) -> None:
+    """Save ``model`` (weights, configuration, scales, format version) atomically to ``path``."""
+    atomic_save(model_record(model, metadata), path)
+
+
+def model_from_record(record: Any, source: str = "record") -> nn.Module:
+    """Rebuild a model from :func:`model_record`'s dictionary, checking it on the way."""
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ValueError(
+            f"{source} is not a uenn-geo model file (no '{FORMAT}' marker); "
+            "training checkpoints are loaded with uenn_geo.train, models with load_model"
+        )
+    if record.get("version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{source} has model format version {record.get('version')}, this uenn-geo "
+            f"reads version {FORMAT_VERSION}"
+        )
+    name = record.get("model")
+    if name not in MODELS:
+        raise ValueError(f"{source} holds an unknown model {name!r}; known: {sorted(MODELS)}")
+    model = MODELS[name](**record["config"])
+    try:
+        model.load_state_dict(record["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(f"{source}: weights do not fit the stored configuration: {err}") from err
+    model.metadata = record.get("metadata", {})
+    return model
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load a model written by :func:`save_model`, in evaluation mode.
+
+    Raises:
+        ValueError: the file is not a uenn-geo model file, has another format version, or
+            its weights do not fit its configuration.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    try:
+        record = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a uenn-geo model file: {err}") from err
+    return model_from_record(record, source=str(path)).eval()

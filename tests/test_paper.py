@@ -1,0 +1,87 @@
+"""A tiny end-to-end run of ``uenn-geo paper`` (a few hundred samples, seconds)."""
+
+import json
+
+import pytest
+import torch
+
+import uenn_geo
+from uenn_geo.cli import main
+from uenn_geo.data.lj import lennard_jones
+from uenn_geo.md import paper_md_initial_positions
+from uenn_geo.paper import preset_config, run_md_test
+
+
+@pytest.mark.slow
+def test_paper_command_end_to_end(tmp_path, capsys):
+    out, root = tmp_path / "run", tmp_path / "data"
+    args = [
+        "paper",
+        "--out",
+        str(out),
+        "--root",
+        str(root),
+        "--num-configs",
+        "400",
+        "--time-limit",
+        "3",
+        "--md-steps",
+        "200",
+        "--fire-compare-time",
+        "2",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    for name in [
+        "report.md",
+        "metrics.json",
+        "model.pt",
+        "fig2_loss.png",
+        "fig3_parity.png",
+        "fig4_position_rmsd.png",
+        "fig5_x_atom1.png",
+        "fig6_energy_rmsd.png",
+        "fig7_energy_sample1.png",
+        "train/log.csv",
+        "train/checkpoint.pt",
+    ]:
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["train"] == 240 and metrics["data"]["test"] == 80
+    assert 0 < metrics["test_force_rmsd"] < 1.0
+    assert metrics["md"]["bounded"]
+    assert set(metrics["fire"]) == {"fire_full_batch", "fire_minibatch"}
+    report = (out / "report.md").read_text()
+    assert "| Test force RMSD (eV/A) | 0.00118 |" in report
+    model = uenn_geo.load_model(out / "model.pt")
+    assert model.metadata["experiment"] == "paper"
+    assert "test force RMSD" in capsys.readouterr().out
+    # cached data is reused by a second run (same file name)
+    files = list((root / "paper_argon" / "processed").glob("paper_n400_*.pt"))
+    assert len(files) == 1
+
+
+def test_md_test_with_exact_forces_has_zero_error():
+    class Exact(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+        def forward(self, data):
+            return lennard_jones(data.pos.reshape(-1, 4, 3))[1].reshape(-1, 3)
+
+    md = run_md_test(Exact(), samples=3, steps=50)
+    assert max(md["position_rmsd"]) < 1e-12
+    assert max(md["energy_rmsd"]) < 1e-12
+    assert md["bounded"]
+    assert md["x_atom1"]["exact"][0] == pytest.approx(paper_md_initial_positions()[0, 0].item())
+
+
+def test_presets_and_errors():
+    cfg = preset_config("full", out="x")
+    assert cfg.time_limit > 3600 and cfg.out == "x"
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_config("huge")
+    with pytest.raises(ValueError, match="sampling"):
+        preset_config("default", sampling="bogus")
+    assert main(["paper", "--model", "paper", "--num-configs", "1", "--out", "/nonexistent/x"]) == 2

@@ -1,0 +1,111 @@
+import csv
+import math
+
+import pytest
+import torch
+
+from uenn_geo.data.lj import lennard_jones
+from uenn_geo.data.paper import sample_paper_configurations
+from uenn_geo.models import PaperForceModel, load_model
+from uenn_geo.train import DenseForceData, TrainConfig, evaluate, train
+
+
+def _data(n, seed):
+    pos = sample_paper_configurations(n, generator=torch.Generator().manual_seed(seed))
+    _, forces = lennard_jones(pos)
+    return DenseForceData(pos.float(), forces.float())
+
+
+@pytest.fixture
+def setup():
+    tr, va = _data(256, 1), _data(64, 2)
+    model = PaperForceModel(hidden=[16, 16])
+    model.fit_scales(tr.pos, tr.forces)
+    return model, tr, va
+
+
+def test_training_reduces_error_and_writes_files(setup, tmp_path):
+    model, tr, va = setup
+    before = evaluate(model, va)["force_rmse"]
+    res = train(model, tr, va, TrainConfig(max_epochs=15, batch_size=32, progress=False), tmp_path)
+    assert res.best_val_rmse < 0.7 * before
+    assert res.epochs == 15 and res.stop_reason == "max_epochs"
+    assert res.best_val_rmse == pytest.approx(evaluate(model, va)["force_rmse"], rel=1e-5)
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert len(rows) == 15 and float(rows[-1]["step"]) == 15 * 8
+    best = load_model(tmp_path / "model.pt")
+    assert evaluate(best, va)["force_rmse"] == pytest.approx(res.best_val_rmse, rel=1e-5)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_resume_equals_uninterrupted(setup, tmp_path):
+    model, tr, va = setup
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(max_epochs=6, batch_size=32, progress=False)
+    full = train(model, tr, va, cfg, tmp_path / "a")
+    full_state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model.load_state_dict(init)
+    train(model, tr, va, TrainConfig(max_epochs=3, batch_size=32, progress=False), tmp_path / "b")
+    fresh = PaperForceModel(hidden=[16, 16])  # a new process would build a new model
+    res = train(fresh, tr, va, cfg, tmp_path / "b")
+    assert res.epochs == 6
+    assert [r["val_force_rmse"] for r in res.history] == [r["val_force_rmse"] for r in full.history]
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, full_state[k]), k
+
+
+def test_resume_refuses_other_config(setup, tmp_path):
+    model, tr, va = setup
+    train(model, tr, va, TrainConfig(max_epochs=1, batch_size=32, progress=False), tmp_path)
+    other = PaperForceModel(hidden=[8])
+    with pytest.raises(ValueError, match="another model configuration"):
+        train(other, tr, va, TrainConfig(max_epochs=2, batch_size=32, progress=False), tmp_path)
+    with pytest.raises(ValueError, match="other training settings"):
+        train(model, tr, va, TrainConfig(max_epochs=2, batch_size=64, progress=False), tmp_path)
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(setup, tmp_path):
+    model, tr, va = setup
+    train(model, tr, va, TrainConfig(max_epochs=2, batch_size=32, progress=False), tmp_path)
+    good = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    bad = DenseForceData(tr.pos.clone(), tr.forces.clone())
+    bad.forces[5, 0, 0] = math.nan
+    with pytest.warns(RuntimeWarning, match="non-finite training loss"):
+        res = train(
+            model, bad, va, TrainConfig(max_epochs=4, batch_size=32, progress=False), tmp_path
+        )
+    assert res.stop_reason == "nan"
+    after = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert after["epoch"] == good["epoch"] == 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_fire_and_resampling(setup):
+    model, tr, va = setup
+    before = evaluate(model, va)["force_rmse"]
+    res = train(
+        model, tr, va, TrainConfig(optimizer="fire", batch_size=None, max_steps=40, progress=False)
+    )
+    assert res.steps == 40 and res.best_val_rmse < before
+    assert "fire_dt" in res.history[0]
+    calls = []
+
+    def resample(gen):
+        calls.append(1)
+        pos = sample_paper_configurations(64, generator=gen)
+        return DenseForceData(pos.float(), lennard_jones(pos)[1].float())
+
+    train(
+        model, tr, va, TrainConfig(max_epochs=3, batch_size=32, progress=False), resample=resample
+    )
+    assert len(calls) == 3
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="at least one"):
+        TrainConfig()
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="sgd", max_epochs=1)
+    with pytest.raises(ValueError, match="shape"):
+        DenseForceData(torch.zeros(3, 4, 3), torch.zeros(3, 4))
