@@ -275,3 +275,23 @@ def test_invalid_inputs():
         edge_vectors(pos, torch.zeros(2, 2, dtype=torch.long), torch.zeros(3, 3))
     with pytest.raises(ValueError, match="r_cut"):
         RadiusGraph(-1.0)
+
+
+def test_dense_path_matches_vesin_path(monkeypatch):
+    import uenn_geo.neighbors as nb
+
+    sizes = [3, 17, 1, 40, 8]
+    batch = torch.cat([torch.full((n,), g) for g, n in enumerate(sizes)])
+    batch = batch[torch.randperm(batch.numel())]  # unsorted batch vector
+    pos = torch.randn(batch.numel(), 3, dtype=torch.float64) * 4
+    dense = nb.radius_graph(pos, 5.0, batch=batch)
+    monkeypatch.setattr(nb, "DENSE_PAIR_LIMIT", 0)
+    sparse = nb.radius_graph(pos, 5.0, batch=batch)
+    def canonical(edge_index):
+        key = edge_index[0] * batch.numel() + edge_index[1]
+        return edge_index[:, torch.argsort(key)]
+
+    assert torch.equal(canonical(dense[0]), canonical(sparse[0]))
+    assert torch.equal(dense[0][0], sparse[0][0])  # both grouped by graph, sorted by centre
+    assert torch.count_nonzero(dense[1]) == 0
+    assert dense[0].shape[1] > 50
