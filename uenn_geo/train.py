@@ -56,6 +56,10 @@ class TrainConfig:
         seed: seeds parameter-independent randomness (shuffling, resampling).
         eval_batch_size: structures per evaluation batch.
         fire: keyword arguments of :class:`~uenn_geo.optim.FIRE`.
+        ema_decay: keep an exponential moving average of the weights with this decay
+            (warmed up as ``min(decay, (1 + t) / (10 + t))`` at step ``t``); validation, the
+            best model and the returned model use the averaged weights. :obj:`None` turns it
+            off (default: 0.999 for Adam; FIRE runs never average).
         progress: show a progress bar.
     """
 
@@ -73,6 +77,7 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 4096
     fire: dict[str, float] = field(default_factory=dict)
+    ema_decay: float | None = 0.999
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -88,6 +93,40 @@ class TrainConfig:
             raise ValueError(f"batch_size must be positive or None, got {self.batch_size}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in (0, 1) or be None, got {self.ema_decay}")
+
+
+class _EMA:
+    """Exponential moving average of a model's parameters, swapped in for evaluation."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - decay)
+        self.updates += 1
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchange the live and the averaged weights (call twice to undo)."""
+        for p, s in zip(self.params, self.shadow, strict=True):
+            tmp = p.detach().clone()
+            p.copy_(s)
+            s.copy_(tmp)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"shadow": [s.clone() for s in self.shadow], "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for s, saved in zip(self.shadow, state["shadow"], strict=True):
+            s.copy_(saved)
+        self.updates = state["updates"]
 
 
 @dataclass
@@ -297,6 +336,11 @@ def train(
         if config.schedule == "plateau" and config.optimizer == "adam"
         else None
     )
+    ema = (
+        _EMA(model, config.ema_decay)
+        if config.ema_decay is not None and config.optimizer == "adam"
+        else None
+    )
     history: list[dict[str, float]] = []
     epoch = step = 0
     elapsed = 0.0
@@ -311,6 +355,8 @@ def train(
         optimizer.load_state_dict(ckpt["optimizer"])
         if plateau is not None and ckpt.get("plateau") is not None:
             plateau.load_state_dict(ckpt["plateau"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         gen.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
         epoch, step, elapsed = ckpt["epoch"], ckpt["step"], ckpt["elapsed"]
@@ -359,6 +405,8 @@ def train(
             if config.grad_clip is not None and config.optimizer == "adam":
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
+            if ema is not None:
+                ema.update()
             loss_sum += loss.item()
             loss_count += 1
             step += 1
@@ -378,6 +426,8 @@ def train(
             stop_reason = "nan"
             break
         train_time = time.perf_counter() - t0
+        if ema is not None:
+            ema.swap()
         val = evaluate(model, val_data, config.eval_batch_size)["force_rmse"]
         epoch += 1
         elapsed += time.perf_counter() - t0
@@ -398,6 +448,8 @@ def train(
                 save_model(model, out / "model.pt", metadata)
         else:
             epochs_since_best += 1
+        if ema is not None:
+            ema.swap()
         row = {
             "epoch": epoch,
             "step": step,
@@ -419,6 +471,7 @@ def train(
                     "model": model_record(model),
                     "optimizer": optimizer.state_dict(),
                     "plateau": plateau.state_dict() if plateau is not None else None,
+                    "ema": ema.state_dict() if ema is not None else None,
                     "generator": gen.get_state(),
                     "torch_rng": torch.get_rng_state(),
                     "train_config": _config_dict(config),

@@ -15,20 +15,21 @@ import torch
 from torch import nn
 
 from uenn_geo.io import atomic_save
+from uenn_geo.models.forcefield import UENNForceField
 from uenn_geo.models.paper import PaperForceModel
 
-__all__ = ["MODELS", "PaperForceModel", "save_model", "load_model", "model_record", "FORMAT"]
+__all__ = [
+    "MODELS",
+    "PaperForceModel",
+    "UENNForceField",
+    "save_model",
+    "load_model",
+    "model_record",
+    "FORMAT",
+]
 
 #: Model classes by name.
-MODELS: dict[str, type[nn.Module]] = {"paper": PaperForceModel}
-
-try:  # the graph force field arrives with its own module
-    from uenn_geo.models.forcefield import UENNForceField
-
-    MODELS["graph"] = UENNForceField
-    __all__.append("UENNForceField")
-except ImportError:  # pragma: no cover - only while the module is absent
-    pass
+MODELS: dict[str, type[nn.Module]] = {"paper": PaperForceModel, "graph": UENNForceField}
 
 #: Marker and version written into every model file.
 FORMAT = "uenn-geo-model"

@@ -8,6 +8,7 @@ from uenn_geo.nn.activation import (
     VectorLeakyReLU,
     VectorReLU,
 )
+from uenn_geo.nn.conv import VectorGaussianConv
 from uenn_geo.nn.functional import concat_scalars, safe_norm, split_scalars, unit_vectors
 from uenn_geo.nn.linear import EquivariantLinear
 from uenn_geo.nn.mlp import EquivariantMLP
@@ -23,6 +24,7 @@ __all__ = [
     "Identity",
     "ACTIVATIONS",
     "GaussianBasis",
+    "VectorGaussianConv",
     "SmoothCutoff",
     "smooth_cutoff",
     "concat_scalars",

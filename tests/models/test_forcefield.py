@@ -1,0 +1,239 @@
+import json
+
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+
+from uenn_geo.models.forcefield import UENNForceField
+from uenn_geo.neighbors import radius_graph
+from uenn_geo.testing import apply_group, random_orthogonal, random_permutation, relative_error
+
+F64 = torch.float64
+SMALL = {
+    "cutoff": 5.0,
+    "num_basis": 6,
+    "hidden_channels": 8,
+    "mlp_channels": [12],
+    "interaction_channels": 3,
+    "dtype": "float64",
+}
+
+
+def make_model(**kwargs) -> UENNForceField:
+    return UENNForceField(**{**SMALL, **kwargs})
+
+
+def cluster(num: int, z: list[int] | None = None, spread: float = 2.0) -> Data:
+    z = [18] * num if z is None else z
+    return Data(pos=torch.randn(num, 3, dtype=F64) * spread, z=torch.tensor(z))
+
+
+def test_repr_and_config_round_trip():
+    model = make_model(atomic_numbers=[1, 8], num_blocks=3)
+    assert repr(model) == (
+        "UENNForceField(cutoff=5.0, num_blocks=3, hidden_channels=8, species=[1, 8], float64)"
+    )
+    config = json.loads(json.dumps(model.config))
+    rebuilt = UENNForceField(**config)
+    rebuilt.load_state_dict(model.state_dict())
+    assert "force_scale" in model.state_dict()
+    data = cluster(5, [1, 8, 8, 1, 1])
+    assert torch.equal(rebuilt(data), model(data))
+    assert UENNForceField().config["dtype"] == str(torch.get_default_dtype()).removeprefix("torch.")
+
+
+@pytest.mark.parametrize("num_blocks", [1, 2, 3])
+@pytest.mark.parametrize("reflection", [False, True])
+def test_rotation_reflection_translation(num_blocks, reflection):
+    model = make_model(num_blocks=num_blocks, atomic_numbers=[1, 8])
+    data = cluster(7, [1, 8, 1, 1, 8, 8, 1])
+    forces = model(data)
+    assert forces.abs().max() > 1e-3
+    Q = random_orthogonal(3, reflection=reflection)
+    moved = Data(pos=data.pos @ Q.T + torch.tensor([1.5, -4.0, 2.0], dtype=F64), z=data.z)
+    err = relative_error(model(moved), apply_group(Q, forces, axis=-1))
+    assert err < 1e-12
+
+
+def test_translation_invariance():
+    model = make_model()
+    data = cluster(6)
+    shifted = Data(pos=data.pos + torch.tensor([10.0, -3.0, 7.0], dtype=F64), z=data.z)
+    assert torch.allclose(model(shifted), model(data), atol=1e-13)
+
+
+def test_permutation_within_species_and_graphs():
+    model = make_model(atomic_numbers=[1, 8])
+    graphs = [cluster(5, [1, 8, 1, 8, 1]), cluster(4, [8, 8, 1, 1])]
+    batch = Batch.from_data_list(graphs)
+    forces = model(batch)
+    perm = random_permutation(batch.num_nodes, batch=batch.batch, groups=batch.z)
+    assert not torch.equal(perm, torch.arange(batch.num_nodes))
+    permuted = Data(pos=batch.pos[perm], z=batch.z[perm], batch=batch.batch[perm])
+    assert relative_error(model(permuted), forces[perm]) < 1e-12
+    # Swapping two atoms of different species changes the forces: the species matter.
+    swapped = batch.z.clone()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    other = Data(pos=batch.pos, z=swapped, batch=batch.batch)
+    assert relative_error(model(other), forces) > 1e-3
+
+
+def test_graph_alone_equals_graph_in_batch():
+    model = make_model(num_blocks=2)
+    graphs = [cluster(3), cluster(6), cluster(4)]
+    batched = model(Batch.from_data_list(graphs))
+    alone = torch.cat([model(g) for g in graphs])
+    assert torch.allclose(batched, alone, atol=1e-13)
+
+
+def test_remove_net_force():
+    graphs = Batch.from_data_list([cluster(4), cluster(5)])
+    with_projection = make_model()
+    forces = with_projection(graphs)
+    net = torch.zeros(2, 3, dtype=F64).index_add_(0, graphs.batch, forces)
+    assert net.abs().max() < 1e-13
+    raw = make_model(remove_net_force=False)
+    raw.load_state_dict(with_projection.state_dict())
+    raw_forces = raw(graphs)
+    raw_net = torch.zeros(2, 3, dtype=F64).index_add_(0, graphs.batch, raw_forces)
+    assert raw_net.abs().max() > 1e-4  # the projection did something
+    mean = raw_net / torch.tensor([4.0, 5.0], dtype=F64).unsqueeze(1)
+    assert torch.allclose(forces, raw_forces - mean[graphs.batch], atol=1e-13)
+
+
+def test_isolated_atoms_get_zero_force_not_nan():
+    model = make_model(remove_net_force=False)
+    far = cluster(4, spread=1.0)
+    far.pos[3] = torch.tensor([30.0, 0.0, 0.0], dtype=F64)  # beyond the cutoff of all others
+    single = Data(pos=torch.zeros(1, 3, dtype=F64), z=torch.tensor([18]))
+    batch = Batch.from_data_list([far, single])
+    batch.pos.requires_grad_(True)
+    forces = model(batch)
+    assert torch.equal(forces[3], torch.zeros(3, dtype=F64))
+    assert torch.equal(forces[4], torch.zeros(3, dtype=F64))
+    assert forces[:3].abs().max() > 1e-4
+    forces.square().sum().backward()
+    assert torch.isfinite(batch.pos.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    projected = make_model()
+    assert torch.equal(projected(single), torch.zeros(1, 3, dtype=F64))
+
+
+def test_precomputed_edges_and_wider_lists():
+    model = make_model(num_blocks=2)
+    data = cluster(8)
+    forces = model(data)
+    wide_edges, wide_shifts = radius_graph(data.pos, 2 * model.cutoff)
+    wide = Data(pos=data.pos, z=data.z, edge_index=wide_edges, shifts=wide_shifts)
+    assert wide_edges.shape[1] > radius_graph(data.pos, model.cutoff)[0].shape[1]
+    assert torch.allclose(model(wide), forces, atol=1e-13)  # pairs beyond r_c add nothing
+
+
+def _supercell(pos, z, cell, reps=(2, 2, 2)):
+    offsets = torch.cartesian_prod(*[torch.arange(r, dtype=F64) for r in reps]) @ cell
+    big_pos = (offsets.unsqueeze(1) + pos.unsqueeze(0)).reshape(-1, 3)
+    big_cell = cell * torch.tensor(reps, dtype=F64).unsqueeze(1)
+    return big_pos, z.repeat(len(offsets)), big_cell
+
+
+@pytest.mark.parametrize("num_blocks", [1, 2])
+def test_periodic_cell_and_supercell_forces_tile(num_blocks):
+    model = make_model(num_blocks=num_blocks, atomic_numbers=[1, 8], cutoff=4.5)
+    # A triclinic cell smaller than the cutoff in places: atoms see their own images.
+    cell = torch.tensor([[4.0, 0.0, 0.0], [0.8, 3.8, 0.0], [0.5, -0.6, 4.2]], dtype=F64)
+    pos = torch.rand(3, 3, dtype=F64) @ cell
+    z = torch.tensor([1, 8, 8])
+    small = Data(pos=pos, z=z, cell=cell.unsqueeze(0), pbc=torch.ones(1, 3, dtype=torch.bool))
+    forces = model(small)
+    assert forces.abs().max() > 1e-3
+    big_pos, big_z, big_cell = _supercell(pos, z, cell)
+    big = Data(pos=big_pos, z=big_z, cell=big_cell.unsqueeze(0))
+    big_forces = model(big).reshape(8, 3, 3)
+    assert torch.allclose(big_forces, forces.expand(8, 3, 3), atol=1e-12)
+    # Wrapping an atom back into a neighbouring image changes nothing.
+    moved = Data(pos=pos + torch.stack([cell[0], -cell[2], cell[1]]), z=z, cell=small.cell)
+    assert torch.allclose(model(moved), forces, atol=1e-12)
+
+
+def test_periodic_cell_matches_finite_replica():
+    # One block sees r_c: atoms of the central cell of a 3x3x3 free replica have the full
+    # periodic environment when r_c is smaller than the cell.
+    model = make_model(num_blocks=1, cutoff=3.0, remove_net_force=False)
+    cell = torch.eye(3, dtype=F64) * 4.0
+    pos = torch.rand(4, 3, dtype=F64) * 4.0
+    z = torch.full((4,), 18)
+    periodic = model(Data(pos=pos, z=z, cell=cell.unsqueeze(0)))
+    big_pos, big_z, _ = _supercell(pos - 4.0, z, cell, (3, 3, 3))
+    centre = 13 * 4  # the (1, 1, 1) block of the 3x3x3 replica sits at the original cell
+    replica = model(Data(pos=big_pos, z=big_z))[centre : centre + 4]
+    assert periodic.abs().max() > 1e-3
+    assert torch.allclose(replica, periodic, atol=1e-12)
+
+
+def test_compile_has_no_graph_breaks():
+    model = make_model(atomic_numbers=[1, 8], num_blocks=2)
+    batch = Batch.from_data_list([cluster(4, [1, 8, 8, 1]), cluster(5, [8, 1, 1, 1, 8])])
+    edge_index, shifts = radius_graph(batch.pos, model.cutoff, batch.batch)  # outside
+    species = model.species_index(batch.z, batch.num_nodes)
+    args = (batch.pos, species, edge_index, shifts, batch.batch, batch.num_graphs)
+    explanation = torch._dynamo.explain(model.compute_forces)(*args)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    compiled = torch.compile(model.compute_forces, backend="eager", fullgraph=True)
+    assert torch.allclose(compiled(*args), model(batch), atol=1e-13)
+
+
+def test_fit_scales():
+    model = make_model()
+    data = cluster(5)
+    forces = model(data)
+    target = torch.randn(40, 3, dtype=F64) * 0.3
+    scale = model.fit_scales(target)
+    assert scale == pytest.approx(target.square().mean().sqrt().item())
+    assert model.force_scale.item() == pytest.approx(scale)
+    assert torch.allclose(model(data), forces * scale, atol=1e-13)
+    graphs = [Data(forces=target[:15]), Data(forces=target[15:])]
+    assert model.fit_scales(graphs) == pytest.approx(scale)
+    with pytest.raises(ValueError, match="> 0"):
+        model.fit_scales(torch.zeros(4, 3))
+
+
+def test_bad_inputs():
+    model = make_model(atomic_numbers=[1, 8])
+    with pytest.raises(ValueError, match=r"\[6\]"):
+        model(cluster(3, [1, 6, 8]))
+    with pytest.raises(ValueError, match="no z"):
+        model(Data(pos=torch.zeros(2, 3, dtype=F64)))
+    with pytest.raises(TypeError, match="float32"):
+        model(Data(pos=torch.zeros(2, 3), z=torch.tensor([1, 8])))
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        model(Data(pos=torch.zeros(2, 2, dtype=F64), z=torch.tensor([1, 8])))
+    with pytest.raises(ValueError, match="atomic_numbers"):
+        UENNForceField(atomic_numbers=[18, 18])
+    with pytest.raises(ValueError, match="num_blocks"):
+        UENNForceField(num_blocks=0)
+    # Argon-only models accept data without z.
+    assert make_model()(Data(pos=torch.randn(3, 3, dtype=F64))).shape == (3, 3)
+
+
+def test_learns_lennard_jones_forces():
+    from uenn_geo.data.lj import lennard_jones
+    from uenn_geo.data.paper import sample_paper_configurations
+
+    pos = sample_paper_configurations(16, generator=torch.Generator().manual_seed(1))
+    _, forces = lennard_jones(pos)
+    graphs = Batch.from_data_list(
+        [Data(pos=p, z=torch.full((4,), 18), forces=f) for p, f in zip(pos, forces, strict=True)]
+    )
+    model = make_model(cutoff=10.2)
+    graphs.edge_index, graphs.shifts = radius_graph(graphs.pos, model.cutoff, graphs.batch)
+    model.fit_scales(graphs.forces)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(25):
+        opt.zero_grad()
+        loss = ((model(graphs) - graphs.forces) / model.force_scale).square().mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]

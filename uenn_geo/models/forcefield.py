@@ -1,0 +1,360 @@
+r"""A graph force field: the vector graph layer (eqs. 29-31) feeding equivariant MLPs per atom."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.utils import scatter
+
+from uenn_geo.neighbors import radius_graph
+from uenn_geo.nn.conv import VectorGaussianConv
+from uenn_geo.nn.linear import EquivariantLinear, _dtype_name
+from uenn_geo.nn.mlp import EquivariantMLP
+
+__all__ = ["UENNForceField"]
+
+#: Atomic number of argon, the default (and only) species.
+_ARGON_Z = 18
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.get_default_dtype()
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"unknown dtype name {dtype!r}; use e.g. 'float32' or 'float64'")
+        dtype = resolved
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"the force field needs a real floating dtype, got {dtype}")
+    return dtype
+
+
+class UENNForceField(nn.Module):
+    r"""A force field of vector graph layers (eqs. 29-31) and equivariant MLPs (eqs. 5-17).
+
+    It predicts one force vector per atom directly, not as the gradient of an energy.
+
+    **Block 1** is the paper's construction (sec. 4): the vector graph layer turns the
+    neighbourhood of atom :math:`i` into :math:`M` vectors :math:`D_i^a` (eq. 30) and :math:`M`
+    invariants :math:`S_i^a` (eq. 29), computed from the one-hot species :math:`v_j` of the
+    neighbours; the invariants ride along as scalar features (eq. 15) into an
+    :class:`~uenn_geo.nn.EquivariantMLP` (whose activations act on the augmented vectors
+    :math:`[D_i^a; S_i^a]`):
+
+    .. math::
+        h_i^{(1)} = \mathrm{MLP}_1\big([D_i; S_i]\big) \in \mathbb{R}^{(3+1) \times M}
+
+    **Blocks** :math:`k = 2, \dots, K` pass the neighbours' features through the graph again.
+    A linear channel mix (no bias) reduces :math:`h_j^{(k-1)}` to :math:`C` channels
+    :math:`[\mathbf{x}_j; s_j] = h_j^{(k-1)} P_k`, and a :class:`~uenn_geo.nn.VectorGaussianConv`
+    with node features :math:`v'_j = [v_j, s_j]` and vector features :math:`\mathbf{x}_j` gives
+
+    .. math::
+        m_i^a &= \sum_j \sum_b e_{ij}^b \Big[\hat{\mathbf{r}}_{ij} \sum_d v'_{jd}\, w_{bda}
+            + \sum_c \mathbf{x}_{jc}\, w_{b,c,a}\Big],
+        \qquad \hat{\mathbf{r}}_{ij} = \mathbf{r}_{ij} / r_{ij}
+
+        \mu_i^a &= \sum_j \sum_b e_{ij}^b \Big[\sum_d v'_{jd}\, w'_{bda}
+            + \sum_c (\hat{\mathbf{r}}_{ij} \cdot \mathbf{x}_{jc})\, w'_{b,c,a}\Big]
+
+        h_i^{(k)} &= \mathrm{MLP}_k\big(\big[h_i^{(k-1)} \,\big\|\, [m_i; \mu_i]\big]\big)
+
+    (:math:`\|` joins channels): the radial functions weight a linear mix of the neighbours'
+    vectors, the bond direction carries their invariants, and the atom's own features skip
+    past the graph layer. Every vector term is a vector of the input times invariants, so the
+    model is equivariant under all of :math:`O(3)`, reflections included, and under
+    permutations of atoms of the same species; positions enter only through
+    :math:`\mathbf{r}_{ij}`, so it is translation invariant.
+
+    **Output.** The last MLP has one output vector; :math:`\mathbf{F}_i = s_F\, h_i^{(K)}`,
+    with the buffer ``force_scale`` :math:`s_F` (eV/A, set by :meth:`fit_scales`) so that the
+    network works with forces of unit spread. With ``remove_net_force`` the mean force of each
+    structure is subtracted, :math:`\mathbf{F}_i \leftarrow \mathbf{F}_i - \frac{1}{N_g}
+    \sum_{k \in g} \mathbf{F}_k`: forces that are not an energy gradient do not obey Newton's
+    third law by construction, and a nonzero total force would accelerate the centre of mass
+    in MD. The projection commutes with rotations and permutations.
+
+    Args:
+        cutoff (float): neighbour cutoff :math:`r_c` in Angstrom. The default :math:`3 r_0 =
+            10.2` A (argon's :math:`r_0 = 3.4` A) drops Lennard-Jones pair forces below
+            :math:`4 \cdot 10^{-5}` eV/A, 30 times below the paper's test RMSD
+            (default: :obj:`10.2`).
+        num_basis (int): Gaussians :math:`B` per graph layer, centres spread on
+            :math:`[r_{\min}, r_c]` (default: :obj:`16`).
+        hidden_channels (int): vectors :math:`M` per atom between blocks and out of each graph
+            layer (default: :obj:`32`).
+        mlp_channels (list[int]): hidden widths of each block's MLP
+            (default: :obj:`[64, 64]`).
+        num_blocks (int): number :math:`K` of graph blocks. Two beat one on the paper's
+            4-atom argon clusters (validation force RMSE 0.0032 vs 0.0082 eV/A after 2,000
+            Adam steps, 0.0025 vs 0.0033 after 8,000) (default: :obj:`2`).
+        interaction_channels (int): channels :math:`C` of the mix :math:`P_k` passed to the
+            neighbours in blocks :math:`k \geq 2` (default: :obj:`8`).
+        atomic_numbers (list[int]): species the model knows; :math:`z` is one-hot encoded in
+            this order (default: :obj:`[18]`, argon).
+        activation (str): hidden activation, a name from :data:`uenn_geo.nn.ACTIVATIONS`
+            (default: ``"softsign_residual"``, eq. 13).
+        remove_net_force (bool): subtract the mean force per structure (default: :obj:`True`).
+        r_min (float): first Gaussian centre in Angstrom (default: :obj:`0.0`).
+        dtype (str or torch.dtype, optional): real dtype of the parameters and of the forces
+            (default: :obj:`torch.get_default_dtype()`).
+
+    Shapes:
+        - input: a PyG ``Data``/``Batch`` with ``pos`` :obj:`(N, 3)` (Angstrom), ``z``
+          :obj:`(N)`, optional ``batch`` :obj:`(N)`, ``edge_index`` :obj:`(2, E)`, ``shifts``
+          :obj:`(E, 3)`, ``cell`` :obj:`(B, 3, 3)`, ``pbc`` :obj:`(B, 3)`
+        - output: forces :obj:`(N, 3)` in eV/A
+
+    Example:
+        >>> from torch_geometric.data import Data
+        >>> model = UENNForceField(dtype="float64")
+        >>> data = Data(pos=torch.randn(4, 3, dtype=torch.float64) * 3, z=torch.full((4,), 18))
+        >>> model(data).shape
+        torch.Size([4, 3])
+    """
+
+    def __init__(
+        self,
+        cutoff: float = 10.2,
+        num_basis: int = 16,
+        hidden_channels: int = 32,
+        mlp_channels: Sequence[int] = (64, 64),
+        num_blocks: int = 2,
+        interaction_channels: int = 8,
+        atomic_numbers: Sequence[int] = (_ARGON_Z,),
+        activation: str = "softsign_residual",
+        remove_net_force: bool = True,
+        r_min: float = 0.0,
+        dtype: str | torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        dtype = _resolve_dtype(dtype)
+        atomic_numbers = [int(z) for z in atomic_numbers]
+        mlp_channels = [int(c) for c in mlp_channels]
+        if num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+        if (
+            not atomic_numbers
+            or min(atomic_numbers) < 0
+            or len(set(atomic_numbers)) < len(atomic_numbers)
+        ):
+            raise ValueError(
+                f"atomic_numbers must be distinct non-negative integers, got {atomic_numbers}"
+            )
+        if hidden_channels < 1 or interaction_channels < 1 or any(c < 1 for c in mlp_channels):
+            raise ValueError(
+                f"channel counts must be >= 1, got hidden_channels={hidden_channels}, "
+                f"interaction_channels={interaction_channels}, mlp_channels={mlp_channels}"
+            )
+        if not isinstance(activation, str):
+            raise ValueError(
+                f"activation must be a name (the config is JSON), got {type(activation).__name__}"
+            )
+        self.config: dict[str, Any] = {
+            "cutoff": float(cutoff),
+            "num_basis": int(num_basis),
+            "hidden_channels": int(hidden_channels),
+            "mlp_channels": mlp_channels,
+            "num_blocks": int(num_blocks),
+            "interaction_channels": int(interaction_channels),
+            "atomic_numbers": atomic_numbers,
+            "activation": activation,
+            "remove_net_force": bool(remove_net_force),
+            "r_min": float(r_min),
+            "dtype": _dtype_name(dtype),
+        }
+        self.cutoff = float(cutoff)
+        self.num_species = len(atomic_numbers)
+        self.remove_net_force = bool(remove_net_force)
+        factory = {"dtype": dtype}
+        species = self.num_species
+        table = torch.full((max(atomic_numbers) + 1,), -1, dtype=torch.long)
+        table[torch.tensor(atomic_numbers)] = torch.arange(species)
+        self.register_buffer("z_to_index", table, persistent=False)
+        self.register_buffer("force_scale", torch.tensor(1.0, **factory))
+
+        m, c = int(hidden_channels), int(interaction_channels)
+        conv = {"num_basis": num_basis, "cutoff": cutoff, "r_min": r_min, "output": "both"}
+        self.convs = nn.ModuleList([VectorGaussianConv(species, m, **conv, **factory)])
+        self.mixes = nn.ModuleList()
+        self.mlps = nn.ModuleList()
+        for k in range(num_blocks):
+            c_in = m if k == 0 else 2 * m
+            c_out = 1 if k == num_blocks - 1 else m
+            self.mlps.append(
+                EquivariantMLP(
+                    [c_in, *mlp_channels, c_out], act=activation, num_scalars=1, **factory
+                )
+            )
+            if k > 0:
+                self.mixes.append(EquivariantLinear(m, c, bias=False, num_scalars=1, **factory))
+                self.convs.append(
+                    VectorGaussianConv(species + c, m, vector_channels=c, **conv, **factory)
+                )
+        self.reset_parameters()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.force_scale.dtype
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every layer (normalised Xavier, zero biases); keeps ``force_scale``."""
+        for module in (*self.convs, *self.mixes, *self.mlps):
+            module.reset_parameters()
+
+    def species_index(self, z: Tensor | None, num_atoms: int) -> Tensor:
+        r"""Map atomic numbers :math:`z` to species indices :math:`0, \dots, S-1`.
+
+        Raises :class:`ValueError` for atomic numbers the model does not know. ``z`` may be
+        :obj:`None` only for a single-species model.
+        """
+        if z is None:
+            if self.num_species != 1:
+                raise ValueError(
+                    f"data has no z but the model knows {self.num_species} species "
+                    f"{self.config['atomic_numbers']}; set data.z (atomic numbers, shape (N,))"
+                )
+            return torch.zeros(num_atoms, dtype=torch.long, device=self.force_scale.device)
+        if z.shape != (num_atoms,) or z.dtype.is_floating_point or z.is_complex():
+            raise ValueError(
+                f"z must be an integer tensor of shape ({num_atoms},), got {tuple(z.shape)} "
+                f"{z.dtype}"
+            )
+        z = z.long()
+        inside = (z >= 0) & (z < self.z_to_index.numel())
+        index = self.z_to_index[torch.where(inside, z, 0)]
+        index = torch.where(inside, index, -1)
+        if bool((index < 0).any()):
+            unknown = sorted(set(z[index < 0].tolist()))
+            raise ValueError(
+                f"atomic numbers {unknown} are not among the model's species "
+                f"{self.config['atomic_numbers']}"
+            )
+        return index
+
+    def forward(self, data: Any) -> Tensor:
+        r"""Forces in eV/A on every atom of a PyG ``Data``/``Batch`` (positions in Angstrom).
+
+        Builds the neighbour list with :func:`uenn_geo.neighbors.radius_graph` (using
+        ``batch``, ``cell`` and ``pbc`` when present) unless ``data`` has ``edge_index``, in
+        which case that list and ``data.shifts`` (if present) are used; it must contain every
+        pair closer than the cutoff, and pairs beyond it contribute nothing.
+        """
+        pos = data.pos
+        if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[1] != 3:
+            shape = tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
+            raise ValueError(f"data.pos must have shape (N, 3) in Angstrom, got {shape}")
+        if pos.dtype != self.dtype:
+            raise TypeError(
+                f"data.pos has dtype {_dtype_name(pos.dtype)} but the model is "
+                f"{_dtype_name(self.dtype)}; convert the data or build the model with "
+                f"dtype={_dtype_name(pos.dtype)!r}"
+            )
+        num_atoms = pos.shape[0]
+        batch = getattr(data, "batch", None)
+        if batch is None:
+            batch = torch.zeros(num_atoms, dtype=torch.long, device=pos.device)
+        species = self.species_index(getattr(data, "z", None), num_atoms)
+        edge_index = getattr(data, "edge_index", None)
+        if edge_index is None:
+            edge_index, shifts = radius_graph(
+                pos,
+                self.cutoff,
+                batch=batch,
+                cell=getattr(data, "cell", None),
+                pbc=getattr(data, "pbc", None),
+            )
+        else:
+            shifts = getattr(data, "shifts", None)
+        num_graphs = getattr(data, "num_graphs", None)
+        if num_graphs is None:
+            num_graphs = int(batch.max()) + 1 if num_atoms else 1
+        return self.compute_forces(pos, species, edge_index, shifts, batch, int(num_graphs))
+
+    def compute_forces(
+        self,
+        pos: Tensor,
+        species: Tensor,
+        edge_index: Tensor,
+        shifts: Tensor | None = None,
+        batch: Tensor | None = None,
+        num_graphs: int = 1,
+    ) -> Tensor:
+        r"""The network on plain tensors, without neighbour search or data checks.
+
+        This is the part to :func:`torch.compile` (it has no graph breaks for a fixed
+        ``edge_index``); :meth:`forward` calls it.
+
+        Args:
+            pos (Tensor): positions :obj:`(N, 3)` in Angstrom.
+            species (Tensor): species indices :obj:`(N)` (see :meth:`species_index`).
+            edge_index (Tensor): neighbour pairs :obj:`(2, E)`, :math:`(i, j)` = :math:`j` is a
+                neighbour of :math:`i`.
+            shifts (Tensor, optional): image shifts :obj:`(E, 3)` in Angstrom.
+            batch (Tensor, optional): graph index per atom (default: one graph).
+            num_graphs (int): number of graphs in the batch (default: :obj:`1`).
+
+        Returns:
+            Forces :obj:`(N, 3)` in eV/A.
+        """
+        n = pos.shape[1]
+        v = nn.functional.one_hot(species, self.num_species).to(pos.dtype)
+        h = self.convs[0](pos, edge_index, v, shifts=shifts)  # (N, n + 1, M): [D; S]
+        h = self.mlps[0](h)
+        for mix, conv, mlp in zip(self.mixes, self.convs[1:], self.mlps[1:], strict=True):
+            y = mix(h)  # (N, n + 1, C): [x_j; s_j]
+            v_mix = torch.cat([v, y[:, n, :]], dim=-1)  # (N, S + C): [v_j, s_j]
+            message = conv(pos, edge_index, v_mix, y[:, :n, :], shifts)  # (N, n + 1, M)
+            h = mlp(torch.cat([h, message], dim=-1))
+        forces = h[:, :n, 0] * self.force_scale
+        if self.remove_net_force:
+            if batch is None:
+                forces = forces - forces.mean(dim=0, keepdim=True)
+            else:
+                mean = scatter(forces, batch, dim=0, dim_size=num_graphs, reduce="mean")
+                forces = forces - mean[batch]
+        return forces
+
+    @torch.no_grad()
+    def fit_scales(self, forces: Tensor | Iterable[Any]) -> float:
+        r"""Set ``force_scale`` to the root mean square force component of the training data.
+
+        .. math::
+            s_F = \sqrt{\frac{1}{3N} \sum_{i, \alpha} F_{i\alpha}^2}
+
+        (the spread about zero, the mean force of a structure being zero).
+
+        Args:
+            forces (Tensor or iterable): forces :obj:`(N, 3)` in eV/A, or graphs (a PyG dataset
+                or list of ``Data``) carrying ``forces``.
+
+        Returns:
+            The new scale in eV/A.
+        """
+        if isinstance(forces, Tensor):
+            f = forces
+        else:
+            parts = [d.forces.reshape(-1) for d in forces]
+            if not parts:
+                raise ValueError("fit_scales got no graphs")
+            f = torch.cat(parts)
+        if f.numel() == 0:
+            raise ValueError("fit_scales got an empty force tensor")
+        scale = float(f.detach().to(torch.float64).square().mean().sqrt())
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"the force scale must be finite and > 0, got {scale} eV/A")
+        self.force_scale.fill_(scale)
+        return scale
+
+    def __repr__(self) -> str:
+        cfg = self.config
+        return (
+            f"{self.__class__.__name__}(cutoff={cfg['cutoff']}, num_blocks={cfg['num_blocks']}, "
+            f"hidden_channels={cfg['hidden_channels']}, species={cfg['atomic_numbers']}, "
+            f"{cfg['dtype']})"
+        )
