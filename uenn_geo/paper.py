@@ -29,7 +29,7 @@ from uenn_geo.data.lj import ARGON_MASS, lennard_jones
 from uenn_geo.data.paper import PaperArgon, sample_paper_configurations
 from uenn_geo.io import atomic_write
 from uenn_geo.md import maxwell_boltzmann, paper_md_initial_positions, velocity_verlet
-from uenn_geo.models import MODELS, save_model
+from uenn_geo.models import MODELS, PaperForceModel, save_model
 from uenn_geo.train import DenseForceData, TrainConfig, evaluate, train
 
 __all__ = ["PaperConfig", "PRESETS", "run_paper", "run_md_test", "PAPER_RESULTS"]
@@ -186,10 +186,7 @@ def run_paper(config: PaperConfig) -> dict[str, Any]:
     t_data = time.perf_counter() - t_start
 
     torch.manual_seed(config.seed)
-    model_kwargs = dict(config.model_kwargs)
-    if config.model == "paper":
-        model_kwargs.setdefault("remove_net_force", config.remove_net_force)
-    model = MODELS[config.model](**model_kwargs)
+    model = MODELS[config.model](**_model_kwargs(config))
     _fit_scales(model, train_data)
 
     resample = None
@@ -290,11 +287,10 @@ def run_paper(config: PaperConfig) -> dict[str, Any]:
 
 
 def _fit_scales(model: torch.nn.Module, data: DenseForceData) -> None:
-    if hasattr(model, "fit_scales"):
-        try:
-            model.fit_scales(data.pos, data.forces)
-        except TypeError:
-            model.fit_scales(data.forces)
+    if isinstance(model, PaperForceModel):
+        model.fit_scales(data.pos, data.forces)  # input and force standard deviations
+    else:
+        model.fit_scales(data.forces)
 
 
 def _subset(data: DenseForceData, n: int) -> DenseForceData:

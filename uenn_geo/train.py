@@ -506,3 +506,126 @@ def train(
         history=history,
         out_dir=out,
     )
+
+
+# --------------------------------------------------------------------------------------
+# The `uenn-geo train` job: a data set from a file or a name, a model, train, test.
+# --------------------------------------------------------------------------------------
+
+
+def _named_datasets() -> dict[str, Callable[[str], Any]]:
+    from uenn_geo.data import LJClusters, PaperArgon
+
+    return {
+        "paper": lambda root: PaperArgon(str(Path(root) / "paper_argon"), log=False),
+        "lj-clusters": lambda root: LJClusters(str(Path(root) / "lj_clusters"), log=False),
+    }
+
+
+#: Names accepted by ``uenn-geo train --data`` besides a structure file.
+DATASET_NAMES = ("paper", "lj-clusters")
+
+
+def load_dataset(spec: str, root: str | Path = "datasets") -> Any:
+    """A data set from an extended-XYZ (or other ASE-readable) file or a built-in name."""
+    path = Path(spec)
+    if path.is_file():
+        from uenn_geo.data import ExtXYZDataset
+
+        return ExtXYZDataset(str(path), root=str(Path(root) / "extxyz" / path.stem), log=False)
+    named = _named_datasets()
+    if spec not in named:
+        raise ValueError(
+            f"--data {spec!r} is neither a file nor a built-in data set; built-in: {sorted(named)}"
+        )
+    return named[spec](str(root))
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Settings of ``uenn-geo train``: data, model, limits (seconds), output directory."""
+
+    data: str
+    out: str = "runs/train"
+    root: str = "datasets"
+    model: str = "graph"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    time_limit: float | None = 600.0
+    max_epochs: int | None = None
+    batch_size: int = 16
+    lr: float = 2e-3
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    resume: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
+            raise ValueError("val_fraction must lie in (0, 1) and test_fraction in [0, 1)")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be < 1")
+
+
+def run_training(job: TrainJob) -> dict[str, Any]:
+    """Train a model on ``job.data``; writes ``model.pt``, ``log.csv`` and ``metrics.json``."""
+    import json
+
+    from uenn_geo.models import MODELS
+
+    if job.model not in MODELS:
+        raise ValueError(f"model must be one of {sorted(MODELS)}, got {job.model!r}")
+    dataset = load_dataset(job.data, job.root)
+    n = len(dataset)
+    if n < 3:
+        raise ValueError(f"{job.data} holds {n} structures; at least 3 are needed to split")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(job.seed))
+    n_val = max(1, round(job.val_fraction * n))
+    n_test = round(job.test_fraction * n)
+    val_set = dataset[perm[:n_val]]
+    test_set = dataset[perm[n_val : n_val + n_test]] if n_test else None
+    train_set = dataset[perm[n_val + n_test :]]
+    kwargs = dict(job.model_kwargs)
+    if job.model == "graph" and "atomic_numbers" not in kwargs:
+        kwargs["atomic_numbers"] = sorted({int(z) for z in dataset._data.z.unique().tolist()})
+    torch.manual_seed(job.seed)
+    model = MODELS[job.model](**kwargs)
+    if job.model == "paper":
+        pos, forces = _stack_positions(train_set)
+        model.fit_scales(pos, forces)
+    else:
+        model.fit_scales(train_set)
+    cfg = TrainConfig(
+        lr=job.lr,
+        batch_size=job.batch_size,
+        time_limit=job.time_limit,
+        max_epochs=job.max_epochs,
+        seed=job.seed,
+        eval_batch_size=4 * job.batch_size,
+        progress=job.progress,
+    )
+    out = Path(job.out)
+    meta = {"data": job.data, "job": dataclasses.asdict(job)}
+    result = train(model, train_set, val_set, cfg, out, resume=job.resume, metadata=meta)
+    save_model(model, out / "model.pt", metadata=meta)
+    metrics: dict[str, Any] = {
+        "data": job.data,
+        "structures": {"train": len(train_set), "val": len(val_set), "test": n_test},
+        "model": job.model,
+        "model_config": model.config,
+        "best_val_force_rmse": result.best_val_rmse,
+        "epochs": result.epochs,
+        "steps": result.steps,
+        "seconds": result.elapsed,
+        "stop_reason": result.stop_reason,
+    }
+    if test_set is not None:
+        metrics["test"] = evaluate(model, test_set, cfg.eval_batch_size)
+    atomic_write(out / "metrics.json", lambda f: json.dump(metrics, f, indent=1), mode="w")
+    return metrics
+
+
+def _stack_positions(dataset: Any) -> tuple[Tensor, Tensor]:
+    pos = torch.stack([d.pos for d in dataset])
+    forces = torch.stack([d.forces for d in dataset])
+    return pos, forces
