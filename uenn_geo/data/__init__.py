@@ -3,6 +3,14 @@
 Units: positions in Angstrom, energies in eV, forces in eV/Angstrom.
 """
 
+from uenn_geo.data.clusters import (
+    ARGON_NN_DISTANCE,
+    ClusterSample,
+    LJClusters,
+    fcc_sites,
+    sample_lj_clusters,
+)
+from uenn_geo.data.extxyz import ExtXYZDataset, file_sha1, read_frames, write_extxyz
 from uenn_geo.data.lj import (
     ARGON_EPSILON,
     ARGON_MASS,
@@ -14,6 +22,15 @@ from uenn_geo.data.lj import (
 from uenn_geo.data.paper import PaperArgon, sample_paper_configurations, split_indices
 
 __all__ = [
+    "ARGON_NN_DISTANCE",
+    "ClusterSample",
+    "LJClusters",
+    "fcc_sites",
+    "sample_lj_clusters",
+    "ExtXYZDataset",
+    "file_sha1",
+    "read_frames",
+    "write_extxyz",
     "ARGON_EPSILON",
     "ARGON_MASS",
     "ARGON_SIGMA",

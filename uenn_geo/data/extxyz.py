@@ -1,0 +1,326 @@
+r"""Any extended-XYZ (or other ASE-readable) file with forces as a PyG data set.
+
+Frames are read with :func:`ase.io.read` (``index=":"``), so every format ASE reads with
+energies and forces works: extended XYZ from most ML-potential workflows, VASP ``OUTCAR`` and
+``vasprun.xml``, ASE trajectories, ... ASE stores energies in eV, positions and cells in
+Angstrom and forces in eV/Angstrom, which are this library's units: nothing is converted.
+
+Units: positions and cells in Angstrom, energies in eV, forces in eV/Angstrom.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch_geometric.data import Data, InMemoryDataset
+
+from uenn_geo.io import atomic_save, atomic_write
+
+__all__ = ["ExtXYZDataset", "read_frames", "write_extxyz", "file_sha1"]
+
+
+def file_sha1(path: str | os.PathLike) -> str:
+    r"""Hexadecimal SHA-1 of a file's bytes (read in 1 MiB chunks)."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _results(atoms: Any) -> dict:
+    calc = atoms.calc
+    return dict(getattr(calc, "results", {}) or {}) if calc is not None else {}
+
+
+def _get_energy(atoms: Any, key: str | None) -> Any:
+    results = _results(atoms)
+    if key is None:
+        return results.get("energy", atoms.info.get("energy"))
+    return atoms.info.get(key, results.get(key))
+
+
+def _get_forces(atoms: Any, key: str | None) -> Any:
+    results = _results(atoms)
+    if key is None:
+        return results.get("forces", atoms.arrays.get("forces"))
+    return atoms.arrays.get(key, results.get(key))
+
+
+def _frame_to_data(
+    atoms: Any,
+    frame: int,
+    where: str,
+    energy_key: str | None,
+    forces_key: str | None,
+    min_distance: float,
+) -> tuple[Data, bool]:
+    r"""One checked ASE frame as a ``Data`` (with ``energy`` if found) and whether it had one."""
+    import numpy as np
+
+    from uenn_geo.neighbors import radius_graph
+
+    here = f"{where}, frame {frame}"
+    n = len(atoms)
+    if n == 0:
+        raise ValueError(f"{here}: expected at least one atom, got 0")
+    pos = torch.as_tensor(np.asarray(atoms.positions, dtype=np.float64))
+    cell = torch.as_tensor(np.asarray(atoms.cell.array, dtype=np.float64)).reshape(1, 3, 3)
+    pbc = torch.as_tensor(np.asarray(atoms.pbc, dtype=bool)).reshape(1, 3)
+    forces = _get_forces(atoms, forces_key)
+    if forces is None:
+        looked = "calculator results and arrays 'forces'" if forces_key is None else forces_key
+        raise ValueError(f"{here}: no forces found (looked for {looked})")
+    forces = torch.as_tensor(np.asarray(forces, dtype=np.float64))
+    if forces.shape != (n, 3):
+        raise ValueError(
+            f"{here}: expected forces of shape ({n}, 3) for {n} atoms, got {tuple(forces.shape)}"
+        )
+    for name, value in (("positions", pos), ("forces", forces), ("cell", cell)):
+        if not bool(torch.isfinite(value).all()):
+            bad = (~torch.isfinite(value)).nonzero()[0].tolist()
+            raise ValueError(f"{here}: non-finite {name} (NaN or inf) at index {bad}")
+    energy = _get_energy(atoms, energy_key)
+    if energy is not None:
+        energy = torch.as_tensor(np.asarray(energy, dtype=np.float64)).reshape(-1)
+        if energy.shape != (1,):
+            raise ValueError(f"{here}: expected one energy, got shape {tuple(energy.shape)}")
+        if not math.isfinite(energy.item()):
+            raise ValueError(f"{here}: non-finite energy {energy.item()}")
+    if min_distance > 0 and (n > 1 or bool(pbc.any())):
+        try:
+            edge_index, shifts = radius_graph(pos, min_distance, cell=cell, pbc=pbc)
+        except ValueError as err:  # e.g. a degenerate cell in a periodic direction
+            raise ValueError(f"{here}: {err}") from err
+        if edge_index.shape[1] > 0:
+            i, j = edge_index[:, 0].tolist()
+            d = (pos[j] - pos[i] + shifts[0]).norm().item()
+            image = " (periodic images)" if bool(shifts[0].ne(0).any()) else ""
+            raise ValueError(
+                f"{here}: atoms {i} and {j} are {d:.4g} Angstrom apart{image}, closer than "
+                f"min_distance={min_distance}"
+            )
+    data = Data(
+        pos=pos,
+        z=torch.as_tensor(np.asarray(atoms.numbers), dtype=torch.long),
+        forces=forces,
+        cell=cell,
+        pbc=pbc,
+        num_atoms=torch.tensor([n]),
+    )
+    if energy is not None:
+        data.energy = energy
+    return data, energy is not None
+
+
+def read_frames(
+    path: str | os.PathLike,
+    energy_key: str | None = None,
+    forces_key: str | None = None,
+    min_distance: float = 0.5,
+    format: str | None = None,
+) -> list[Data]:
+    r"""Read and check every frame of an ASE-readable file as PyG ``Data`` objects.
+
+    The graphs are those of :class:`ExtXYZDataset` (see there for the fields and checks); a
+    :class:`ValueError` naming the file and the 0-based frame index is raised for a bad frame.
+
+    Args:
+        path (str): The file.
+        energy_key (str, optional): Key of the energy in ``atoms.info``.
+            (default: :obj:`None`, the calculator's ``"energy"``, then ``info["energy"]``)
+        forces_key (str, optional): Key of the forces in ``atoms.arrays``.
+            (default: :obj:`None`, the calculator's ``"forces"``, then ``arrays["forces"]``)
+        min_distance (float, optional): Smallest allowed distance between two atoms (or
+            periodic images) in Angstrom; :obj:`0` disables the check. (default: :obj:`0.5`)
+        format (str, optional): ASE format name. (default: :obj:`None`, from the file name)
+
+    Returns:
+        list[Data]: one graph per frame, with ``energy`` on every graph or on none.
+    """
+    import ase.io
+
+    if not min_distance >= 0:
+        raise ValueError(f"Expected min_distance >= 0 (Angstrom), got {min_distance}")
+    where = os.fspath(path)
+    frames = ase.io.read(where, index=":", format=format)
+    data_list, has_energy = [], []
+    for frame, atoms in enumerate(frames):
+        data, found = _frame_to_data(atoms, frame, where, energy_key, forces_key, min_distance)
+        data_list.append(data)
+        has_energy.append(found)
+    if not data_list:
+        raise ValueError(f"{where}: no frames")
+    if any(has_energy) and not all(has_energy):
+        missing = has_energy.index(False)
+        present = has_energy.index(True)
+        key = "energy" if energy_key is None else energy_key
+        raise ValueError(
+            f"{where}, frame {missing}: no energy ({key!r}) although frame {present} has one; "
+            f"energies must be given for all frames or for none"
+        )
+    return data_list
+
+
+class ExtXYZDataset(InMemoryDataset):
+    r"""Frames of an extended-XYZ (or any ASE-readable) file with forces, as a PyG data set.
+
+    Every frame of :obj:`path` (read with ``ase.io.read(path, index=":")``) becomes a graph with
+
+    * ``pos`` :math:`(N, 3)`, Angstrom, float64,
+    * ``z`` :math:`(N)`, long, atomic numbers,
+    * ``forces`` :math:`(N, 3)`, eV/Angstrom, float64,
+    * ``energy`` :math:`(1)`, eV, float64, when every frame has one (none may miss it; when
+      no frame has one the attribute is absent everywhere),
+    * ``cell`` :math:`(1, 3, 3)`, Angstrom, float64, lattice vectors as rows, and ``pbc``
+      :math:`(1, 3)`, bool: always present, zeros and :obj:`False` for free clusters, so that
+      batches collate to :math:`(B, 3, 3)` and :math:`(B, 3)` as
+      :func:`~uenn_geo.neighbors.radius_graph` reads them,
+    * ``num_atoms`` :math:`(1)`, long.
+
+    Energies and forces are taken from ASE's calculator results (the ``SinglePointCalculator``
+    that ASE attaches when a file has ``energy=...`` and a ``forces`` column; read from the
+    stored results, so constraints such as fixed atoms do not zero any force), falling back to
+    ``atoms.info["energy"]`` and ``atoms.arrays["forces"]``; :obj:`energy_key` and
+    :obj:`forces_key` select other entries (e.g. ``"REF_energy"``, ``"REF_forces"``). ASE's
+    units are eV and Angstrom, so no conversion is done.
+
+    Each frame is checked; a :class:`ValueError` naming the file and the 0-based frame index is
+    raised for a frame without forces, forces of a shape other than :math:`(N, 3)`, NaN or inf
+    in positions, forces, cell or energy, an energy missing in some but not all frames, or two
+    atoms closer than :obj:`min_distance` (periodic images included, found with
+    :func:`~uenn_geo.neighbors.radius_graph`).
+
+    Neighbour lists are not stored; the force models build them (with ``cell`` and ``pbc``)
+    when a graph has no ``edge_index``, or pass ``transform=RadiusGraph(r_cut)`` from
+    :mod:`uenn_geo.neighbors`.
+
+    The processed file ``<root>/processed/<stem>_<sha1>_e<energy_key>_f<forces_key>_dmin<d>.pt``
+    holds the first 12 hexadecimal digits of the SHA-1 of the file's bytes, so an edited file
+    is processed anew; it is written atomically.
+
+    Args:
+        path (str): The file to read.
+        root (str, optional): Root directory. (default: ``datasets/extxyz/<stem>`` with
+            ``<stem>`` the file name without its extension)
+        energy_key (str, optional): Key of the energy in ``atoms.info``. (default:
+            :obj:`None`, the calculator's ``"energy"``, then ``info["energy"]``)
+        forces_key (str, optional): Key of the forces in ``atoms.arrays``. (default:
+            :obj:`None`, the calculator's ``"forces"``, then ``arrays["forces"]``)
+        min_distance (float, optional): Smallest allowed distance between atoms in Angstrom;
+            :obj:`0` disables the check. (default: :obj:`0.5`)
+        format (str, optional): ASE format name. (default: :obj:`None`, from the file name)
+        transform, pre_transform, pre_filter, log, force_reload: As in
+            :class:`~torch_geometric.data.InMemoryDataset`.
+
+    Example:
+        >>> ds = ExtXYZDataset("water.extxyz")  # doctest: +SKIP
+        >>> ds[0]  # doctest: +SKIP
+        Data(pos=[192, 3], z=[192], forces=[192, 3], cell=[1, 3, 3], pbc=[1, 3], num_atoms=[1],
+        energy=[1])
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        root: str | None = None,
+        energy_key: str | None = None,
+        forces_key: str | None = None,
+        min_distance: float = 0.5,
+        format: str | None = None,
+        transform: Callable | None = None,
+        pre_transform: Callable | None = None,
+        pre_filter: Callable | None = None,
+        log: bool = True,
+        force_reload: bool = False,
+    ) -> None:
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"No such file: {self.path!r}")
+        if not min_distance >= 0:
+            raise ValueError(f"Expected min_distance >= 0 (Angstrom), got {min_distance}")
+        self.stem = Path(self.path).stem
+        self.energy_key = energy_key
+        self.forces_key = forces_key
+        self.min_distance = float(min_distance)
+        self.format = format
+        self.sha1 = file_sha1(self.path)
+        if root is None:
+            root = os.path.join("datasets", "extxyz", self.stem)
+        super().__init__(root, transform, pre_transform, pre_filter, log, force_reload)
+        self.load(self.processed_paths[0])
+
+    @property
+    def raw_file_names(self) -> list[str]:
+        return []
+
+    @property
+    def processed_file_names(self) -> str:
+        fmt = "" if self.format is None else f"_fmt{self.format}"
+        return (
+            f"{self.stem}_{self.sha1[:12]}_e{self.energy_key or 'auto'}"
+            f"_f{self.forces_key or 'auto'}_dmin{self.min_distance!r}{fmt}.pt"
+        )
+
+    def download(self) -> None:
+        pass
+
+    def process(self) -> None:
+        data_list = read_frames(
+            self.path, self.energy_key, self.forces_key, self.min_distance, self.format
+        )
+        if self.pre_filter is not None:
+            data_list = [d for d in data_list if self.pre_filter(d)]
+        if self.pre_transform is not None:
+            data_list = [self.pre_transform(d) for d in data_list]
+        data, slices = self.collate(data_list)
+        atomic_save((data.to_dict(), slices, data.__class__), self.processed_paths[0])
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({len(self)}, path={self.path!r})"
+
+
+def write_extxyz(path: str | os.PathLike, data: Iterable[Data]) -> None:
+    r"""Write graphs (a data set or a list of ``Data``) as an extended-XYZ file, atomically.
+
+    Each graph needs ``pos`` (Angstrom) and ``z``; ``forces`` (eV/Angstrom), ``energy`` (eV),
+    ``cell`` (Angstrom, :math:`(1, 3, 3)` or :math:`(3, 3)`) and ``pbc`` are written when
+    present, energy and forces through ASE's ``SinglePointCalculator``, so that
+    :class:`ExtXYZDataset` and other ASE-based tools read them back. ASE writes positions and
+    forces with 8 decimals and the energy in full precision.
+
+    Args:
+        path (str): Output file.
+        data (iterable of Data): The graphs.
+    """
+    import ase
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    images = []
+    for k, d in enumerate(data):
+        if getattr(d, "pos", None) is None or getattr(d, "z", None) is None:
+            raise ValueError(f"graph {k}: expected attributes pos and z, got {d}")
+        cell = getattr(d, "cell", None)
+        pbc = getattr(d, "pbc", None)
+        atoms = ase.Atoms(
+            numbers=d.z.detach().cpu().numpy(),
+            positions=d.pos.detach().cpu().double().numpy(),
+            cell=None if cell is None else cell.detach().cpu().double().reshape(3, 3).numpy(),
+            pbc=None if pbc is None else pbc.detach().cpu().reshape(3).numpy(),
+        )
+        results: dict[str, Any] = {}
+        if getattr(d, "energy", None) is not None:
+            results["energy"] = float(d.energy.reshape(-1)[0])
+        if getattr(d, "forces", None) is not None:
+            results["forces"] = d.forces.detach().cpu().double().numpy()
+        if results:
+            atoms.calc = SinglePointCalculator(atoms, **results)
+        images.append(atoms)
+    atomic_write(path, lambda f: ase.io.write(f, images, format="extxyz"), mode="w")
