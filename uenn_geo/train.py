@@ -576,6 +576,8 @@ def run_training(job: TrainJob) -> dict[str, Any]:
     if job.model not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {job.model!r}")
     dataset = load_dataset(job.data, job.root)
+    model_dtype = getattr(torch, job.model_kwargs.get("dtype", "float32"))
+    dataset.transform = CastFloats(model_dtype)
     n = len(dataset)
     if n < 3:
         raise ValueError(f"{job.data} holds {n} structures; at least 3 are needed to split")
@@ -623,6 +625,27 @@ def run_training(job: TrainJob) -> dict[str, Any]:
         metrics["test"] = evaluate(model, test_set, cfg.eval_batch_size)
     atomic_write(out / "metrics.json", lambda f: json.dump(metrics, f, indent=1), mode="w")
     return metrics
+
+
+class CastFloats:
+    """A PyG transform: floating-point attributes (pos, forces, energy, cell) to one dtype.
+
+    Data sets keep float64 targets; a float32 model casts each batch once, here.
+    """
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+    def __call__(self, data: Data) -> Data:
+        data = data.clone()
+        for key in ("pos", "forces", "energy", "cell", "shifts"):
+            value = getattr(data, key, None)
+            if isinstance(value, Tensor) and value.is_floating_point():
+                setattr(data, key, value.to(self.dtype))
+        return data
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.dtype})"
 
 
 def _stack_positions(dataset: Any) -> tuple[Tensor, Tensor]:
