@@ -154,8 +154,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from uenn_geo.bench import add_bench_parser
+
+    add_bench_parser(sub)
+
+
 #: Subcommand installers; each adds one parser with ``func`` set.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_paper, _add_train]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_paper,
+    _add_train,
+    _add_bench,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
