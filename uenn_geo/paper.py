@@ -64,6 +64,7 @@ class PaperConfig:
     batch_size: int | None = 256
     lr: float = 2e-3
     remove_net_force: bool = True
+    augment: float = 0.3
     fire_compare_time: float = 60.0
     md_samples: int = 10
     md_steps: int = 10_000
@@ -78,13 +79,17 @@ class PaperConfig:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
         if self.sampling not in ("online", "fixed"):
             raise ValueError(f"sampling must be 'online' or 'fixed', got {self.sampling!r}")
+        if not 0.0 <= self.augment < 1.0:
+            raise ValueError(f"augment must lie in [0, 1), got {self.augment}")
+        if self.augment and self.sampling != "online":
+            raise ValueError("augment needs sampling='online' (the faithful mode has none)")
 
 
 #: Named presets: ``default`` fits in 15 minutes here, ``full`` aims at the paper's figure.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {"time_limit": 600.0, "fire_compare_time": 60.0},
     "full": {"time_limit": 6600.0, "fire_compare_time": 300.0, "batch_size": 512},
-    "faithful": {"sampling": "fixed", "remove_net_force": False},
+    "faithful": {"sampling": "fixed", "remove_net_force": False, "augment": 0.0},
 }
 
 
@@ -142,7 +147,18 @@ def run_md_test(
     pos_rmsd = disp.mean(dim=(1, 2)).sqrt()
     e_rmsd = (e_pred - e_exact).square().mean(dim=1).sqrt()
     finite = torch.isfinite(pos_rmsd)
+    # How well does the model know the states the MD visits? (the exact trajectory's)
+    visited = exact.positions[:: max(1, steps // 200)].reshape(-1, 4, 3)
+    exact_f = lennard_jones(visited)[1]
+    with torch.no_grad():
+        from torch_geometric.data import Data
+
+        flat = visited.reshape(-1, 3).to(mdtype)
+        batch = torch.arange(visited.shape[0]).repeat_interleave(4)
+        pred_f = model(Data(pos=flat, batch=batch)).reshape(visited.shape).double()
     return {
+        "md_states_force_rms": exact_f.square().mean().sqrt().item(),
+        "md_states_force_rmsd": (pred_f - exact_f).square().mean().sqrt().item(),
         "steps": steps,
         "samples": samples,
         "dt_fs": dt,
@@ -192,11 +208,18 @@ def run_paper(config: PaperConfig) -> dict[str, Any]:
     resample = None
     if config.sampling == "online":
         num_train = len(train_data)
+        num_compact = round(config.augment * num_train)
+        pool = (
+            _compact_pool(min(COMPACT_POOL, 4 * num_compact), config.seed) if num_compact else None
+        )
 
         def resample(gen: torch.Generator) -> DenseForceData:
             pos = sample_paper_configurations(
-                num_train, sigma=config.sigma, r_min=config.r_min, generator=gen
+                num_train - num_compact, sigma=config.sigma, r_min=config.r_min, generator=gen
             )
+            if pool is not None:
+                pick = torch.randint(pool.shape[0], (num_compact,), generator=gen)
+                pos = torch.cat([pos, _random_rotation(pool[pick], gen)])
             return DenseForceData(pos.to(dtype), lennard_jones(pos)[1].to(dtype))
 
     train_cfg = TrainConfig(
@@ -270,6 +293,8 @@ def run_paper(config: PaperConfig) -> dict[str, Any]:
             "position_rmsd_at": {str(s): _at(md["position_rmsd"], s) for s in steps_check},
             "energy_rmsd_at": {str(s): _at(md["energy_rmsd"], s) for s in steps_check},
             "bounded": md["bounded"],
+            "md_states_force_rms": md["md_states_force_rms"],
+            "md_states_force_rmsd": md["md_states_force_rmsd"],
             "exact_energy_drift": md["exact_energy_drift"],
             "seconds_learned": md["seconds_learned"],
             "seconds_exact": md["seconds_exact"],
@@ -284,6 +309,33 @@ def run_paper(config: PaperConfig) -> dict[str, Any]:
     write_paper_report(out, metrics, md, parity)
     atomic_write(out / "metrics.json", lambda f: json.dump(metrics, f, indent=1), mode="w")
     return metrics
+
+
+#: Temperatures (K) of the compact thermal 4-atom clusters mixed in by ``augment``.
+COMPACT_TEMPERATURES = (5.0, 10.0, 20.0, 40.0)
+#: Size of that pool; every epoch draws from it with fresh random rotations.
+COMPACT_POOL = 8192
+
+
+def _compact_pool(num: int, seed: int) -> torch.Tensor:
+    """Thermal 4-atom argon clusters (the MD test's regime), from short LJ MD runs."""
+    from uenn_geo.data.clusters import sample_lj_clusters
+
+    sample = sample_lj_clusters(
+        num,
+        min_atoms=4,
+        max_atoms=4,
+        temperatures=COMPACT_TEMPERATURES,
+        generator=torch.Generator().manual_seed(10_000 + seed),
+    )
+    return torch.stack(sample.pos)
+
+
+def _random_rotation(pos: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each configuration rotated by its own random orthogonal matrix (QR of a Gaussian)."""
+    q, r = torch.linalg.qr(torch.randn(pos.shape[0], 3, 3, generator=gen, dtype=pos.dtype))
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+    return pos @ q.transpose(-1, -2)
 
 
 def _fit_scales(model: torch.nn.Module, data: DenseForceData) -> None:
