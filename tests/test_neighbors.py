@@ -287,6 +287,7 @@ def test_dense_path_matches_vesin_path(monkeypatch):
     dense = nb.radius_graph(pos, 5.0, batch=batch)
     monkeypatch.setattr(nb, "DENSE_PAIR_LIMIT", 0)
     sparse = nb.radius_graph(pos, 5.0, batch=batch)
+
     def canonical(edge_index):
         key = edge_index[0] * batch.numel() + edge_index[1]
         return edge_index[:, torch.argsort(key)]

@@ -160,11 +160,18 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     add_bench_parser(sub)
 
 
+def _add_md(sub: argparse._SubParsersAction) -> None:
+    from uenn_geo.md_cli import add_md_parser
+
+    add_md_parser(sub)
+
+
 #: Subcommand installers; each adds one parser with ``func`` set.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_paper,
     _add_train,
     _add_bench,
+    _add_md,
 ]
 
 

@@ -60,6 +60,9 @@ class TrainConfig:
             (warmed up as ``min(decay, (1 + t) / (10 + t))`` at step ``t``); validation, the
             best model and the returned model use the averaged weights. :obj:`None` turns it
             off (default: 0.999 for Adam; FIRE runs never average).
+        energy_weight: weight of the energy term of the loss (models with an energy, e.g.
+            ``UENNForceField(conservative=True)``, on graphs carrying ``energy`` in eV);
+            0 trains on forces only.
         progress: show a progress bar.
     """
 
@@ -78,6 +81,7 @@ class TrainConfig:
     eval_batch_size: int = 4096
     fire: dict[str, float] = field(default_factory=dict)
     ema_decay: float | None = 0.999
+    energy_weight: float = 0.0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -198,8 +202,27 @@ def _batches(
     yield from DataLoader(data, batch_size=size, shuffle=shuffle, generator=generator)
 
 
-def force_loss(model: nn.Module, data: Data) -> Tensor:
-    """Mean squared force error in units of ``model.force_scale`` (dimensionless)."""
+def force_loss(model: nn.Module, data: Data, energy_weight: float = 0.0) -> Tensor:
+    r"""Mean squared force error in units of ``model.force_scale`` (dimensionless).
+
+    With ``energy_weight`` :math:`w > 0` (models with ``energy_forces``) it adds
+    :math:`w \langle ((E - E^\mathrm{ref}) / (s_E N_g))^2 \rangle` over the structures
+    :math:`g` (:math:`s_E` = ``model.energy_scale``, :math:`N_g` atoms).
+    """
+    if energy_weight > 0:
+        if not getattr(model, "conservative", False):
+            raise ValueError("energy_weight > 0 needs a model with an energy (conservative=True)")
+        out = model.energy_forces(data)
+        pred, energy = out["forces"], out["energy"]
+        target = data.forces.to(pred.dtype)
+        batch = getattr(data, "batch", None)
+        if batch is None:
+            batch = torch.zeros(pred.shape[0], dtype=torch.long, device=pred.device)
+        atoms = torch.bincount(batch, minlength=energy.shape[0]).to(energy.dtype)
+        ref = data.energy.reshape(-1).to(energy.dtype)
+        e_loss = ((energy - ref) / (model.energy_scale * atoms)).square().mean()
+        f_loss = ((pred - target) / model.force_scale).square().mean()
+        return f_loss + energy_weight * e_loss
     pred = model(data)
     target = data.forces.to(pred.dtype)
     if pred.shape != target.shape:
@@ -272,7 +295,8 @@ def _check_compatible(ckpt: dict, model: nn.Module, cfg: TrainConfig, path: Path
             f"{type(model).__name__} {model.config}; use another --out directory or "
             "resume=False"
         )
-    old = {k: v for k, v in ckpt["train_config"].items() if k not in _RESUMABLE_FIELDS}
+    saved = {"energy_weight": 0.0, **ckpt["train_config"]}
+    old = {k: v for k, v in saved.items() if k not in _RESUMABLE_FIELDS}
     new = {k: v for k, v in _config_dict(cfg).items() if k not in _RESUMABLE_FIELDS}
     if old != new:
         diff = {
@@ -397,7 +421,7 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = _cosine_lr(config, frac)
             optimizer.zero_grad(set_to_none=True)
-            loss = force_loss(model, batch)
+            loss = force_loss(model, batch, config.energy_weight)
             if not torch.isfinite(loss):
                 nan = True
                 break

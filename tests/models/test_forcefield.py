@@ -237,3 +237,162 @@ def test_learns_lennard_jones_forces():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+# --- conservative mode: energy, forces = -dE/dr, stress = dE/d(strain) / V ---------------------
+
+
+def conservative(**kwargs) -> UENNForceField:
+    return make_model(conservative=True, **kwargs).eval()
+
+
+def directional_derivatives(model, data, directions, h=1e-5):
+    """Central differences of the energy along unit displacements of all atoms."""
+    out = []
+    for d in directions:
+        energies = []
+        for sign in (1.0, -1.0):
+            moved = Data(pos=data.pos + sign * h * d, z=data.z)
+            energies.append(model.energy_forces(moved)["energy"].sum())
+        out.append((energies[0] - energies[1]) / (2 * h))
+    return torch.stack(out)
+
+
+def test_conservative_forces_are_minus_energy_gradient():
+    model = conservative(atomic_numbers=[1, 8])
+    data = cluster(5, [1, 8, 8, 1, 1])
+    out = model.energy_forces(data)
+    assert out["energy"].shape == (1,) and out["stress"] is None
+    assert torch.equal(model(data), out["forces"])
+    assert out["forces"].abs().max() > 1e-2
+    directions = torch.randn(4, *data.pos.shape, dtype=F64)
+    directions[0] = 0.0
+    directions[0, 2, 1] = 1.0  # one coordinate alone
+    fd = directional_derivatives(model, data, directions)
+    exact = -(directions * out["forces"]).sum(dim=(1, 2))
+    assert (fd - exact).abs().max() < 1e-8
+    # Newton's third law by construction: no projection needed.
+    assert out["forces"].sum(dim=0).abs().max() < 1e-13
+    # Works under no_grad (MD loops) and leaves nothing attached in eval mode.
+    with torch.no_grad():
+        again = model.energy_forces(data)
+    assert torch.equal(again["forces"], out["forces"]) and not again["energy"].requires_grad
+
+
+@pytest.mark.parametrize("reflection", [False, True])
+def test_conservative_energy_invariant_forces_equivariant(reflection):
+    model = conservative(atomic_numbers=[1, 8], num_blocks=2)
+    graphs = [cluster(6, [1, 8, 1, 1, 8, 8]), cluster(4, [8, 1, 8, 1])]
+    batch = Batch.from_data_list(graphs)
+    out = model.energy_forces(batch)
+    Q = random_orthogonal(3, reflection=reflection)
+    moved = Data(pos=batch.pos @ Q.T + torch.tensor([1.5, -4.0, 2.0], dtype=F64), z=batch.z)
+    moved.batch = batch.batch
+    turned = model.energy_forces(moved)
+    assert relative_error(turned["energy"], out["energy"]) < 1e-12
+    assert relative_error(turned["forces"], apply_group(Q, out["forces"], axis=-1)) < 1e-12
+    perm = random_permutation(batch.num_nodes, batch=batch.batch, groups=batch.z)
+    permuted = model.energy_forces(
+        Data(pos=batch.pos[perm], z=batch.z[perm], batch=batch.batch[perm])
+    )
+    assert relative_error(permuted["energy"], out["energy"]) < 1e-12
+    assert relative_error(permuted["forces"], out["forces"][perm]) < 1e-12
+    alone = torch.cat([model.energy_forces(g)["energy"] for g in graphs])
+    assert torch.allclose(alone, out["energy"], atol=1e-12)
+
+
+def test_conservative_stress_is_strain_derivative():
+    model = conservative(cutoff=4.5)
+    cell = torch.tensor([[4.6, 0.0, 0.0], [0.8, 4.3, 0.0], [0.5, -0.6, 4.9]], dtype=F64)
+    pos = torch.rand(3, 3, dtype=F64) @ cell
+    z = torch.full((3,), 18)
+    data = Data(pos=pos, z=z, cell=cell.unsqueeze(0), pbc=torch.ones(1, 3, dtype=torch.bool))
+    out = model.energy_forces(data, compute_stress=True)
+    stress = out["stress"][0]
+    assert stress.abs().max() > 1e-4
+    assert torch.allclose(stress, stress.T, atol=1e-14)
+    volume = torch.linalg.det(cell).abs()
+    h = 1e-5
+    fd = torch.zeros(3, 3, dtype=F64)
+    for a in range(3):
+        for b in range(3):
+            energies = []
+            for sign in (1.0, -1.0):
+                eps = torch.zeros(3, 3, dtype=F64)
+                eps[a, b] += sign * h / 2
+                eps[b, a] += sign * h / 2
+                deform = torch.eye(3, dtype=F64) + eps
+                strained = Data(pos=pos @ deform, z=z, cell=(cell @ deform).unsqueeze(0))
+                energies.append(model.energy_forces(strained)["energy"][0])
+            fd[a, b] = (energies[0] - energies[1]) / (2 * h) / volume
+    assert (fd - stress).abs().max() < 1e-9
+    # A batch of two cells gives each its own stress.
+    batch = Batch.from_data_list([data, data.clone()])
+    both = model.energy_forces(batch, compute_stress=True)["stress"]
+    assert torch.allclose(both, stress.expand(2, 3, 3), atol=1e-13)
+    with pytest.raises(ValueError, match="cell"):
+        model.energy_forces(cluster(3), compute_stress=True)
+
+
+def test_conservative_training_and_scales():
+    model = conservative(atomic_numbers=[1, 8]).train()
+    graphs = [cluster(4, [1, 8, 8, 1]), cluster(3, [8, 8, 8]), cluster(5, [1, 1, 1, 8, 1])]
+    energies = [2 * 1.0 + 2 * 2.0, 3 * 2.0, 4 * 1.0 + 2.0]  # mu_H = 1 eV, mu_O = 2 eV
+    for g, e in zip(graphs, energies, strict=True):
+        g.forces = torch.randn(g.num_nodes, 3, dtype=F64) * 0.5
+        g.energy = torch.tensor([e], dtype=F64)
+    scale = model.fit_scales(graphs)
+    assert model.energy_scale.item() == pytest.approx(scale)
+    assert torch.allclose(model.energy_shift, torch.tensor([1.0, 2.0], dtype=F64), atol=1e-12)
+    batch = Batch.from_data_list(graphs)
+    loss = ((model(batch) - batch.forces) / model.force_scale).square().mean()
+    loss.backward()  # through create_graph: forces train the energy
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert model.energy_readout.weight.grad.abs().max() > 0
+    assert {"energy_scale", "energy_shift"} <= set(model.state_dict())
+    direct = make_model()
+    assert "energy_scale" not in direct.state_dict()  # direct-mode files are unchanged
+    assert direct.energy_forces(cluster(3))["energy"] is None
+    with pytest.raises(ValueError, match="conservative=True"):
+        direct.compute_energy(
+            torch.zeros(2, 3, dtype=F64),
+            torch.zeros(2, dtype=torch.long),
+            torch.zeros(2, 0, dtype=torch.long),
+        )
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread (and much faster on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_conservative_nve_conserves_energy(one_thread):
+    from uenn_geo.data.lj import ARGON_MASS
+    from uenn_geo.md import maxwell_boltzmann, paper_md_initial_positions, velocity_verlet
+
+    model = conservative(cutoff=10.2)
+    model.energy_scale.fill_(0.05)
+    z = torch.full((4,), 18)
+
+    def energy_forces(pos):
+        out = model.energy_forces(Data(pos=pos, z=z))
+        return out["energy"][0], out["forces"]
+
+    pos0 = paper_md_initial_positions()
+    masses = torch.full((4,), ARGON_MASS, dtype=F64)
+    vel0 = maxwell_boltzmann(masses, 30.0, generator=torch.Generator().manual_seed(0))
+    spreads = []
+    for dt, steps in ((4.0, 30), (2.0, 60)):
+        traj = velocity_verlet(pos0, vel0, masses, energy_forces, dt=dt, steps=steps)
+        assert (traj.positions[-1] - pos0).norm(dim=-1).max() > 0.05  # the atoms moved
+        assert traj.potential_energy.std() > 1e-4  # energy flows between K and U
+        total = traj.total_energy
+        spreads.append((total - total[0]).abs().max().item())
+    # Velocity Verlet on a conservative force field: the error is O(dt^2), no drift.
+    assert spreads[1] < 0.4 * spreads[0]
+    assert spreads[1] < 1e-4

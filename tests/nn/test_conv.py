@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
+import uenn_geo.nn.conv as conv_module
 from uenn_geo.neighbors import radius_graph
-from uenn_geo.nn.conv import VectorGaussianConv
+from uenn_geo.nn.conv import VectorGaussianConv, _edge_chunks
 from uenn_geo.testing import (
     assert_equivariant,
     assert_invariant,
@@ -107,8 +108,12 @@ def test_eq33_periodic_shifts_match_image_loop():
     assert torch.allclose(out, expected, atol=1e-12)
 
 
-def test_general_layer_matches_dense_einsum():
-    # Node features, vector features, rank-3 weights, an activation on each output.
+@pytest.mark.parametrize("edges_per_chunk, shuffle", [(None, False), (2, True)])
+def test_general_layer_matches_dense_einsum(monkeypatch, edges_per_chunk, shuffle):
+    # Node features, vector features, rank-3 weights, an activation on each output; the
+    # second case splits every neighbourhood over several chunks and shuffles the edges.
+    if edges_per_chunk is not None:
+        monkeypatch.setattr(conv_module, "EDGES_PER_CHUNK", edges_per_chunk)
     rc, num, n = 4.5, 6, 3
     conv = VectorGaussianConv(
         3, 5, 4, rc, vector_channels=2, output="both", act="softsign_residual", dtype=F64
@@ -116,7 +121,10 @@ def test_general_layer_matches_dense_einsum():
     pos = cluster(num, n)
     v = torch.randn(num, 3, dtype=F64)
     x = torch.randn(num, n, 2, dtype=F64)
-    out = conv(pos, all_pairs(num), v, x)
+    edge_index = all_pairs(num)
+    if shuffle:
+        edge_index = edge_index[:, torch.randperm(edge_index.shape[1])]
+    out = conv(pos, edge_index, v, x)
     pre_d = torch.zeros(num, n, 5, dtype=F64)
     pre_s = torch.zeros(num, 5, dtype=F64)
     w, ws = conv.weight, conv.scalar_weight
@@ -138,6 +146,37 @@ def test_general_layer_matches_dense_einsum():
 
     assert torch.allclose(out[:, :n], sigma(pre_d), atol=1e-12)
     assert torch.allclose(out[:, n], sigma(pre_s.unsqueeze(1)).squeeze(1), atol=1e-12)
+
+
+def test_edge_chunks_place_each_edge_once():
+    index = torch.tensor([3, 0, 3, 3, 1, 3, 0, 3, 3])  # atom 2 has no edge, atom 3 has six
+    chunk, slot, chunk_node = _edge_chunks(index, num_nodes=5, size=4)
+    assert chunk_node.shape == ((9 + 5 * 3) // 4,)  # the bound, from shapes alone
+    assert torch.equal(chunk_node[chunk], index)  # a chunk holds edges of one atom
+    assert bool((slot >= 0).all()) and bool((slot < 4).all())
+    assert len(set(zip(chunk.tolist(), slot.tolist(), strict=True))) == 9  # no collisions
+    assert torch.bincount(chunk, minlength=6).tolist() == [2, 1, 4, 2, 0, 0]  # 3 -> 4 + 2
+    # Nothing to place: no edges, no atoms.
+    chunk, slot, chunk_node = _edge_chunks(torch.empty(0, dtype=torch.long), 0, 32)
+    assert chunk.numel() == slot.numel() == chunk_node.numel() == 0
+
+
+@pytest.mark.parametrize("edges_per_chunk", [1, 3, 32])
+def test_edge_order_and_chunk_size_do_not_matter(monkeypatch, edges_per_chunk):
+    # Periodic neighbourhoods of 20+ edges per atom, shuffled, cut into chunks of any size.
+    rc = 4.0
+    conv = VectorGaussianConv(2, 4, 5, rc, vector_channels=2, output="both", dtype=F64)
+    cell = torch.eye(3, dtype=F64) * 5.0
+    pos = torch.rand(6, 3, dtype=F64) * 5.0
+    v, x = torch.randn(6, 2, dtype=F64), torch.randn(6, 3, 2, dtype=F64)
+    edge_index, shifts = radius_graph(pos, rc, cell=cell.unsqueeze(0))
+    assert torch.bincount(edge_index[0]).min() > 5
+    ref = conv(pos, edge_index, v, x, shifts)
+    monkeypatch.setattr(conv_module, "EDGES_PER_CHUNK", edges_per_chunk)
+    perm = torch.randperm(edge_index.shape[1])
+    out = conv(pos, edge_index[:, perm], v, x, shifts[perm])
+    assert ref.abs().max() > 1e-2
+    assert torch.allclose(out, ref, atol=1e-13)
 
 
 @pytest.mark.parametrize("reflection", [False, True])
@@ -219,9 +258,11 @@ def test_isolated_atoms_and_self_loops_are_zero_not_nan():
     out.square().sum().backward()
     assert torch.isfinite(pos.grad).all()
     assert torch.isfinite(conv.weight.grad).all()
-    # No edges at all.
+    # No edges at all, also for a single atom (no chunk to allocate).
     empty = conv(pos, torch.empty(2, 0, dtype=torch.long))
     assert torch.equal(empty, torch.zeros(3, 4, 4, dtype=F64))
+    single = conv(pos[:1], torch.empty(2, 0, dtype=torch.long))
+    assert torch.equal(single, torch.zeros(1, 4, 4, dtype=F64))
 
 
 def test_coincident_atoms_have_finite_gradients():
@@ -268,6 +309,20 @@ def test_gradcheck():
     # Every entry for the node inputs; random directions (fast mode) for all inputs at once.
     assert torch.autograd.gradcheck(lambda p, vv, xx: fn(p, vv, xx, shifts, *params), (pos, v, x))
     assert torch.autograd.gradcheck(fn, (pos, v, x, shifts, *params), fast_mode=True)
+
+
+def test_second_derivatives():
+    # Training a conservative model (forces = -dE/dr) differentiates the layer twice.
+    conv = VectorGaussianConv(2, 2, 3, 4.0, 1, "both", "softsign_residual", dtype=F64)
+    num = 3
+    pos = cluster(num, spread=1.5).requires_grad_(True)
+    v, x = torch.randn(num, 2, dtype=F64), torch.randn(num, 3, 1, dtype=F64)
+    weight = conv.weight.detach().clone().requires_grad_(True)
+
+    def fn(p, w):
+        return torch.func.functional_call(conv, {"weight": w}, (p, all_pairs(num), v, x))
+
+    assert torch.autograd.gradgradcheck(fn, (pos, weight), fast_mode=True)
 
 
 def test_parameters_receive_gradients():

@@ -37,7 +37,9 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 class UENNForceField(nn.Module):
     r"""A force field of vector graph layers (eqs. 29-31) and equivariant MLPs (eqs. 5-17).
 
-    It predicts one force vector per atom directly, not as the gradient of an energy.
+    By default (``conservative=False``) it predicts one force vector per atom directly, not as
+    the gradient of an energy; with ``conservative=True`` it predicts an invariant energy and
+    takes the forces (and the stress of periodic cells) as its derivatives (sec. 3.6).
 
     **Block 1** is the paper's construction (sec. 4): the vector graph layer turns the
     neighbourhood of atom :math:`i` into :math:`M` vectors :math:`D_i^a` (eq. 30) and :math:`M`
@@ -71,13 +73,36 @@ class UENNForceField(nn.Module):
     permutations of atoms of the same species; positions enter only through
     :math:`\mathbf{r}_{ij}`, so it is translation invariant.
 
-    **Output.** The last MLP has one output vector; :math:`\mathbf{F}_i = s_F\, h_i^{(K)}`,
-    with the buffer ``force_scale`` :math:`s_F` (eV/A, set by :meth:`fit_scales`) so that the
-    network works with forces of unit spread. With ``remove_net_force`` the mean force of each
+    **Output** (direct mode). The last MLP has one output vector;
+    :math:`\mathbf{F}_i = s_F\, h_i^{(K)}`, with the buffer ``force_scale`` :math:`s_F` (eV/A,
+    set by :meth:`fit_scales`) so that the network works with forces of unit spread. With
+    ``remove_net_force`` the mean force of each
     structure is subtracted, :math:`\mathbf{F}_i \leftarrow \mathbf{F}_i - \frac{1}{N_g}
     \sum_{k \in g} \mathbf{F}_k`: forces that are not an energy gradient do not obey Newton's
     third law by construction, and a nonzero total force would accelerate the centre of mass
     in MD. The projection commutes with rotations and permutations.
+
+    **Conservative mode.** Invariant scalars can be read out of equivariant vectors through
+    their norms (PAPER.md sec. 3.6). The last MLP then has :math:`M` = ``hidden_channels``
+    outputs :math:`h_{ia} = [\mathbf{x}_{ia}; s_{ia}]`, and a linear readout of their
+    invariants gives the energy of atom :math:`i` of species :math:`z_i`
+
+    .. math::
+        E_i = s_E \sum_a \big(\alpha_a \|\mathbf{x}_{ia}\|^2 + \beta_a\, s_{ia}\big) + \mu_{z_i},
+        \qquad E = \sum_{i \in g} E_i,
+        \qquad \mathbf{F}_i = -\frac{\partial E}{\partial \mathbf{r}_i},
+        \qquad \sigma = \frac{1}{V} \frac{\partial E}{\partial \varepsilon}
+
+    with the buffers ``energy_scale`` :math:`s_E` (eV) and ``energy_shift`` :math:`\mu_z` (eV per
+    atom of each species), set by :meth:`fit_scales`. Forces come from autograd (with
+    ``create_graph`` in training mode, so a force loss trains the energy); they sum to zero
+    and do no work around a closed path, so NVE runs conserve :math:`E + K`. The stress
+    (eV/A\ :sup:`3`, ASE's sign: positive under tension) is the derivative with respect to a
+    symmetric strain :math:`\varepsilon` that moves positions and cell,
+    :math:`\mathbf{r} \to \mathbf{r}(1 + \varepsilon)`, :math:`\mathbf{C} \to
+    \mathbf{C}(1 + \varepsilon)`, hence the image shifts :math:`\mathbf{s}_e \to
+    \mathbf{s}_e (1 + \varepsilon)`. ``remove_net_force`` is ignored (the net force is zero
+    by construction).
 
     Args:
         cutoff (float): neighbour cutoff :math:`r_c` in Angstrom. The default :math:`3 r_0 =
@@ -99,16 +124,20 @@ class UENNForceField(nn.Module):
             this order (default: :obj:`[18]`, argon).
         activation (str): hidden activation, a name from :data:`uenn_geo.nn.ACTIVATIONS`
             (default: ``"softsign_residual"``, eq. 13).
-        remove_net_force (bool): subtract the mean force per structure (default: :obj:`True`).
+        remove_net_force (bool): subtract the mean force per structure; direct mode only
+            (default: :obj:`True`).
         r_min (float): first Gaussian centre in Angstrom (default: :obj:`0.0`).
         dtype (str or torch.dtype, optional): real dtype of the parameters and of the forces
             (default: :obj:`torch.get_default_dtype()`).
+        conservative (bool): predict an energy and take forces and stress as its derivatives
+            (default: :obj:`False`, direct forces).
 
     Shapes:
         - input: a PyG ``Data``/``Batch`` with ``pos`` :obj:`(N, 3)` (Angstrom), ``z``
           :obj:`(N)`, optional ``batch`` :obj:`(N)`, ``edge_index`` :obj:`(2, E)`, ``shifts``
           :obj:`(E, 3)`, ``cell`` :obj:`(B, 3, 3)`, ``pbc`` :obj:`(B, 3)`
-        - output: forces :obj:`(N, 3)` in eV/A
+        - output: forces :obj:`(N, 3)` in eV/A; :meth:`energy_forces` also gives energies
+          :obj:`(B)` in eV and stresses :obj:`(B, 3, 3)` in eV/A\ :sup:`3`
 
     Example:
         >>> from torch_geometric.data import Data
@@ -116,6 +145,10 @@ class UENNForceField(nn.Module):
         >>> data = Data(pos=torch.randn(4, 3, dtype=torch.float64) * 3, z=torch.full((4,), 18))
         >>> model(data).shape
         torch.Size([4, 3])
+        >>> model = UENNForceField(dtype="float64", conservative=True)
+        >>> out = model.energy_forces(data)
+        >>> out["energy"].shape, out["forces"].shape
+        (torch.Size([1]), torch.Size([4, 3]))
     """
 
     def __init__(
@@ -131,6 +164,7 @@ class UENNForceField(nn.Module):
         remove_net_force: bool = True,
         r_min: float = 0.0,
         dtype: str | torch.dtype | None = None,
+        conservative: bool = False,
     ) -> None:
         super().__init__()
         dtype = _resolve_dtype(dtype)
@@ -167,16 +201,21 @@ class UENNForceField(nn.Module):
             "remove_net_force": bool(remove_net_force),
             "r_min": float(r_min),
             "dtype": _dtype_name(dtype),
+            "conservative": bool(conservative),
         }
         self.cutoff = float(cutoff)
         self.num_species = len(atomic_numbers)
         self.remove_net_force = bool(remove_net_force)
+        self.conservative = bool(conservative)
         factory = {"dtype": dtype}
         species = self.num_species
         table = torch.full((max(atomic_numbers) + 1,), -1, dtype=torch.long)
         table[torch.tensor(atomic_numbers)] = torch.arange(species)
         self.register_buffer("z_to_index", table, persistent=False)
         self.register_buffer("force_scale", torch.tensor(1.0, **factory))
+        if self.conservative:
+            self.register_buffer("energy_scale", torch.tensor(1.0, **factory))
+            self.register_buffer("energy_shift", torch.zeros(species, **factory))
 
         m, c = int(hidden_channels), int(interaction_channels)
         conv = {"num_basis": num_basis, "cutoff": cutoff, "r_min": r_min, "output": "both"}
@@ -185,7 +224,7 @@ class UENNForceField(nn.Module):
         self.mlps = nn.ModuleList()
         for k in range(num_blocks):
             c_in = m if k == 0 else 2 * m
-            c_out = 1 if k == num_blocks - 1 else m
+            c_out = 1 if k == num_blocks - 1 and not self.conservative else m
             self.mlps.append(
                 EquivariantMLP(
                     [c_in, *mlp_channels, c_out], act=activation, num_scalars=1, **factory
@@ -196,6 +235,11 @@ class UENNForceField(nn.Module):
                 self.convs.append(
                     VectorGaussianConv(species + c, m, vector_channels=c, **conv, **factory)
                 )
+        if self.conservative:
+            # alpha_a (squared norms) and beta_a (scalar rows) of the energy readout.
+            self.energy_readout = nn.Linear(2 * m, 1, bias=False, **factory)
+        else:
+            self.register_module("energy_readout", None)
         self.reset_parameters()
 
     @property
@@ -206,6 +250,9 @@ class UENNForceField(nn.Module):
         """Re-initialise every layer (normalised Xavier, zero biases); keeps ``force_scale``."""
         for module in (*self.convs, *self.mixes, *self.mlps):
             module.reset_parameters()
+        if self.energy_readout is not None:
+            bound = 1.0 / math.sqrt(self.energy_readout.in_features)
+            nn.init.uniform_(self.energy_readout.weight, -bound, bound)
 
     def species_index(self, z: Tensor | None, num_atoms: int) -> Tensor:
         r"""Map atomic numbers :math:`z` to species indices :math:`0, \dots, S-1`.
@@ -237,14 +284,8 @@ class UENNForceField(nn.Module):
             )
         return index
 
-    def forward(self, data: Any) -> Tensor:
-        r"""Forces in eV/A on every atom of a PyG ``Data``/``Batch`` (positions in Angstrom).
-
-        Builds the neighbour list with :func:`uenn_geo.neighbors.radius_graph` (using
-        ``batch``, ``cell`` and ``pbc`` when present) unless ``data`` has ``edge_index``, in
-        which case that list and ``data.shifts`` (if present) are used; it must contain every
-        pair closer than the cutoff, and pairs beyond it contribute nothing.
-        """
+    def _inputs(self, data: Any) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor, int]:
+        """Check ``data`` and return ``(pos, species, edge_index, shifts, batch, num_graphs)``."""
         pos = data.pos
         if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[1] != 3:
             shape = tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
@@ -274,7 +315,131 @@ class UENNForceField(nn.Module):
         num_graphs = getattr(data, "num_graphs", None)
         if num_graphs is None:
             num_graphs = int(batch.max()) + 1 if num_atoms else 1
-        return self.compute_forces(pos, species, edge_index, shifts, batch, int(num_graphs))
+        return pos, species, edge_index, shifts, batch, int(num_graphs)
+
+    def forward(self, data: Any) -> Tensor:
+        r"""Forces in eV/A on every atom of a PyG ``Data``/``Batch`` (positions in Angstrom).
+
+        Builds the neighbour list with :func:`uenn_geo.neighbors.radius_graph` (using
+        ``batch``, ``cell`` and ``pbc`` when present) unless ``data`` has ``edge_index``, in
+        which case that list and ``data.shifts`` (if present) are used; it must contain every
+        pair closer than the cutoff, and pairs beyond it contribute nothing.
+        """
+        return self.compute_forces(*self._inputs(data))
+
+    def energy_forces(self, data: Any, compute_stress: bool = False) -> dict[str, Tensor | None]:
+        r"""Energy, forces and (for periodic cells) stress of every structure in ``data``.
+
+        Works in both modes: the direct mode has no energy, so ``energy`` and ``stress`` are
+        :obj:`None`. In conservative mode the derivatives are taken by autograd, also under
+        :func:`torch.no_grad` (not under :func:`torch.inference_mode`); the outputs keep
+        their graph only in training mode. Neighbour lists as in :meth:`forward`.
+
+        Args:
+            data: a PyG ``Data``/``Batch`` as for :meth:`forward`; with ``compute_stress`` it
+                needs ``cell`` :obj:`(B, 3, 3)` (or PyG's collated :obj:`(3B, 3)`).
+            compute_stress (bool): also return the stress (default: :obj:`False`).
+
+        Returns:
+            ``{"energy": (B) eV or None, "forces": (N, 3) eV/A, "stress": (B, 3, 3) eV/A^3
+            or None}``; the stress follows ASE's sign, :math:`\sigma = \frac{1}{V}
+            \partial E / \partial \varepsilon` (positive under tension).
+        """
+        pos, species, edge_index, shifts, batch, num_graphs = self._inputs(data)
+        if not self.conservative:
+            forces = self.compute_forces(pos, species, edge_index, shifts, batch, num_graphs)
+            return {"energy": None, "forces": forces, "stress": None}
+        cell = None
+        if compute_stress:
+            cell = getattr(data, "cell", None)
+            if cell is None:
+                raise ValueError("compute_stress needs data.cell (a periodic structure)")
+            cell = torch.as_tensor(cell).to(pos).reshape(-1, 3, 3)
+            if cell.shape[0] != num_graphs:
+                raise ValueError(f"data.cell holds {cell.shape[0]} cells for {num_graphs} graphs")
+        create_graph = self.training
+        with torch.enable_grad():
+            leaf = pos if pos.requires_grad else pos.detach().requires_grad_(True)
+            inputs = [leaf]
+            x = leaf
+            if compute_stress:
+                strain = pos.new_zeros(num_graphs, 3, 3, requires_grad=True)
+                sym = 0.5 * (strain + strain.transpose(1, 2))
+                x = leaf + torch.bmm(leaf.unsqueeze(1), sym[batch]).squeeze(1)
+                if shifts is None:
+                    shifts = pos.new_zeros(edge_index.shape[1], 3)
+                edge_sym = sym[batch[edge_index[0]]]
+                shifts = shifts + torch.bmm(shifts.unsqueeze(1), edge_sym).squeeze(1)
+                inputs.append(strain)
+            energy = self.compute_energy(x, species, edge_index, shifts, batch, num_graphs)
+            grads = torch.autograd.grad(
+                energy.sum(), inputs, create_graph=create_graph, allow_unused=True
+            )
+        forces = -grads[0] if grads[0] is not None else torch.zeros_like(pos)
+        stress = None
+        if compute_stress:
+            volume = torch.linalg.det(cell).abs()
+            d_strain = grads[1] if grads[1] is not None else torch.zeros_like(strain)
+            stress = d_strain / volume.view(-1, 1, 1)
+        if not create_graph:
+            energy = energy.detach()
+            stress = stress.detach() if stress is not None else None
+        return {"energy": energy, "forces": forces, "stress": stress}
+
+    def _features(
+        self, pos: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor | None
+    ) -> Tensor:
+        """The output of the last block, :obj:`(N, n + 1, C_out)`."""
+        n = pos.shape[1]
+        v = nn.functional.one_hot(species, self.num_species).to(pos.dtype)
+        h = self.convs[0](pos, edge_index, v, shifts=shifts)  # (N, n + 1, M): [D; S]
+        h = self.mlps[0](h)
+        for mix, conv, mlp in zip(self.mixes, self.convs[1:], self.mlps[1:], strict=True):
+            y = mix(h)  # (N, n + 1, C): [x_j; s_j]
+            v_mix = torch.cat([v, y[:, n, :]], dim=-1)  # (N, S + C): [v_j, s_j]
+            message = conv(pos, edge_index, v_mix, y[:, :n, :], shifts)  # (N, n + 1, M)
+            h = mlp(torch.cat([h, message], dim=-1))
+        return h
+
+    def compute_atomic_energies(
+        self, pos: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor | None = None
+    ) -> Tensor:
+        r"""Energies :math:`E_i` of the atoms in eV :obj:`(N)` (conservative mode).
+
+        Arguments as in :meth:`compute_forces`; the readout of the class docstring.
+        """
+        if self.energy_readout is None:
+            raise ValueError(
+                "this model predicts forces directly and has no energy; build it with "
+                "conservative=True"
+            )
+        n = pos.shape[1]
+        h = self._features(pos, species, edge_index, shifts)
+        invariants = torch.cat([h[:, :n, :].square().sum(dim=1), h[:, n, :]], dim=-1)
+        atomic = self.energy_readout(invariants).squeeze(-1) * self.energy_scale
+        return atomic + self.energy_shift[species]
+
+    def compute_energy(
+        self,
+        pos: Tensor,
+        species: Tensor,
+        edge_index: Tensor,
+        shifts: Tensor | None = None,
+        batch: Tensor | None = None,
+        num_graphs: int = 1,
+    ) -> Tensor:
+        r"""Energy per graph in eV (conservative mode), on plain tensors.
+
+        Arguments as in :meth:`compute_forces`. Differentiable with respect to ``pos`` and
+        ``shifts``; :meth:`energy_forces` takes the derivatives.
+
+        Returns:
+            Energies :obj:`(B)` in eV.
+        """
+        atomic = self.compute_atomic_energies(pos, species, edge_index, shifts)
+        if batch is None:
+            return atomic.sum().unsqueeze(0)
+        return pos.new_zeros(num_graphs).index_add(0, batch, atomic)
 
     def compute_forces(
         self,
@@ -287,8 +452,10 @@ class UENNForceField(nn.Module):
     ) -> Tensor:
         r"""The network on plain tensors, without neighbour search or data checks.
 
-        This is the part to :func:`torch.compile` (it has no graph breaks for a fixed
-        ``edge_index``); :meth:`forward` calls it.
+        This is the part to :func:`torch.compile` in the direct mode (it has no graph breaks
+        for a fixed ``edge_index``); :meth:`forward` calls it. In conservative mode it is
+        :math:`-\partial E / \partial \mathbf{r}` of :meth:`compute_energy` by
+        :func:`torch.autograd.grad` (``create_graph`` in training mode).
 
         Args:
             pos (Tensor): positions :obj:`(N, 3)` in Angstrom.
@@ -302,15 +469,16 @@ class UENNForceField(nn.Module):
         Returns:
             Forces :obj:`(N, 3)` in eV/A.
         """
+        if self.conservative:
+            with torch.enable_grad():
+                leaf = pos if pos.requires_grad else pos.detach().requires_grad_(True)
+                energy = self.compute_energy(leaf, species, edge_index, shifts, batch, num_graphs)
+                (grad,) = torch.autograd.grad(
+                    energy.sum(), [leaf], create_graph=self.training, allow_unused=True
+                )
+            return -grad if grad is not None else torch.zeros_like(pos)
         n = pos.shape[1]
-        v = nn.functional.one_hot(species, self.num_species).to(pos.dtype)
-        h = self.convs[0](pos, edge_index, v, shifts=shifts)  # (N, n + 1, M): [D; S]
-        h = self.mlps[0](h)
-        for mix, conv, mlp in zip(self.mixes, self.convs[1:], self.mlps[1:], strict=True):
-            y = mix(h)  # (N, n + 1, C): [x_j; s_j]
-            v_mix = torch.cat([v, y[:, n, :]], dim=-1)  # (N, S + C): [v_j, s_j]
-            message = conv(pos, edge_index, v_mix, y[:, :n, :], shifts)  # (N, n + 1, M)
-            h = mlp(torch.cat([h, message], dim=-1))
+        h = self._features(pos, species, edge_index, shifts)
         forces = h[:, :n, 0] * self.force_scale
         if self.remove_net_force:
             if batch is None:
@@ -322,24 +490,38 @@ class UENNForceField(nn.Module):
 
     @torch.no_grad()
     def fit_scales(self, forces: Tensor | Iterable[Any]) -> float:
-        r"""Set ``force_scale`` to the root mean square force component of the training data.
+        r"""Set ``force_scale`` (and, in conservative mode, the energy buffers) from data.
 
         .. math::
             s_F = \sqrt{\frac{1}{3N} \sum_{i, \alpha} F_{i\alpha}^2}
 
-        (the spread about zero, the mean force of a structure being zero).
+        (the spread about zero, the mean force of a structure being zero). In conservative
+        mode ``energy_scale`` becomes :math:`s_E = s_F \cdot 1` A (eV), so that the network
+        works with energies whose gradients have unit spread, and, when the graphs carry
+        ``energy`` (eV per structure), ``energy_shift`` becomes the per-species energies
+        :math:`\mu_z` that fit :math:`E_g \approx \sum_z n_{gz} \mu_z` in least squares
+        (:math:`n_{gz}` = atoms of species :math:`z` in structure :math:`g`).
 
         Args:
             forces (Tensor or iterable): forces :obj:`(N, 3)` in eV/A, or graphs (a PyG dataset
-                or list of ``Data``) carrying ``forces``.
+                or list of ``Data``) carrying ``forces`` (and optionally ``energy``).
 
         Returns:
-            The new scale in eV/A.
+            The new force scale in eV/A.
         """
+        energies: list[float] = []
+        counts: list[Tensor] = []
         if isinstance(forces, Tensor):
             f = forces
         else:
-            parts = [d.forces.reshape(-1) for d in forces]
+            parts = []
+            for d in forces:
+                parts.append(d.forces.reshape(-1))
+                energy = getattr(d, "energy", None)
+                if self.conservative and energy is not None:
+                    species = self.species_index(getattr(d, "z", None), d.forces.shape[0])
+                    energies.append(float(torch.as_tensor(energy).reshape(-1)[0]))
+                    counts.append(torch.bincount(species.cpu(), minlength=self.num_species))
             if not parts:
                 raise ValueError("fit_scales got no graphs")
             f = torch.cat(parts)
@@ -349,6 +531,13 @@ class UENNForceField(nn.Module):
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"the force scale must be finite and > 0, got {scale} eV/A")
         self.force_scale.fill_(scale)
+        if self.conservative:
+            self.energy_scale.fill_(scale)
+            if energies:
+                a = torch.stack(counts).to(torch.float64)
+                b = torch.tensor(energies, dtype=torch.float64).unsqueeze(1)
+                shift = torch.linalg.lstsq(a, b, driver="gelsd").solution.squeeze(1)
+                self.energy_shift.copy_(shift.to(self.energy_shift))
         return scale
 
     def __repr__(self) -> str:
@@ -356,5 +545,5 @@ class UENNForceField(nn.Module):
         return (
             f"{self.__class__.__name__}(cutoff={cfg['cutoff']}, num_blocks={cfg['num_blocks']}, "
             f"hidden_channels={cfg['hidden_channels']}, species={cfg['atomic_numbers']}, "
-            f"{cfg['dtype']})"
+            f"{cfg['dtype']}{', conservative' if self.conservative else ''})"
         )

@@ -19,6 +19,40 @@ __all__ = ["VectorGaussianConv"]
 #: Output forms of :class:`VectorGaussianConv`.
 OUTPUTS = ("vector", "scalar", "both")
 
+#: Edges of one centre atom per matrix product in :meth:`VectorGaussianConv.aggregate`.
+EDGES_PER_CHUNK = 32
+
+
+def _edge_chunks(index: Tensor, num_nodes: int, size: int) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Place every edge in a slot of a chunk of ``size`` edges that share the centre atom.
+
+    Atom :math:`i` with :math:`d_i` edges owns :math:`\lceil d_i / \mathrm{size} \rceil`
+    chunks; the number of chunks is bounded by :math:`(E + N (\mathrm{size} - 1)) /
+    \mathrm{size}`, which is what is allocated, so every shape follows from the shapes of the
+    inputs (no data-dependent sizes, nothing that breaks a :func:`torch.compile` graph).
+    Edges may come in any order.
+
+    Returns:
+        ``(chunk, slot, chunk_node)``: the chunk :obj:`(E)` and slot :obj:`(E)` of every edge,
+        and the atom :obj:`(C)` of every chunk (unused chunks: atom 0, they stay empty).
+    """
+    num_edges = index.shape[0]
+    num_chunks = (num_edges + num_nodes * (size - 1)) // size
+    order = torch.argsort(index, stable=True)
+    count = torch.zeros(num_nodes, dtype=torch.long, device=index.device)
+    count = count.index_add(0, index, torch.ones_like(index))
+    first_edge = torch.cumsum(count, 0) - count
+    rank = torch.empty_like(index).index_copy(
+        0, order, torch.arange(num_edges, device=index.device) - first_edge[index[order]]
+    )  # position of each edge among the edges of its centre
+    num_own = (count + size - 1) // size
+    first_chunk = torch.cumsum(num_own, 0) - num_own
+    chunk = first_chunk[index] + torch.div(rank, size, rounding_mode="floor")
+    slot = rank % size
+    chunk_node = torch.zeros(num_chunks, dtype=torch.long, device=index.device)
+    chunk_node.index_put_((chunk,), index)
+    return chunk, slot, chunk_node
+
 
 class VectorGaussianConv(MessagePassing):
     r"""The vector graph layer of Ma & Chan (eqs. 29-31) as a PyG message-passing layer.
@@ -56,18 +90,30 @@ class VectorGaussianConv(MessagePassing):
     the sum over neighbours makes both permutation-equivariant.
 
     **Contraction order.** :math:`w` does not depend on the edge, so the sum over :math:`j`
-    and the contraction with :math:`w` commute. The layer sends the message
-    :math:`m_{ij} = [\hat{\mathbf{r}}_{ij} \otimes v_j, \mathbf{x}_j] \otimes e_{ij}` of width
-    :math:`n \cdot B (F + F_v)` per edge (plus one row for the scalar form), adds the messages
-    up, and then contracts the :math:`N` sums with :math:`w` as one matrix product
-    :math:`(N (n+1), B (F + F_v)) \times (B (F + F_v), M)`. Contracting per edge instead costs
-    :math:`E B (F + F_v) M` multiply-adds against :math:`N B (F + F_v) M` here
-    (:math:`E / N` is the mean number of neighbours, 50-100 for liquid argon at 8.5-10.2 A), and
-    contracting the node features first (:math:`W_j = v_j w`, of width :math:`B M` per node)
-    moves :math:`(n+1) B M` numbers per edge instead of :math:`(n+1) B (F + F_v)`. Per-edge
-    memory, which dominates, is therefore smallest here whenever :math:`F + F_v < M`: always
-    for one-hot species; for wide inputs, mix them down first with a linear layer (which is
-    a low-rank factorisation of :math:`w`).
+    and the contraction with :math:`w` commute. The layer first forms the neighbour sums
+    :math:`h_i = \sum_j \mathrm{feat}_{ij} \otimes e_{ij}` of every atom, of size
+    :math:`(n + 1) \times B (F + F_v)`, with the rows :math:`\mathrm{feat}_{ij} =
+    [\hat{\mathbf{r}}_{ij} \otimes v_j, \mathbf{x}_j]` (vector form) and
+    :math:`[v_j, \hat{\mathbf{r}}_{ij} \cdot \mathbf{x}_j]` (scalar form), and then contracts
+    the :math:`N` sums with :math:`w` as one matrix product :math:`(N (n+1), B (F + F_v))
+    \times (B (F + F_v), M)`. The message of an edge is the pair
+    :math:`(e_{ij}, \mathrm{feat}_{ij})`, :math:`B + (n+1)(F + F_v)` numbers, and
+    :meth:`aggregate` never forms their outer product per edge (:math:`(n+1) B (F + F_v)`
+    numbers, 13 times more in the second layer of
+    :class:`~uenn_geo.models.UENNForceField`): for each atom :math:`h_i = E_i^\top
+    \mathrm{Feat}_i` is a matrix product over its edges, computed for all atoms at once by
+    :func:`torch.bmm` on chunks of :data:`EDGES_PER_CHUNK` edges of one centre (zero-padded).
+    That is about :math:`E B (n+1)(F + F_v)` multiply-adds, the same as the outer product,
+    with a tenth of the memory traffic: on the argon boxes of ``uenn-geo bench`` (CPU, one
+    thread) the force field runs 3.3-3.8 times faster than with the outer product, 5-6 times
+    with parameter gradients. Chunks of fixed size, rather than one row per atom padded to
+    the largest neighbour count, keep every shape a function of the input shapes
+    (:func:`torch.compile` needs no graph break) and waste little on uneven
+    neighbourhoods. Contracting with :math:`w` per edge instead (best as :math:`e_{ij} w`, a
+    :math:`(F + F_v) \times M` matrix per edge, then times :math:`\mathrm{feat}_{ij}`) costs
+    :math:`E B (F + F_v) M` multiply-adds, :math:`M / (n+1)` times more, and moves
+    :math:`(F + F_v) M` numbers per edge. The work grows with :math:`F + F_v`; for wide
+    inputs, mix them down first with a linear layer (a low-rank factorisation of :math:`w`).
 
     An edge of zero length (a self-loop :math:`i = j` without shift) contributes nothing
     (eq. 31 sets :math:`e_{ii} = 0`); the unit vector uses the norm floored at ``eps``, so
@@ -203,7 +249,7 @@ class VectorGaussianConv(MessagePassing):
         self._check_inputs(pos, edge_index, v, x, shifts)
         if v is None:
             v = pos.new_ones(pos.shape[0], 1)
-        # (N, R, B * (F + F_v)): the neighbour sums, R = n vector rows and/or 1 scalar row.
+        # (N, R, B (F + F_v)): the neighbour sums, R = n vector rows and/or 1 scalar row.
         h = self.propagate(edge_index, pos=pos, v=v, x=x, shifts=shifts)
         n = pos.shape[1]
         num = h.shape[0]
@@ -236,21 +282,55 @@ class VectorGaussianConv(MessagePassing):
         # e_ij^b of eq. 31; zero for a zero-length edge (i = j).
         e = self.basis(r) * smooth_cutoff(r, self.cutoff).unsqueeze(-1)  # (E, 1, B)
         e = torch.where(r.unsqueeze(-1) > 0, e, 0.0).squeeze(1)  # (E, B)
-        rows: list[Tensor] = []
+        # feat_ij = [d v_j, x_j]: d_k = (r_ij / r_ij)_k in the n vector rows, d = 1 in the
+        # scalar row, where the vector features enter as (r_ij / r_ij) . x_j.
+        dirs: list[Tensor] = []
+        x_rows: list[Tensor] = []
         if self.weight is not None:
-            vec = unit.unsqueeze(-1) * v_j.unsqueeze(1)  # (E, n, F)
+            dirs.append(unit)
             if x_j is not None:
-                vec = torch.cat([vec, x_j], dim=-1)  # (E, n, F + F_v)
-            rows.append(vec)
+                x_rows.append(x_j)
         if self.scalar_weight is not None:
-            sca = v_j
+            dirs.append(torch.ones_like(r))
             if x_j is not None:
-                sca = torch.cat([sca, (unit.unsqueeze(-1) * x_j).sum(dim=1)], dim=-1)
-            rows.append(sca.unsqueeze(1))  # (E, 1, F + F_v)
-        feat = rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
-        # Outer product with the radial basis: (E, R, B, F + F_v) -> (E, R, B * (F + F_v)).
-        out = e.view(e.shape[0], 1, self.num_basis, 1) * feat.unsqueeze(2)
-        return out.reshape(out.shape[0], out.shape[1], self.num_basis * feat.shape[-1])
+                x_rows.append((unit.unsqueeze(-1) * x_j).sum(dim=1, keepdim=True))
+        d = dirs[0] if len(dirs) == 1 else torch.cat(dirs, dim=-1)  # (E, R)
+        feat = d.unsqueeze(-1) * v_j.unsqueeze(1)  # (E, R, F)
+        if x_j is not None:
+            x_all = x_rows[0] if len(x_rows) == 1 else torch.cat(x_rows, dim=1)
+            feat = torch.cat([feat, x_all], dim=-1)  # (E, R, F + F_v)
+        return e, feat  # (E, B), (E, R, F + F_v): the factors of m_ij = feat_ij (x) e_ij
+
+    def aggregate(
+        self, inputs: tuple[Tensor, Tensor], index: Tensor, dim_size: int | None = None
+    ) -> Tensor:
+        r"""Sum the messages :math:`\mathrm{feat}_{ij} \otimes e_{ij}` over the neighbours.
+
+        Per atom :math:`i` the sum is the matrix product
+        :math:`E_i^\top \mathrm{Feat}_i` of its edges' rows, done for chunks of
+        :data:`EDGES_PER_CHUNK` edges of one centre as one :func:`torch.bmm`; the chunks are
+        then added up per atom. The outer product is never formed per edge.
+
+        Shapes:
+            :obj:`(E, B)` and :obj:`(E, R, F + F_v)` -> :obj:`(N, R, B (F + F_v))`
+        """
+        e, feat = inputs
+        num_edges, rows, width = feat.shape
+        if dim_size is None:
+            raise ValueError("aggregate needs dim_size, the number N of atoms")
+        num_nodes = dim_size
+        chunk, slot, chunk_node = _edge_chunks(index, num_nodes, EDGES_PER_CHUNK)
+        num_chunks = chunk_node.shape[0]
+        # Zero-padded (C, K, .) copies of the factors (in place: the zeros are fresh).
+        e_pad = e.new_zeros(num_chunks, EDGES_PER_CHUNK, self.num_basis)
+        e_pad.index_put_((chunk, slot), e)
+        feat_pad = feat.new_zeros(num_chunks, EDGES_PER_CHUNK, rows * width)
+        feat_pad.index_put_((chunk, slot), feat.reshape(num_edges, rows * width))
+        h = torch.bmm(e_pad.transpose(1, 2), feat_pad)  # (C, B, R (F + F_v))
+        size = self.num_basis * rows * width
+        out = h.new_zeros(num_nodes, size).index_add(0, chunk_node, h.reshape(num_chunks, size))
+        out = out.view(num_nodes, self.num_basis, rows, width).transpose(1, 2)
+        return out.reshape(num_nodes, rows, self.num_basis * width)
 
     def _check_inputs(
         self,

@@ -1,0 +1,356 @@
+r"""``uenn-geo md``: molecular dynamics with a trained model on any structure ASE can read.
+
+:func:`run_md` is the whole command as one Python call; :func:`add_md_parser` installs the
+subcommand. Units: time step in fs, temperature in K, friction in 1/fs, positions in Angstrom,
+velocities written in Angstrom/fs, energies in eV (ASE's units, converted once here).
+
+Output in ``out``:
+
+* ``trajectory.extxyz``: frames at steps :math:`0, k, 2k, \dots` (:math:`k` = ``write_every``)
+  with positions, momenta (ASE's), ``velocities`` (A/fs), forces, and ``step``, ``time_fs``
+  and the energies in the comment line;
+* ``log.csv``: ``step, time_fs, potential, kinetic, total, temperature_K`` at the same steps
+  (``potential`` and ``total`` empty for a direct-force model);
+* ``restart.npz``: the exact (float64) state of the last frame, which ``resume`` continues
+  from, so that a resumed NVE run is identical to an uninterrupted one (the extxyz text keeps
+  8 decimals; without ``restart.npz`` the last frame is used as written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uenn_geo.io import atomic_write
+
+__all__ = ["MDConfig", "run_md", "add_md_parser"]
+
+ENSEMBLES = ("nve", "langevin")
+LOG_FIELDS = ["step", "time_fs", "potential", "kinetic", "total", "temperature_K"]
+
+
+@dataclass(frozen=True)
+class MDConfig:
+    r"""Settings of :func:`run_md`.
+
+    Args:
+        structure: a structure file, anything :func:`ase.io.read` reads (its last frame).
+        model: a model file written by :func:`uenn_geo.models.save_model`.
+        out: output directory (default: ``"md"``).
+        ensemble: ``"nve"`` (velocity Verlet) or ``"langevin"`` (default: ``"nve"``).
+        dt: time step in fs (default: :obj:`1.0`).
+        steps: total number of steps, counting those of a resumed run (default: :obj:`1000`).
+        temperature: initial Maxwell-Boltzmann temperature in K (zero total momentum), and the
+            Langevin target; :obj:`None` keeps the file's velocities (zero if it has none)
+            (default: :obj:`None`).
+        friction: Langevin friction in 1/fs (default: :obj:`0.01`).
+        write_every: steps between frames and log rows (default: :obj:`10`).
+        seed: seed of the initial velocities and the Langevin noise (default: :obj:`0`).
+        resume: continue ``out/trajectory.extxyz`` from its last frame (default: :obj:`False`).
+        device: torch device of the model (default: ``"cpu"``).
+        skin: Verlet skin of the neighbour list in Angstrom (default: :obj:`1.0`).
+        progress: show a progress bar (default: :obj:`True`).
+    """
+
+    structure: str
+    model: str
+    out: str = "md"
+    ensemble: str = "nve"
+    dt: float = 1.0
+    steps: int = 1000
+    temperature: float | None = None
+    friction: float = 0.01
+    write_every: int = 10
+    seed: int = 0
+    resume: bool = False
+    device: str = "cpu"
+    skin: float = 1.0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.ensemble not in ENSEMBLES:
+            raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {self.ensemble!r}")
+        if not (math.isfinite(self.dt) and self.dt > 0):
+            raise ValueError(f"dt must be a positive number of fs, got {self.dt}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if self.write_every < 1:
+            raise ValueError(f"write_every must be >= 1, got {self.write_every}")
+        if self.temperature is not None and not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 K, got {self.temperature}")
+        if self.ensemble == "langevin" and self.temperature is None:
+            raise ValueError("the langevin ensemble needs a temperature (K)")
+        if not self.friction >= 0:
+            raise ValueError(f"friction must be >= 0 (1/fs), got {self.friction}")
+
+
+def _frame(atoms: Any, step: int, dt: float, has_energy: bool) -> tuple[Any, dict[str, Any]]:
+    """A copy of ``atoms`` with results and velocities attached, and its log row."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.units import fs
+
+    forces = atoms.get_forces()
+    kinetic = float(atoms.get_kinetic_energy())
+    potential = float(atoms.get_potential_energy()) if has_energy else None
+    row = {
+        "step": step,
+        "time_fs": step * dt,
+        "potential": potential,
+        "kinetic": kinetic,
+        "total": None if potential is None else potential + kinetic,
+        "temperature_K": float(atoms.get_temperature()),
+    }
+    frame = atoms.copy()
+    frame.new_array("velocities", atoms.get_velocities() * fs)  # A/fs
+    frame.info.update({k: v for k, v in row.items() if v is not None})
+    results = {"forces": forces}
+    if potential is not None:
+        results["energy"] = potential
+    frame.calc = SinglePointCalculator(frame, **results)
+    return frame, row
+
+
+def _read_log(path: Path, max_step: int) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if int(r["step"]) <= max_step]
+
+
+def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row[k] is None else row[k] for k in LOG_FIELDS})
+    atomic_write(path, lambda f: f.write(buf.getvalue()), mode="w")
+
+
+def _save_restart(path: Path, atoms: Any, step: int, rng: np.random.Generator) -> None:
+    state = {
+        "step": np.array(step),
+        "positions": atoms.get_positions(),
+        "momenta": atoms.get_momenta(),
+        "cell": atoms.cell.array,
+        "rng": np.array(json.dumps(rng.bit_generator.state)),
+    }
+    atomic_write(path, lambda f: np.savez(f, **state))
+
+
+def _resume_state(out: Path, atoms: Any, cfg: MDConfig, rng: np.random.Generator) -> int:
+    """Put the state of the last frame into ``atoms``; return its step."""
+    from ase.io import read
+
+    frames = read(out / "trajectory.extxyz", index=":")
+    if not frames:
+        raise ValueError(f"{out / 'trajectory.extxyz'} has no frames to resume from")
+    last = frames[-1]
+    if len(last) != len(atoms) or (last.numbers != atoms.numbers).any():
+        raise ValueError(
+            f"{out / 'trajectory.extxyz'} holds {len(last)} atoms {last.get_chemical_formula()}, "
+            f"the structure has {len(atoms)} {atoms.get_chemical_formula()}"
+        )
+    step = int(last.info["step"])
+    restart = out / "restart.npz"
+    state = np.load(restart) if restart.exists() else None
+    if state is not None and int(state["step"]) == step:
+        atoms.set_positions(state["positions"])
+        atoms.set_momenta(state["momenta"])
+        atoms.set_cell(state["cell"])
+        rng.bit_generator.state = json.loads(str(state["rng"]))
+    else:
+        warnings.warn(
+            f"no restart.npz for step {step} in {out}: resuming from the extxyz frame, whose "
+            "text keeps 8 decimals",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        atoms.set_positions(last.get_positions())
+        atoms.set_momenta(last.get_momenta())
+        atoms.set_cell(last.cell)
+    if step % cfg.write_every != 0:
+        raise ValueError(f"the last frame is at step {step}, not a multiple of write_every")
+    return step
+
+
+def _maxwell_boltzmann(atoms: Any, temperature: float, rng: np.random.Generator) -> None:
+    """ASE's Maxwell-Boltzmann momenta (``thermalize_momenta`` from ASE 3.29 on)."""
+    try:
+        from ase.md.velocitydistribution import thermalize_momenta
+    except ImportError:  # ASE < 3.29: the same distribution under its older name
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
+    thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
+
+
+def run_md(config: MDConfig) -> dict[str, Any]:
+    r"""Run MD with a trained model; write the trajectory, the log and a summary.
+
+    Returns:
+        The summary: ``steps`` (run now), ``total_steps``, ``wall_s``, ``atom_steps_per_s``,
+        ``mean_temperature_K``, and ``energy_drift_eV_per_atom_per_ns`` (NVE with an energy
+        model: slope of a straight-line fit of the total energy, else :obj:`None`).
+    """
+    from ase.io import read, write
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import Stationary
+    from ase.md.verlet import VelocityVerlet
+    from ase.units import fs
+    from tqdm.auto import tqdm
+
+    from uenn_geo.calculator import UENNCalculator
+
+    cfg = config
+    structure = Path(cfg.structure)
+    if not structure.is_file():
+        raise FileNotFoundError(f"no structure file at {structure}")
+    out = Path(cfg.out)
+    traj_path, log_path = out / "trajectory.extxyz", out / "log.csv"
+    atoms = read(structure, index=-1)
+    calc = UENNCalculator(cfg.model, device=cfg.device, skin=cfg.skin)
+    atoms.calc = calc
+    rng = np.random.default_rng(cfg.seed)
+
+    if traj_path.exists() and not cfg.resume:
+        raise ValueError(f"{traj_path} exists; pass --resume to continue it or choose --out")
+    if cfg.resume and traj_path.exists():
+        start = _resume_state(out, atoms, cfg, rng)
+        rows = _read_log(log_path, start)
+        frames_kept = read(traj_path, index=":")
+        frames_kept = [f for f in frames_kept if int(f.info["step"]) <= start]
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        start, rows, frames_kept = 0, [], None
+        if cfg.temperature is not None:
+            _maxwell_boltzmann(atoms, cfg.temperature, rng)
+            Stationary(atoms)
+        frame, row = _frame(atoms, 0, cfg.dt, calc.has_energy)
+        atomic_write(traj_path, lambda f: write(f, frame, format="extxyz"), mode="w")
+        rows.append(row)
+        _write_log(log_path, rows)
+        _save_restart(out / "restart.npz", atoms, 0, rng)
+    if frames_kept is not None:  # drop frames written after the restart state, if any
+        atomic_write(traj_path, lambda f: write(f, frames_kept, format="extxyz"), mode="w")
+
+    if cfg.ensemble == "nve":
+        dyn = VelocityVerlet(atoms, timestep=cfg.dt * fs)
+    else:
+        dyn = Langevin(
+            atoms,
+            timestep=cfg.dt * fs,
+            temperature_K=cfg.temperature,
+            friction=cfg.friction / fs,
+            fixcm=False,
+            rng=rng,
+        )
+    todo = max(cfg.steps - start, 0)
+    bar = tqdm(total=todo, unit="step", disable=not cfg.progress)
+    t0 = time.perf_counter()
+    with open(traj_path, "a") as traj_file:
+        for step in range(start + 1, cfg.steps + 1):
+            dyn.run(1)
+            bar.update(1)
+            if step % cfg.write_every == 0:
+                frame, row = _frame(atoms, step, cfg.dt, calc.has_energy)
+                write(traj_file, frame, format="extxyz")
+                traj_file.flush()
+                rows.append(row)
+                _write_log(log_path, rows)
+                _save_restart(out / "restart.npz", atoms, step, rng)
+                bar.set_postfix(T=f"{row['temperature_K']:.1f} K")
+    bar.close()
+    wall = time.perf_counter() - t0
+
+    drift = None
+    totals = [(r["time_fs"], r["total"]) for r in rows if r["total"] not in (None, "")]
+    if cfg.ensemble == "nve" and len(totals) >= 2:
+        t, e = np.array(totals, dtype=float).T
+        drift = float(np.polyfit(t, e, 1)[0]) * 1e6 / len(atoms)  # eV/fs -> eV/atom/ns
+    temps = [float(r["temperature_K"]) for r in rows]
+    summary = {
+        "steps": todo,
+        "total_steps": cfg.steps,
+        "frames": len(rows),
+        "wall_s": wall,
+        "atom_steps_per_s": len(atoms) * todo / wall if wall > 0 else float("nan"),
+        "mean_temperature_K": float(np.mean(temps)),
+        "energy_drift_eV_per_atom_per_ns": drift,
+        "out": str(out),
+    }
+    return summary
+
+
+def _format_summary(summary: dict[str, Any]) -> str:
+    lines = [
+        f"steps run: {summary['steps']} (total {summary['total_steps']}, "
+        f"{summary['frames']} frames)",
+        f"wall time: {summary['wall_s']:.1f} s ({summary['atom_steps_per_s']:.3g} atom-steps/s)",
+        f"mean temperature: {summary['mean_temperature_K']:.2f} K",
+    ]
+    drift = summary["energy_drift_eV_per_atom_per_ns"]
+    if drift is not None:
+        lines.append(f"total-energy drift: {drift:.3e} eV/atom/ns")
+    lines.append(f"output: {summary['out']}/trajectory.extxyz, log.csv")
+    return "\n".join(lines)
+
+
+def _cmd_md(args: argparse.Namespace) -> int:
+    config = MDConfig(
+        structure=args.structure,
+        model=args.model,
+        out=args.out,
+        ensemble=args.ensemble,
+        dt=args.dt,
+        steps=args.steps,
+        temperature=args.temperature,
+        friction=args.friction,
+        write_every=args.write_every,
+        seed=args.seed,
+        resume=args.resume,
+        device=args.device,
+        skin=args.skin,
+        progress=not args.no_progress,
+    )
+    print(_format_summary(run_md(config)))
+    return 0
+
+
+def add_md_parser(sub: argparse._SubParsersAction) -> None:
+    """Install ``uenn-geo md`` (an installer for :data:`uenn_geo.cli.SUBCOMMANDS`)."""
+    p = sub.add_parser(
+        "md",
+        help="molecular dynamics with a trained model (NVE or Langevin, via ASE)",
+        description="Run MD from a structure file (anything ase.io.read reads) with a model "
+        "written by uenn-geo; writes trajectory.extxyz and log.csv into --out.",
+    )
+    p.add_argument("structure", help="structure file (its last frame is used)")
+    p.add_argument("--model", required=True, help="model file (model.pt)")
+    p.add_argument("--out", default="md", help="output directory (default: md)")
+    p.add_argument("--ensemble", choices=ENSEMBLES, default="nve")
+    p.add_argument("--dt", type=float, default=1.0, help="time step in fs (default: 1)")
+    p.add_argument("--steps", type=int, default=1000, help="total steps (default: 1000)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="initial Maxwell-Boltzmann temperature and Langevin target, K",
+    )
+    p.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
+    p.add_argument("--write-every", type=int, default=10, help="steps between frames")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue --out/trajectory.extxyz")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin, Angstrom")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_md)
