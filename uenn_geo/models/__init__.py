@@ -17,11 +17,13 @@ from torch import nn
 from uenn_geo.io import atomic_save
 from uenn_geo.models.forcefield import UENNForceField
 from uenn_geo.models.paper import PaperForceModel
+from uenn_geo.models.schnet import SchNetForceField
 
 __all__ = [
     "MODELS",
     "PaperForceModel",
     "UENNForceField",
+    "SchNetForceField",
     "save_model",
     "load_model",
     "model_record",
@@ -29,7 +31,11 @@ __all__ = [
 ]
 
 #: Model classes by name.
-MODELS: dict[str, type[nn.Module]] = {"paper": PaperForceModel, "graph": UENNForceField}
+MODELS: dict[str, type[nn.Module]] = {
+    "paper": PaperForceModel,
+    "graph": UENNForceField,
+    "schnet": SchNetForceField,  # PyG's SchNet as a baseline, same interface
+}
 
 #: Marker and version written into every model file.
 FORMAT = "uenn-geo-model"
