@@ -19,6 +19,16 @@ from uenn_geo.data.lj import (
     lennard_jones,
     lennard_jones_pairs,
 )
+from uenn_geo.data.manakov import (
+    cached_manakov_pairs,
+    manakov_energy,
+    manakov_norm,
+    manakov_pairs,
+    manakov_rhs,
+    manakov_step,
+    manakov_trajectory,
+    random_manakov_states,
+)
 from uenn_geo.data.paper import PaperArgon, sample_paper_configurations, split_indices
 
 __all__ = [
@@ -37,6 +47,14 @@ __all__ = [
     "ARGON_Z",
     "lennard_jones",
     "lennard_jones_pairs",
+    "cached_manakov_pairs",
+    "manakov_energy",
+    "manakov_norm",
+    "manakov_pairs",
+    "manakov_rhs",
+    "manakov_step",
+    "manakov_trajectory",
+    "random_manakov_states",
     "PaperArgon",
     "sample_paper_configurations",
     "split_indices",
