@@ -66,4 +66,4 @@ def test_train_command_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train"])  # --data is required
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["train", "--data", "x", "--model", "schnet"])
+        build_parser().parse_args(["train", "--data", "x", "--model", "mace"])

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
+from uenn_geo.models._inputs import check_positions
 from uenn_geo.neighbors import radius_graph
 from uenn_geo.nn.conv import VectorGaussianConv
 from uenn_geo.nn.linear import EquivariantLinear, _dtype_name
@@ -287,16 +288,7 @@ class UENNForceField(nn.Module):
 
     def _inputs(self, data: Any) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor, int]:
         """Check ``data`` and return ``(pos, species, edge_index, shifts, batch, num_graphs)``."""
-        pos = data.pos
-        if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[1] != 3:
-            shape = tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
-            raise ValueError(f"data.pos must have shape (N, 3) in Angstrom, got {shape}")
-        if pos.dtype != self.dtype:
-            raise TypeError(
-                f"data.pos has dtype {_dtype_name(pos.dtype)} but the model is "
-                f"{_dtype_name(self.dtype)}; convert the data or build the model with "
-                f"dtype={_dtype_name(pos.dtype)!r}"
-            )
+        pos = check_positions(data, self.dtype)
         num_atoms = pos.shape[0]
         batch = getattr(data, "batch", None)
         if batch is None:

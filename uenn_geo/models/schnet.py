@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from uenn_geo.models._inputs import check_positions
 from uenn_geo.models.forcefield import _resolve_dtype
 from uenn_geo.neighbors import edge_vectors, radius_graph
 from uenn_geo.nn.linear import _dtype_name
@@ -188,16 +189,7 @@ class SchNetForceField(nn.Module):
 
     def _inputs(self, data: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, int]:
         """Check ``data``; return ``(pos, z, batch, edge_index, shifts, num_graphs)``."""
-        pos = data.pos
-        if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[1] != 3:
-            shape = tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
-            raise ValueError(f"data.pos must have shape (N, 3) in Angstrom, got {shape}")
-        if pos.dtype != self.dtype:
-            raise TypeError(
-                f"data.pos has dtype {_dtype_name(pos.dtype)} but the model is "
-                f"{_dtype_name(self.dtype)}; convert the data (uenn_geo.train.CastFloats) or "
-                f"build the model with dtype={_dtype_name(pos.dtype)!r}"
-            )
+        pos = check_positions(data, self.dtype)
         num_atoms = pos.shape[0]
         z = getattr(data, "z", None)
         if not isinstance(z, Tensor) or z.shape != (num_atoms,) or z.is_floating_point():
