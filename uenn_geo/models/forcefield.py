@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from uenn_geo.models._inputs import check_positions
+from uenn_geo.models._common import check_positions, fit_force_energy_scales
 from uenn_geo.neighbors import radius_graph
 from uenn_geo.nn.conv import VectorGaussianConv
 from uenn_geo.nn.linear import EquivariantLinear, _dtype_name
@@ -502,34 +502,17 @@ class UENNForceField(nn.Module):
         Returns:
             The new force scale in eV/A.
         """
-        energies: list[float] = []
-        counts: list[Tensor] = []
-        if isinstance(forces, Tensor):
-            f = forces
-        else:
-            parts = []
-            for d in forces:
-                parts.append(d.forces.reshape(-1))
-                energy = getattr(d, "energy", None)
-                if self.conservative and energy is not None:
-                    species = self.species_index(getattr(d, "z", None), d.forces.shape[0])
-                    energies.append(float(torch.as_tensor(energy).reshape(-1)[0]))
-                    counts.append(torch.bincount(species.cpu(), minlength=self.num_species))
-            if not parts:
-                raise ValueError("fit_scales got no graphs")
-            f = torch.cat(parts)
-        if f.numel() == 0:
-            raise ValueError("fit_scales got an empty force tensor")
-        scale = float(f.detach().to(torch.float64).square().mean().sqrt())
-        if not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"the force scale must be finite and > 0, got {scale} eV/A")
+        species_of = None
+        if self.conservative:
+
+            def species_of(d: Any) -> Tensor:
+                return self.species_index(getattr(d, "z", None), d.forces.shape[0])
+
+        scale, shift = fit_force_energy_scales(forces, species_of, self.num_species)
         self.force_scale.fill_(scale)
         if self.conservative:
             self.energy_scale.fill_(scale)
-            if energies:
-                a = torch.stack(counts).to(torch.float64)
-                b = torch.tensor(energies, dtype=torch.float64).unsqueeze(1)
-                shift = torch.linalg.lstsq(a, b, driver="gelsd").solution.squeeze(1)
+            if shift is not None:
                 self.energy_shift.copy_(shift.to(self.energy_shift))
         return scale
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from uenn_geo.models._inputs import check_positions
+from uenn_geo.models._common import check_positions, fit_force_energy_scales
 from uenn_geo.models.forcefield import _resolve_dtype
 from uenn_geo.neighbors import edge_vectors, radius_graph
 from uenn_geo.nn.linear import _dtype_name
@@ -298,35 +298,12 @@ class SchNetForceField(nn.Module):
         Returns:
             The new force scale in eV/A.
         """
-        energies: list[float] = []
-        counts: list[Tensor] = []
-        if isinstance(forces, Tensor):
-            f = forces
-        else:
-            parts = []
-            for d in forces:
-                parts.append(d.forces.reshape(-1))
-                energy = getattr(d, "energy", None)
-                if energy is not None and getattr(d, "z", None) is not None:
-                    energies.append(float(torch.as_tensor(energy).reshape(-1)[0]))
-                    counts.append(torch.bincount(d.z.long().cpu(), minlength=_NUM_ELEMENTS))
-            if not parts:
-                raise ValueError("fit_scales got no graphs")
-            f = torch.cat(parts)
-        if f.numel() == 0:
-            raise ValueError("fit_scales got an empty force tensor")
-        scale = float(f.detach().to(torch.float64).square().mean().sqrt())
-        if not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"the force scale must be finite and > 0, got {scale} eV/A")
+        scale, shift = fit_force_energy_scales(
+            forces, lambda d: getattr(d, "z", None), _NUM_ELEMENTS
+        )
         self.force_scale.fill_(scale)
         self.energy_scale.fill_(scale)
-        if energies:
-            a = torch.stack(counts).to(torch.float64)
-            present = a.sum(0) > 0
-            b = torch.tensor(energies, dtype=torch.float64).unsqueeze(1)
-            mu = torch.linalg.lstsq(a[:, present], b, driver="gelsd").solution.squeeze(1)
-            shift = torch.zeros(_NUM_ELEMENTS, dtype=torch.float64)
-            shift[present] = mu
+        if shift is not None:
             self.energy_shift.copy_(shift.to(self.energy_shift))
         return scale
 
