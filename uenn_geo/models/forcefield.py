@@ -10,8 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from uenn_geo.models._common import check_positions, fit_force_energy_scales
-from uenn_geo.neighbors import radius_graph
+from uenn_geo.models._common import fit_force_energy_scales, graph_inputs
 from uenn_geo.nn.conv import VectorGaussianConv
 from uenn_geo.nn.linear import EquivariantLinear, _dtype_name
 from uenn_geo.nn.mlp import EquivariantMLP
@@ -288,27 +287,9 @@ class UENNForceField(nn.Module):
 
     def _inputs(self, data: Any) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor, int]:
         """Check ``data`` and return ``(pos, species, edge_index, shifts, batch, num_graphs)``."""
-        pos = check_positions(data, self.dtype)
-        num_atoms = pos.shape[0]
-        batch = getattr(data, "batch", None)
-        if batch is None:
-            batch = torch.zeros(num_atoms, dtype=torch.long, device=pos.device)
-        species = self.species_index(getattr(data, "z", None), num_atoms)
-        edge_index = getattr(data, "edge_index", None)
-        if edge_index is None:
-            edge_index, shifts = radius_graph(
-                pos,
-                self.cutoff,
-                batch=batch,
-                cell=getattr(data, "cell", None),
-                pbc=getattr(data, "pbc", None),
-            )
-        else:
-            shifts = getattr(data, "shifts", None)
-        num_graphs = getattr(data, "num_graphs", None)
-        if num_graphs is None:
-            num_graphs = int(batch.max()) + 1 if num_atoms else 1
-        return pos, species, edge_index, shifts, batch, int(num_graphs)
+        pos, batch, edge_index, shifts, num_graphs = graph_inputs(data, self.dtype, self.cutoff)
+        species = self.species_index(getattr(data, "z", None), pos.shape[0])
+        return pos, species, edge_index, shifts, batch, num_graphs
 
     def forward(self, data: Any) -> Tensor:
         r"""Forces in eV/A on every atom of a PyG ``Data``/``Batch`` (positions in Angstrom).

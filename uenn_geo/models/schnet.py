@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from uenn_geo.models._common import check_positions, fit_force_energy_scales
+from uenn_geo.models._common import check_positions, fit_force_energy_scales, graph_inputs
 from uenn_geo.models.forcefield import _resolve_dtype
-from uenn_geo.neighbors import edge_vectors, radius_graph
+from uenn_geo.neighbors import edge_vectors
 from uenn_geo.nn.linear import _dtype_name
 
 __all__ = ["SchNetForceField", "nearest_edges"]
@@ -204,26 +204,10 @@ class SchNetForceField(nn.Module):
                 f"atomic numbers must lie in 1..{_NUM_ELEMENTS - 1} (SchNet's embedding table), "
                 f"got {int(z.min())}..{int(z.max())}"
             )
-        batch = getattr(data, "batch", None)
-        if batch is None:
-            batch = torch.zeros(num_atoms, dtype=torch.long, device=pos.device)
-        edge_index = getattr(data, "edge_index", None)
-        if edge_index is None:
-            edge_index, shifts = radius_graph(
-                pos,
-                self.cutoff,
-                batch=batch,
-                cell=getattr(data, "cell", None),
-                pbc=getattr(data, "pbc", None),
-            )
-        else:
-            shifts = getattr(data, "shifts", None)
+        _, batch, edge_index, shifts, num_graphs = graph_inputs(data, self.dtype, self.cutoff)
         if self.max_num_neighbors is not None:
             edge_index, shifts = nearest_edges(edge_index, shifts, pos, self.max_num_neighbors)
-        num_graphs = getattr(data, "num_graphs", None)
-        if num_graphs is None:
-            num_graphs = int(batch.max()) + 1 if num_atoms else 1
-        return pos, z, batch, edge_index, shifts, int(num_graphs)
+        return pos, z, batch, edge_index, shifts, num_graphs
 
     def compute_energy(
         self,
