@@ -1,17 +1,16 @@
+import ase
 import numpy as np
 import pytest
 import torch
+from ase import Atoms
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.stress import voigt_6_to_full_3x3_stress
 from torch_geometric.data import Data
 
-ase = pytest.importorskip("ase")
-from ase import Atoms  # noqa: E402
-from ase.calculators.calculator import PropertyNotImplementedError  # noqa: E402
-from ase.stress import voigt_6_to_full_3x3_stress  # noqa: E402
-
-from uenn_geo.calculator import UENNCalculator  # noqa: E402
-from uenn_geo.data.lj import ARGON_MASS  # noqa: E402
-from uenn_geo.md import maxwell_boltzmann, paper_md_initial_positions, velocity_verlet  # noqa: E402
-from uenn_geo.models import UENNForceField, save_model  # noqa: E402
+from uenn_geo.calculator import UENNCalculator
+from uenn_geo.data.lj import ARGON_MASS
+from uenn_geo.md import maxwell_boltzmann, paper_md_initial_positions, velocity_verlet
+from uenn_geo.models import UENNForceField, save_model
 
 F64 = torch.float64
 SMALL = {
@@ -22,15 +21,6 @@ SMALL = {
     "interaction_channels": 3,
     "dtype": "float64",
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (much faster on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_model(**kwargs) -> UENNForceField:

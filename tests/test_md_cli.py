@@ -3,15 +3,12 @@ import csv
 
 import numpy as np
 import pytest
-import torch
+from ase import Atoms
+from ase.io import read, write
 
-pytest.importorskip("ase")
-from ase import Atoms  # noqa: E402
-from ase.io import read, write  # noqa: E402
-
-from uenn_geo.md import paper_md_initial_positions  # noqa: E402
-from uenn_geo.md_cli import MDConfig, add_md_parser, run_md  # noqa: E402
-from uenn_geo.models import UENNForceField, save_model  # noqa: E402
+from uenn_geo.md import paper_md_initial_positions
+from uenn_geo.md_cli import MDConfig, add_md_parser, run_md
+from uenn_geo.models import UENNForceField, save_model
 
 SMALL = {
     "cutoff": 8.0,
@@ -21,14 +18,6 @@ SMALL = {
     "interaction_channels": 3,
     "dtype": "float64",
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

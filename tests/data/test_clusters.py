@@ -17,17 +17,6 @@ from uenn_geo.data.lj import ARGON_EPSILON, ARGON_MASS, lennard_jones
 from uenn_geo.md import maxwell_boltzmann, velocity_verlet
 from uenn_geo.neighbors import RadiusGraph
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the MD runs many small batched products; on a busy machine a second intra-op thread
-    # mostly waits for a core (1 thread is also the documented timing setting)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SMALL = dict(num_configs=40, min_atoms=3, max_atoms=20, log=False)
 
 

@@ -362,16 +362,7 @@ def test_conservative_training_and_scales():
         )
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run faster on one thread (and much faster on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_conservative_nve_conserves_energy(one_thread):
+def test_conservative_nve_conserves_energy():
     from uenn_geo.data.lj import ARGON_MASS
     from uenn_geo.md import maxwell_boltzmann, paper_md_initial_positions, velocity_verlet
 

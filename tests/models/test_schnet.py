@@ -23,15 +23,6 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: on a busy 2-core machine, OpenMP's scatter with 2 threads is ~40x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(**kwargs) -> SchNetForceField:
     return SchNetForceField(**{**SMALL, **kwargs}).eval()
 
