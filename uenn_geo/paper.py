@@ -16,7 +16,6 @@ overfits); validation and test sets stay the fixed ones of the paper's split.
 from __future__ import annotations
 
 import json
-import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -388,7 +387,3 @@ def preset_config(name: str, **overrides: Any) -> PaperConfig:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
     return replace(PaperConfig(), **values)
-
-
-def finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
