@@ -341,7 +341,7 @@ def _fit_scales(model: torch.nn.Module, data: DenseForceData) -> None:
     if isinstance(model, PaperForceModel):
         model.fit_scales(data.pos, data.forces)  # input and force standard deviations
     else:
-        model.fit_scales(data.forces)
+        model.fit_scales(data)  # graph models also fit their pair term to the positions
 
 
 def _subset(data: DenseForceData, n: int) -> DenseForceData:

@@ -83,7 +83,9 @@ def model_from_record(record: Any, source: str = "record") -> nn.Module:
     name = record.get("model")
     if name not in MODELS:
         raise ValueError(f"{source} holds an unknown model {name!r}; known: {sorted(MODELS)}")
-    model = MODELS[name](**record["config"])
+    # Keys added to a model's configuration after format 1 default to their old behaviour.
+    config = {**getattr(MODELS[name], "legacy_config", {}), **record["config"]}
+    model = MODELS[name](**config)
     try:
         model.load_state_dict(record["state_dict"])
     except RuntimeError as err:

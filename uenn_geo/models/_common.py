@@ -51,6 +51,8 @@ def fit_force_energy_scales(
     """
     energies: list[float] = []
     counts: list[Tensor] = []
+    if not isinstance(forces, Tensor) and isinstance(getattr(forces, "forces", None), Tensor):
+        forces = forces.forces  # uenn_geo.train.DenseForceData: forces [B, A, 3]
     if isinstance(forces, Tensor):
         f = forces
     else:

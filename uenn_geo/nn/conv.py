@@ -246,12 +246,33 @@ class VectorGaussianConv(MessagePassing):
         shifts: Tensor | None = None,
     ) -> Tensor:
         """Run the layer; see the class docstring for shapes and units (Angstrom)."""
+        return self.contract(self.neighbour_sums(pos, edge_index, v, x, shifts))
+
+    def neighbour_sums(
+        self,
+        pos: Tensor,
+        edge_index: Tensor,
+        v: Tensor | None = None,
+        x: Tensor | None = None,
+        shifts: Tensor | None = None,
+    ) -> Tensor:
+        r"""The neighbour sums :math:`h_i = \sum_j \mathrm{feat}_{ij} \otimes e_{ij}`.
+
+        The first half of :meth:`forward`: :obj:`(N, R, B (F + F_v))`, with the :math:`n`
+        vector rows (vector form) and/or the scalar row (scalar form) in that order, and the
+        last axis ordered as :math:`(b, d)`. :meth:`contract` turns them into the output;
+        other linear readouts of the same sums (e.g. the pair term of
+        :class:`~uenn_geo.models.UENNForceField`) cost no further pass over the edges.
+        """
         self._check_inputs(pos, edge_index, v, x, shifts)
         if v is None:
             v = pos.new_ones(pos.shape[0], 1)
-        # (N, R, B (F + F_v)): the neighbour sums, R = n vector rows and/or 1 scalar row.
-        h = self.propagate(edge_index, pos=pos, v=v, x=x, shifts=shifts)
-        n = pos.shape[1]
+        return self.propagate(edge_index, pos=pos, v=v, x=x, shifts=shifts)
+
+    def contract(self, h: Tensor) -> Tensor:
+        r"""Contract the neighbour sums of :meth:`neighbour_sums` with :math:`w` (and
+        :math:`w'`) and apply :math:`\sigma`: the output of :meth:`forward`."""
+        n = h.shape[1] - (1 if self.weight is not None and self.scalar_weight is not None else 0)
         num = h.shape[0]
         out_vec, out_sca = None, None
         if self.weight is not None:
