@@ -59,6 +59,23 @@ def test_paper_command_end_to_end(tmp_path, capsys):
     # cached data is reused by a second run (same file name)
     files = list((root / "paper_argon" / "processed").glob("paper_n400_*.pt"))
     assert len(files) == 1
+    # the graph model, its report beside the first run's
+    graph = tmp_path / "graph"
+    args[args.index(str(out))] = str(graph)
+    args[args.index("2")] = "0"  # no FIRE runs
+    assert main([*args, "--model", "graph", "--compare", str(out)]) == 0
+    metrics = json.loads((graph / "metrics.json").read_text())
+    assert metrics["config"]["model"] == "graph"
+    assert metrics["compare"][str(out)]["test_force_rmsd"] == pytest.approx(
+        json.loads((out / "metrics.json").read_text())["test_force_rmsd"]
+    )
+    report = (graph / "report.md").read_text()
+    assert "## Side by side" in report
+    assert (
+        "| paper | paper, online sampling, 3 s | this run: graph, online sampling, 3 s |" in report
+    )
+    with pytest.raises(ValueError, match="no metrics.json"):
+        preset_config("default", compare=(str(tmp_path / "nowhere"),))
 
 
 def test_md_test_with_exact_forces_has_zero_error():

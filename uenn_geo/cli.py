@@ -34,6 +34,7 @@ def _cmd_paper(args: argparse.Namespace) -> int:
         "time_limit": args.time_limit,
         "md_steps": args.md_steps,
         "fire_compare_time": args.fire_compare_time,
+        "compare": tuple(args.compare) if args.compare else None,
         "resume": not args.restart,
         "progress": not args.no_progress,
     }
@@ -82,6 +83,14 @@ def _add_paper(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="seconds of FIRE runs shown beside Adam (0 to skip)",
+    )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="DIR",
+        default=None,
+        help="output directories of earlier paper runs (e.g. the faithful and the default "
+        "model) shown side by side with this run in report.md",
     )
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

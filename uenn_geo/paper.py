@@ -70,6 +70,8 @@ class PaperConfig:
     md_temperature: float = 10.0
     md_dt: float = 1.0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Output directories of earlier runs shown side by side in the report.
+    compare: tuple[str, ...] = ()
     resume: bool = True
     progress: bool = True
 
@@ -82,6 +84,10 @@ class PaperConfig:
             raise ValueError(f"augment must lie in [0, 1), got {self.augment}")
         if self.augment and self.sampling != "online":
             raise ValueError("augment needs sampling='online' (the faithful mode has none)")
+        object.__setattr__(self, "compare", tuple(str(d) for d in self.compare))
+        for d in self.compare:
+            if not (Path(d) / "metrics.json").is_file():
+                raise ValueError(f"--compare {d}: no metrics.json there (not a paper run)")
 
 
 #: Named presets: ``default`` fits in 15 minutes here, ``full`` aims at the paper's figure.
@@ -187,6 +193,7 @@ def run_paper(config: PaperConfig) -> dict[str, Any]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    compared = {d: compare_summary(d) for d in config.compare}
     dataset = PaperArgon(
         str(Path(config.root) / "paper_argon"),
         num_configs=config.num_configs,
@@ -304,6 +311,7 @@ def run_paper(config: PaperConfig) -> dict[str, Any]:
             "threads": torch.get_num_threads(),
         },
         "total_seconds": time.perf_counter() - t_start,
+        "compare": compared,
     }
     write_paper_report(out, metrics, md, parity)
     atomic_write(out / "metrics.json", lambda f: json.dump(metrics, f, indent=1), mode="w")
@@ -372,6 +380,31 @@ def _fire_comparison(config: PaperConfig, train_data, val_data, resample, dtype)
             "history": res.history,
         }
     return runs
+
+
+def compare_summary(run_dir: str | Path) -> dict[str, Any]:
+    """The numbers of an earlier paper run (its ``metrics.json``) that a report compares."""
+    path = Path(run_dir) / "metrics.json"
+    try:
+        m = json.loads(path.read_text())
+        cfg = m["config"]
+        label = f"{cfg['model']}, " + (
+            "faithful" if cfg["sampling"] == "fixed" else f"{cfg['sampling']} sampling"
+        )
+        return {
+            "label": f"{label}, {cfg['time_limit']:.0f} s",
+            "dir": str(run_dir),
+            "model": cfg["model"],
+            "config": cfg,
+            "test_force_rmsd": m["test_force_rmsd"],
+            "train_force_rmsd": m["train_force_rmsd"],
+            "train_seconds": m["train"]["seconds"],
+            "training_steps": m["train"]["steps"],
+            "md": {k: m["md"][k] for k in ("position_rmsd_at", "energy_rmsd_at", "bounded")},
+            "threads": m["machine"]["threads"],
+        }
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not the metrics of a paper run ({err})") from err
 
 
 def _model_kwargs(config: PaperConfig) -> dict[str, Any]:

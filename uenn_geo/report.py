@@ -109,6 +109,61 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
+def _comparison_table(metrics: dict[str, Any]) -> list[str]:
+    """The paper's figures, the compared runs and this run side by side (markdown lines)."""
+    cfg = metrics["config"]
+    this = {
+        "label": "this run: "
+        + f"{cfg['model']}, "
+        + ("faithful" if cfg["sampling"] == "fixed" else f"{cfg['sampling']} sampling")
+        + f", {cfg['time_limit']:.0f} s",
+        "test_force_rmsd": metrics["test_force_rmsd"],
+        "train_force_rmsd": metrics["train_force_rmsd"],
+        "train_seconds": metrics["train"]["seconds"],
+        "training_steps": metrics["train"]["steps"],
+        "md": metrics["md"],
+    }
+    runs = [*metrics["compare"].values(), this]
+    paper = metrics["paper"]
+    head = ["quantity", "paper", *[r["label"] for r in runs]]
+    rows = [
+        ("Test force RMSD (eV/A)", paper["test_force_rmsd"], "test_force_rmsd"),
+        ("Train force RMSD (eV/A)", None, "train_force_rmsd"),
+        ("Training time (s)", None, "train_seconds"),
+        ("Training steps", paper["training_steps"], "training_steps"),
+    ]
+    lines = [
+        "## Side by side",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for name, p, key in rows:
+        vals = [_fmt(round(r[key], 1) if key == "train_seconds" else r[key]) for r in runs]
+        lines.append(f"| {name} | {_fmt(p)} | " + " | ".join(vals) + " |")
+    steps = sorted({s for r in runs for s in r["md"]["position_rmsd_at"]}, key=int)
+    for kind, unit, key in (
+        ("position", "A", "position_rmsd_at"),
+        ("energy", "eV", "energy_rmsd_at"),
+    ):
+        for step in steps:
+            p = paper.get("md_energy_rmsd_4000") if kind == "energy" and step == "4000" else None
+            vals = [_fmt(r["md"][key].get(step)) for r in runs]
+            lines.append(
+                f"| MD {kind} RMSD at step {step} ({unit}) | {_fmt(p)} | " + " | ".join(vals) + " |"
+            )
+    vals = [_fmt(r["md"]["bounded"]) for r in runs]
+    lines.append("| MD bounded | - | " + " | ".join(vals) + " |")
+    lines.append("")
+    lines.append(
+        "Compared runs: "
+        + "; ".join(f"`{r['dir']}` ({r['threads']} threads)" for r in metrics["compare"].values())
+        + "."
+    )
+    lines.append("")
+    return lines
+
+
 def write_paper_report(out: Path, metrics: dict[str, Any], md: dict, parity: dict) -> None:
     """Write the figures and ``report.md`` (the paper's numbers beside ours) into ``out``."""
     paper_figures(out, metrics, md, parity)
@@ -160,6 +215,8 @@ def write_paper_report(out: Path, metrics: dict[str, Any], md: dict, parity: dic
             "`uenn-geo paper --faithful`.",
             "",
         ]
+    if metrics.get("compare"):
+        lines += _comparison_table(metrics)
     if metrics.get("fire"):
         lines += [
             "## FIRE beside Adam",
