@@ -33,7 +33,8 @@ def cluster(num: int, z: list[int] | None = None, spread: float = 2.0) -> Data:
 
 
 def test_repr_and_config_round_trip():
-    model = make_model(atomic_numbers=[1, 8], num_blocks=3)
+    model = make_model(atomic_numbers=[1, 8], num_blocks=3, interaction_basis=4)
+    assert [conv.num_basis for conv in model.convs] == [6, 4, 4]
     assert repr(model) == (
         "UENNForceField(cutoff=5.0, num_blocks=3, hidden_channels=8, species=[1, 8], float64)"
     )
@@ -456,3 +457,17 @@ def test_conservative_nve_conserves_energy():
     # Velocity Verlet on a conservative force field: the error is O(dt^2), no drift.
     assert spreads[1] < 0.4 * spreads[0]
     assert spreads[1] < 1e-4
+
+
+def test_models_saved_before_the_pair_term_load_without_it(tmp_path):
+    from uenn_geo.models import load_model, model_record
+
+    model = make_model(pair_term=False)
+    record = model_record(model)
+    for key in ("pair_term", "interaction_basis"):  # a file written before these existed
+        del record["config"][key]
+    torch.save(record, tmp_path / "old.pt")
+    loaded = load_model(tmp_path / "old.pt")
+    assert loaded.pair_weight is None and loaded.config["pair_term"] is False
+    data = cluster(5)
+    assert torch.equal(loaded(data), model(data))

@@ -144,9 +144,13 @@ class UENNForceField(nn.Module):
             10.2` A (argon's :math:`r_0 = 3.4` A) drops Lennard-Jones pair forces below
             :math:`4 \cdot 10^{-5}` eV/A, 30 times below the paper's test RMSD
             (default: :obj:`10.2`).
-        num_basis (int): Gaussians :math:`B` per graph layer, centres spread on
-            :math:`[r_{\min}, r_c]`. 50 resolve the steep Lennard-Jones wall: on LJ clusters
-            they learn 2.6-3.5x more per epoch than 16 (docs/accuracy.md) (default: :obj:`50`).
+        num_basis (int): Gaussians :math:`B` of the first graph layer (and of the pair term),
+            centres spread on :math:`[r_{\min}, r_c]`. 50 resolve the steep Lennard-Jones wall:
+            on LJ clusters they learn 2.6-3.5x more per epoch than 16 (docs/accuracy.md)
+            (default: :obj:`50`).
+        interaction_basis (int, optional): Gaussians of the graph layers of blocks
+            :math:`k \geq 2`, the costliest part of the model (their work is proportional to
+            it) (default: ``num_basis``).
         hidden_channels (int): vectors :math:`M` per atom between blocks and out of each graph
             layer (default: :obj:`32`).
         mlp_channels (list[int]): hidden widths of each block's MLP
@@ -191,12 +195,13 @@ class UENNForceField(nn.Module):
 
     #: Configuration keys added since the first saved models, with the value that restores
     #: them (:func:`uenn_geo.load_model` fills these in when a file lacks them).
-    legacy_config: dict[str, Any] = {"pair_term": False}
+    legacy_config: dict[str, Any] = {"pair_term": False, "interaction_basis": None}
 
     def __init__(
         self,
         cutoff: float = 10.2,
         num_basis: int = 50,
+        interaction_basis: int | None = None,
         hidden_channels: int = 32,
         mlp_channels: Sequence[int] = (64, 64),
         num_blocks: int = 2,
@@ -235,6 +240,7 @@ class UENNForceField(nn.Module):
         self.config: dict[str, Any] = {
             "cutoff": float(cutoff),
             "num_basis": int(num_basis),
+            "interaction_basis": None if interaction_basis is None else int(interaction_basis),
             "hidden_channels": int(hidden_channels),
             "mlp_channels": mlp_channels,
             "num_blocks": int(num_blocks),
@@ -276,8 +282,9 @@ class UENNForceField(nn.Module):
             )
             if k > 0:
                 self.mixes.append(EquivariantLinear(m, c, bias=False, num_scalars=1, **factory))
+                inter = {**conv, "num_basis": interaction_basis or num_basis}
                 self.convs.append(
-                    VectorGaussianConv(species + c, m, vector_channels=c, **conv, **factory)
+                    VectorGaussianConv(species + c, m, vector_channels=c, **inter, **factory)
                 )
         if pair_term:
             # c_{(b, d), s}: the pair term's weights, fitted in closed form by fit_pair.
