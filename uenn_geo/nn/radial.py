@@ -27,6 +27,11 @@ def _check_real(r: Tensor, name: str = "r") -> None:
         raise TypeError(f"{name} must be a real floating-point tensor, got dtype {r.dtype}")
 
 
+#: Floor of the Gaussians' exponents (:class:`GaussianBasis`): :math:`e^{-60} \approx 9 \cdot
+#: 10^{-27}`, well inside float32's normal range.
+EXP_FLOOR = 60.0
+
+
 def smooth_cutoff(r: Tensor, r_c: float) -> Tensor:
     r"""Polynomial cutoff that is :math:`C^2` at :math:`r_c` (the cutoff :math:`f_c` of eq. 31).
 
@@ -212,7 +217,10 @@ class GaussianBasis(nn.Module):
     def forward(self, r: Tensor) -> Tensor:
         _check_real(r)
         diff = r.unsqueeze(-1) - self.rs
-        return torch.exp(-self.eta * diff.square())
+        # Exponents below -EXP_FLOOR are clamped (exp(-60) ~ 1e-26): the far tails of the
+        # Gaussians underflow to subnormal numbers otherwise, and CPUs compute those up to
+        # 3x slower; values and gradients there are below 1e-26 either way.
+        return torch.exp((-self.eta * diff.square()).clamp_min(-EXP_FLOOR))
 
     def __repr__(self) -> str:
         return (
