@@ -78,8 +78,11 @@ def test_quick_cli_writes_json(tmp_path, capsys):
         for key in ("rate_model", "rate_total", "rate_model_cpu", "rate_total_cpu"):
             assert row[key] > 0 and math.isfinite(row[key])
         assert row["time_total_s"] > 0 and row["peak_memory_mib"] >= 0
-    (ratio,) = report["ratios"]
-    assert ratio["uenn_over_schnet_total"] > 0 and ratio["lj_over_uenn_total"] > 0
+    assert [r["model"] for r in report["ratios"]] == ["uenn", "uenn_compiled"]
+    for ratio in report["ratios"]:
+        assert ratio["uenn_over_schnet_total"] > 0 and ratio["lj_over_uenn_total"] > 0
+    (compiled,) = [r for r in report["results"] if r["model"] == "uenn_compiled"]
+    assert compiled["compile_s"] > 0
     printed = capsys.readouterr().out
     assert "schnet" in printed and "uenn/schnet" in printed
 
@@ -109,3 +112,31 @@ def test_memory_guard_skips_larger_boxes():
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         run_bench(BenchConfig(**kwargs))
+
+
+def test_compiled_runner_gives_the_eager_forces():
+    from uenn_geo.bench import _System
+
+    pos, cell = argon_fcc(32)
+    system = _System(
+        pos=pos.float(),
+        cell=cell.float().unsqueeze(0),
+        pbc=torch.ones(1, 3, dtype=torch.bool),
+        z=torch.full((32,), 18),
+        cutoff=6.0,
+    )
+    torch.manual_seed(0)
+    eager = BENCH_MODELS["uenn"](system, 6.0)
+    torch.manual_seed(0)
+    compiled = BENCH_MODELS["uenn_compiled"](system, 6.0)
+    edges = system.neighbors()
+    ref = eager.forces(eager.prepare(edges))
+    assert ref.abs().max() > 0
+    for prepared in (compiled.prepare(edges), None):  # given and own neighbour list
+        assert torch.allclose(compiled.forces(prepared), ref, rtol=1e-4, atol=1e-6)
+    # another number of edges: the same compiled graph (dynamic shapes), the right forces
+    system.pos = system.pos + 0.3 * torch.randn_like(system.pos)
+    edges = system.neighbors()
+    assert torch.allclose(
+        compiled.forces(compiled.prepare(edges)), eager.forces(eager.prepare(edges)), atol=1e-5
+    )

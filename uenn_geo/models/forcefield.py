@@ -150,7 +150,10 @@ class UENNForceField(nn.Module):
             (default: :obj:`50`).
         interaction_basis (int, optional): Gaussians of the graph layers of blocks
             :math:`k \geq 2`, the costliest part of the model (their work is proportional to
-            it) (default: ``num_basis``).
+            it); :obj:`None` uses ``num_basis``. With the pair term carrying the fine radial
+            detail, 16 cost 11 % in accuracy on LJ clusters against 50 (held-out RMSE
+            1.77e-5 vs 1.57e-5 eV/A after 120 s of training) and run the model 1.3-2x faster
+            (docs/bench.md) (default: :obj:`16`).
         hidden_channels (int): vectors :math:`M` per atom between blocks and out of each graph
             layer (default: :obj:`32`).
         mlp_channels (list[int]): hidden widths of each block's MLP
@@ -201,7 +204,7 @@ class UENNForceField(nn.Module):
         self,
         cutoff: float = 10.2,
         num_basis: int = 50,
-        interaction_basis: int | None = None,
+        interaction_basis: int | None = 16,
         hidden_channels: int = 32,
         mlp_channels: Sequence[int] = (64, 64),
         num_blocks: int = 2,

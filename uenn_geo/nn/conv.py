@@ -27,17 +27,17 @@ def _edge_chunks(index: Tensor, num_nodes: int, size: int) -> tuple[Tensor, Tens
     r"""Place every edge in a slot of a chunk of ``size`` edges that share the centre atom.
 
     Atom :math:`i` with :math:`d_i` edges owns :math:`\lceil d_i / \mathrm{size} \rceil`
-    chunks; the number of chunks is bounded by :math:`(E + N (\mathrm{size} - 1)) /
-    \mathrm{size}`, which is what is allocated, so every shape follows from the shapes of the
-    inputs (no data-dependent sizes, nothing that breaks a :func:`torch.compile` graph).
-    Edges may come in any order.
+    chunks. Eagerly, exactly the chunks in use are allocated; under :func:`torch.compile` (and
+    :func:`torch.export`) the
+    bound :math:`(E + N (\mathrm{size} - 1)) / \mathrm{size}` is, so that every shape follows
+    from the shapes of the inputs (no data-dependent sizes, no graph break) and the unused
+    chunks stay empty. Edges may come in any order.
 
     Returns:
         ``(chunk, slot, chunk_node)``: the chunk :obj:`(E)` and slot :obj:`(E)` of every edge,
         and the atom :obj:`(C)` of every chunk (unused chunks: atom 0, they stay empty).
     """
     num_edges = index.shape[0]
-    num_chunks = (num_edges + num_nodes * (size - 1)) // size
     order = torch.argsort(index, stable=True)
     count = torch.zeros(num_nodes, dtype=torch.long, device=index.device)
     count = count.index_add(0, index, torch.ones_like(index))
@@ -47,6 +47,11 @@ def _edge_chunks(index: Tensor, num_nodes: int, size: int) -> tuple[Tensor, Tens
     )  # position of each edge among the edges of its centre
     num_own = (count + size - 1) // size
     first_chunk = torch.cumsum(num_own, 0) - num_own
+    tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    if tracing or isinstance(num_edges, torch.SymInt):  # symbolic shapes: make_fx too
+        num_chunks = (num_edges + num_nodes * (size - 1)) // size  # a bound known from shapes
+    else:
+        num_chunks = int(num_own.sum())  # the chunks in use (one sync; none empty)
     chunk = first_chunk[index] + torch.div(rank, size, rounding_mode="floor")
     slot = rank % size
     chunk_node = torch.zeros(num_chunks, dtype=torch.long, device=index.device)
