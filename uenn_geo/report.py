@@ -157,7 +157,7 @@ def _comparison_table(metrics: dict[str, Any]) -> list[str]:
     lines.append("")
     lines.append(
         "Compared runs: "
-        + "; ".join(f"`{r['dir']}` ({r['threads']} threads)" for r in metrics["compare"].values())
+        + "; ".join(f"`{r['dir']}` ({r['threads']} thread(s))" for r in metrics["compare"].values())
         + "."
     )
     lines.append("")
@@ -196,7 +196,7 @@ def write_paper_report(out: Path, metrics: dict[str, Any], md: dict, parity: dic
         f"(seed {cfg['seed']}, r_min {cfg['r_min']} A, sigma {cfg['sigma']} A), "
         f"split {metrics['data']['train']}/{metrics['data']['val']}/{metrics['data']['test']}. "
         f"Total wall time {metrics['total_seconds']:.0f} s on {metrics['machine']['threads']} "
-        f"threads ({metrics['machine']['platform']}, torch {metrics['machine']['torch']}).",
+        f"thread(s) ({metrics['machine']['platform']}, torch {metrics['machine']['torch']}).",
         "",
         "| quantity | paper | this run |",
         "|---|---|---|",
