@@ -382,17 +382,20 @@ def _fire_comparison(config: PaperConfig, train_data, val_data, resample, dtype)
     return runs
 
 
+def run_label(cfg: dict[str, Any]) -> str:
+    """A run's short name in comparison tables: ``"paper, faithful, 600 s"``."""
+    protocol = "faithful" if cfg["sampling"] == "fixed" else f"{cfg['sampling']} sampling"
+    return f"{cfg['model']}, {protocol}, {cfg['time_limit']:.0f} s"
+
+
 def compare_summary(run_dir: str | Path) -> dict[str, Any]:
     """The numbers of an earlier paper run (its ``metrics.json``) that a report compares."""
     path = Path(run_dir) / "metrics.json"
     try:
         m = json.loads(path.read_text())
         cfg = m["config"]
-        label = f"{cfg['model']}, " + (
-            "faithful" if cfg["sampling"] == "fixed" else f"{cfg['sampling']} sampling"
-        )
         return {
-            "label": f"{label}, {cfg['time_limit']:.0f} s",
+            "label": run_label(cfg),
             "dir": str(run_dir),
             "model": cfg["model"],
             "config": cfg,

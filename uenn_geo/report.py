@@ -112,11 +112,10 @@ def _fmt(x: Any) -> str:
 def _comparison_table(metrics: dict[str, Any]) -> list[str]:
     """The paper's figures, the compared runs and this run side by side (markdown lines)."""
     cfg = metrics["config"]
+    from uenn_geo.paper import run_label
+
     this = {
-        "label": "this run: "
-        + f"{cfg['model']}, "
-        + ("faithful" if cfg["sampling"] == "fixed" else f"{cfg['sampling']} sampling")
-        + f", {cfg['time_limit']:.0f} s",
+        "label": "this run: " + run_label(cfg),
         "test_force_rmsd": metrics["test_force_rmsd"],
         "train_force_rmsd": metrics["train_force_rmsd"],
         "train_seconds": metrics["train"]["seconds"],

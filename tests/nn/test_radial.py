@@ -192,3 +192,17 @@ def test_gaussian_basis_invalid():
         GaussianBasis(4, dtype=torch.complex64)
     with pytest.raises(TypeError, match="real floating-point"):
         GaussianBasis(4)(torch.ones(3, dtype=torch.complex64))
+
+
+def test_gaussian_tails_are_floored_not_subnormal():
+    from uenn_geo.nn.radial import EXP_FLOOR
+
+    basis = GaussianBasis(50, 0.0, 10.0)
+    r = torch.linspace(0.0, 10.0, 101)
+    g = basis(r)
+    exact = torch.exp(-basis.eta * (r.unsqueeze(-1) - basis.rs).square())
+    near = exact > math.exp(-EXP_FLOOR)
+    assert near.any() and (~near).any()
+    assert torch.allclose(g[near], exact[near])
+    assert torch.all(g[~near] == torch.tensor(-EXP_FLOOR).exp())  # one normal floor value
+    assert torch.finfo(g.dtype).tiny < g.min()  # no subnormal numbers anywhere
