@@ -140,3 +140,19 @@ def test_compiled_runner_gives_the_eager_forces():
     assert torch.allclose(
         compiled.forces(compiled.prepare(edges)), eager.forces(eager.prepare(edges)), atol=1e-5
     )
+
+
+def test_failed_compilation_is_a_skipped_row(monkeypatch):
+    from uenn_geo import bench
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(bench._UENNCompiledRunner, "forces", broken)
+    config = BenchConfig(
+        sizes=(32,), dtypes=("float32",), models=("uenn_compiled", "lj"), repeats=1, warmup=0
+    )
+    rows = {r["model"]: r for r in run_bench(config)["results"]}
+    assert rows["uenn_compiled"]["status"] == "skipped"
+    assert "no compiler here" in rows["uenn_compiled"]["reason"]
+    assert rows["lj"]["status"] == "ok"

@@ -562,7 +562,12 @@ def _bench_group(
         prepared[name] = runner.prepare(edges)
         if hasattr(runner, "compiled"):  # compile first, so that memory is that of a call
             start = time.perf_counter()
-            runner.forces(prepared[name])
+            try:
+                runner.forces(prepared[name])
+            except Exception as err:  # e.g. no C++ compiler for inductor on this machine
+                row["status"] = "skipped"
+                row["reason"] = f"torch.compile failed: {type(err).__name__}: {err}"[:300]
+                continue
             row["compile_s"] = time.perf_counter() - start
         # the first call: peak memory of a whole evaluation (neighbour list included)
         peak = _peak_memory_mib(lambda r=runner: r.forces(None), device, memory_method)
