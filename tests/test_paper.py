@@ -102,3 +102,12 @@ def test_presets_and_errors():
     with pytest.raises(ValueError, match="sampling"):
         preset_config("default", sampling="bogus")
     assert main(["paper", "--model", "paper", "--num-configs", "1", "--out", "/nonexistent/x"]) == 2
+
+
+def test_learning_rate_defaults():
+    from uenn_geo.paper import PAPER_ADAM_LR, learning_rate
+
+    assert learning_rate(preset_config("default")) == PAPER_ADAM_LR
+    assert learning_rate(preset_config("default", model="graph")) == 2e-3
+    assert learning_rate(preset_config("default", optimizer="fire")) == 2e-3
+    assert learning_rate(preset_config("default", lr=3e-4)) == 3e-4
