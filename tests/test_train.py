@@ -1,5 +1,7 @@
 import csv
+import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
@@ -120,3 +122,56 @@ def test_config_errors():
         TrainConfig(optimizer="sgd", max_epochs=1)
     with pytest.raises(ValueError, match="shape"):
         DenseForceData(torch.zeros(3, 4, 3), torch.zeros(3, 4))
+
+
+def _fresh(setup):
+    model, tr, va = setup
+    return model, {k: v.clone() for k, v in model.state_dict().items()}, tr, va
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(setup):
+    model, init, tr, va = _fresh(setup)
+    cfg = TrainConfig(max_epochs=2, batch_size=48, lr=1e-2, progress=False)  # a partial batch
+    eager = train(model, tr, va, cfg)
+    model.load_state_dict(init)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback where a compiler exists
+        compiled = train(model, tr, va, dataclasses.replace(cfg, compile=True))
+    assert compiled.compiled and not eager.compiled
+    assert compiled.steps == eager.steps
+    assert compiled.best_val_rmse == pytest.approx(eager.best_val_rmse, rel=1e-3)
+
+
+def test_failed_compilation_falls_back_to_eager(setup, monkeypatch):
+    model, init, tr, va = _fresh(setup)
+    cfg = TrainConfig(max_epochs=1, batch_size=64, progress=False)
+    eager = train(model, tr, va, cfg)
+    model.load_state_dict(init)
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed.*InvalidCxxCompiler"):
+        fallback = train(model, tr, va, dataclasses.replace(cfg, compile=True))
+    assert not fallback.compiled
+    assert fallback.best_val_rmse == pytest.approx(eager.best_val_rmse, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_compile_may_change_on_resume(setup, tmp_path):
+    model, _, tr, va = _fresh(setup)
+    cfg = TrainConfig(max_epochs=1, batch_size=64, progress=False, compile=True)
+    train(model, tr, va, cfg, tmp_path)
+    res = train(
+        model,
+        tr,
+        va,
+        TrainConfig(max_epochs=2, batch_size=64, progress=False, compile=False),
+        tmp_path,
+    )
+    assert res.epochs == 2

@@ -38,6 +38,7 @@ def _cmd_paper(args: argparse.Namespace) -> int:
         "compare": tuple(args.compare) if args.compare else None,
         "resume": not args.restart,
         "progress": not args.no_progress,
+        "compile": args.compile,
     }
     if args.faithful:
         from uenn_geo.paper import PRESETS
@@ -94,6 +95,13 @@ def _add_paper(sub: argparse._SubParsersAction) -> None:
         "model) shown side by side with this run in report.md",
     )
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the training step (default: on for the paper network with Adam; "
+        "needs a C++ compiler, and falls back to eager mode without one)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_paper)

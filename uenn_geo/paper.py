@@ -73,6 +73,9 @@ class PaperConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     #: Output directories of earlier runs shown side by side in the report.
     compare: tuple[str, ...] = ()
+    #: :func:`torch.compile` the training loss (falls back to eager mode where it fails);
+    #: None: on for the paper network with Adam, whose steps it makes 1.7x faster here.
+    compile: bool | None = None
     resume: bool = True
     progress: bool = True
 
@@ -237,6 +240,7 @@ def run_paper(config: PaperConfig) -> dict[str, Any]:
         max_epochs=config.max_epochs,
         seed=config.seed,
         progress=config.progress,
+        compile=use_compile(config),
     )
     result = train(
         model,
@@ -288,6 +292,7 @@ def run_paper(config: PaperConfig) -> dict[str, Any]:
             "steps": result.steps,
             "seconds": result.elapsed,
             "seconds_per_step": result.elapsed / max(result.steps, 1),
+            "compiled": result.compiled,
             "stop_reason": result.stop_reason,
             "best_val_force_rmsd": result.best_val_rmse,
             "best_epoch": result.best_epoch,
@@ -396,6 +401,13 @@ def learning_rate(config: PaperConfig) -> float:
     if config.lr is not None:
         return float(config.lr)
     return PAPER_ADAM_LR if config.model == "paper" and config.optimizer == "adam" else 2e-3
+
+
+def use_compile(config: PaperConfig) -> bool:
+    """``config.compile``, or by default: on for the paper network trained with Adam."""
+    if config.compile is not None:
+        return bool(config.compile)
+    return config.model == "paper" and config.optimizer == "adam"
 
 
 def run_label(cfg: dict[str, Any]) -> str:

@@ -127,7 +127,12 @@ class PaperForceModel(nn.Module):
             )
         batch = getattr(data, "batch", None)
         num_graphs = pos.shape[0] // self.num_atoms
-        if batch is not None and batch.numel() and int(batch[-1]) + 1 != num_graphs:
+        if (
+            batch is not None
+            and not torch.compiler.is_compiling()  # a check, not a graph break
+            and batch.numel()
+            and int(batch[-1]) + 1 != num_graphs
+        ):
             raise ValueError(
                 f"the paper model needs exactly {self.num_atoms} atoms per structure: "
                 f"{pos.shape[0]} atoms in {int(batch[-1]) + 1} graphs"
