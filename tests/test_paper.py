@@ -105,9 +105,10 @@ def test_presets_and_errors():
 
 
 def test_learning_rate_defaults():
-    from uenn_geo.paper import PAPER_ADAM_LR, learning_rate
+    from uenn_geo.paper import PAPER_ADAM_LR, PAPER_ADAM_LR_LONG, learning_rate
 
     assert learning_rate(preset_config("default")) == PAPER_ADAM_LR
+    assert learning_rate(preset_config("full")) == PAPER_ADAM_LR_LONG < PAPER_ADAM_LR
     assert learning_rate(preset_config("default", model="graph")) == 2e-3
     assert learning_rate(preset_config("default", optimizer="fire")) == 2e-3
     assert learning_rate(preset_config("default", lr=3e-4)) == 3e-4
