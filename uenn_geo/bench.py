@@ -290,8 +290,9 @@ class _UENNCompiledRunner(_UENNRunner):
 
     ``fullgraph=True, dynamic=True``: one graph for any number of atoms and edges, as MD
     needs (the neighbour list changes every step). The compilation happens in the untimed
-    first call (its duration is reported as ``compile_s``); checks and neighbour search stay
-    in Python, as in :meth:`UENNForceField.forward`.
+    first call (its duration is reported as ``compile_s``); checks, neighbour search and the
+    edges' chunk layout (:meth:`UENNForceField.chunk_edges`) stay in Python, as in
+    :meth:`UENNForceField.forward`.
     """
 
     def __init__(self, system: _System, cutoff: float) -> None:
@@ -302,7 +303,8 @@ class _UENNCompiledRunner(_UENNRunner):
         data = self.data if prepared is None else prepared
         with torch.no_grad():
             pos, species, edge_index, shifts, _, _ = self.model._inputs(data)
-            return self.compiled(pos, species, edge_index, shifts)
+            edge_index, shifts, chunked = self.model.chunk_edges(edge_index, shifts, pos.shape[0])
+            return self.compiled(pos, species, edge_index, shifts, chunked=chunked)
 
 
 class _SchNetRunner(_Runner):

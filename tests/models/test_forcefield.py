@@ -6,6 +6,7 @@ from torch_geometric.data import Batch, Data
 
 from uenn_geo.models.forcefield import UENNForceField
 from uenn_geo.neighbors import radius_graph
+from uenn_geo.nn.conv import chunk_edges
 from uenn_geo.testing import apply_group, random_orthogonal, random_permutation, relative_error
 
 F64 = torch.float64
@@ -186,6 +187,34 @@ def test_compile_has_no_graph_breaks():
     assert explanation.graph_count == 1
     compiled = torch.compile(model.compute_forces, backend="eager", fullgraph=True)
     assert torch.allclose(compiled(*args), model(batch), atol=1e-13)
+    # The same with the edges laid out in chunks (chunk_edges, outside the graph).
+    edge_index, shifts = chunk_edges(edge_index, batch.num_nodes, shifts)
+    args = (batch.pos, species, edge_index, shifts, batch.batch, batch.num_graphs, True)
+    explanation = torch._dynamo.explain(model.compute_forces)(*args)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert torch.allclose(compiled(*args), model(batch), atol=1e-13)
+
+
+@pytest.mark.parametrize("conservative", [False, True])
+def test_chunked_edges_change_nothing(conservative, monkeypatch):
+    # forward lays dense neighbour lists out in chunks once for all layers (chunk_edges);
+    # forces, energy and stress must equal those of the plain list.
+    model = make_model(atomic_numbers=[1, 8], num_blocks=2, conservative=conservative)
+    cell = torch.tensor([[4.6, 0.0, 0.0], [0.8, 4.3, 0.0], [0.5, -0.6, 4.9]], dtype=F64)
+    pos = torch.rand(10, 3, dtype=F64) @ cell
+    z = torch.tensor([1, 8, 8, 1, 8, 1, 1, 8, 8, 1])
+    data = Data(pos=pos, z=z, cell=cell.unsqueeze(0), pbc=torch.ones(1, 3, dtype=torch.bool))
+    edge_index, shifts = radius_graph(pos, model.cutoff, cell=cell.unsqueeze(0))
+    assert model.chunk_edges(edge_index, shifts, 10)[2]  # dense enough to be chunked
+    kwargs = {"compute_stress": True} if conservative else {}
+    chunked = model.energy_forces(data, **kwargs)
+    monkeypatch.setattr(model, "CHUNK_PADDING_LIMIT", 0.0)
+    assert not model.chunk_edges(edge_index, shifts, 10)[2]
+    plain = model.energy_forces(data, **kwargs)
+    assert chunked["forces"].abs().max() > 1e-3
+    for key in ("forces", "energy", "stress") if conservative else ("forces",):
+        assert torch.allclose(chunked[key], plain[key], atol=1e-12), key
+    assert torch.allclose(model(data), plain["forces"], atol=1e-12)
 
 
 def test_fit_scales():

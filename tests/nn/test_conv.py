@@ -5,7 +5,7 @@ import torch
 
 import uenn_geo.nn.conv as conv_module
 from uenn_geo.neighbors import radius_graph
-from uenn_geo.nn.conv import VectorGaussianConv, _edge_chunks
+from uenn_geo.nn.conv import VectorGaussianConv, _edge_chunks, chunk_edges
 from uenn_geo.testing import (
     assert_equivariant,
     assert_invariant,
@@ -177,6 +177,52 @@ def test_edge_order_and_chunk_size_do_not_matter(monkeypatch, edges_per_chunk):
     out = conv(pos, edge_index[:, perm], v, x, shifts[perm])
     assert ref.abs().max() > 1e-2
     assert torch.allclose(out, ref, atol=1e-13)
+
+
+@pytest.mark.parametrize("edges_per_chunk, shuffle", [(32, False), (3, True), (1, True)])
+def test_chunked_edges_give_the_same_layer(monkeypatch, edges_per_chunk, shuffle):
+    # chunk_edges pads every neighbourhood with self-loops; the layer reads the chunks as
+    # views and must agree with the plain list, values and gradients, in any edge order.
+    monkeypatch.setattr(conv_module, "EDGES_PER_CHUNK", edges_per_chunk)
+    rc = 4.0
+    conv = VectorGaussianConv(2, 4, 5, rc, vector_channels=2, output="both", dtype=F64)
+    cell = torch.eye(3, dtype=F64) * 5.0
+    pos = (torch.rand(7, 3, dtype=F64) * 5.0).requires_grad_(True)
+    v, x = torch.randn(7, 2, dtype=F64), torch.randn(7, 3, 2, dtype=F64)
+    edge_index, shifts = radius_graph(pos, rc, cell=cell.unsqueeze(0))
+    if shuffle:
+        perm = torch.randperm(edge_index.shape[1])
+        edge_index, shifts = edge_index[:, perm], shifts[perm]
+    padded, padded_shifts = chunk_edges(edge_index, 7, shifts)
+    count = torch.bincount(edge_index[0], minlength=7)
+    expected = int(((count + edges_per_chunk - 1) // edges_per_chunk).sum()) * edges_per_chunk
+    assert padded.shape == (2, expected)
+    centres = padded[0].view(-1, edges_per_chunk)
+    assert bool((centres == centres[:, :1]).all())  # one centre per chunk
+    loops = padded[0] == padded[1]
+    assert int((~loops).sum()) == edge_index.shape[1]  # every edge once, the rest padding
+    assert float(padded_shifts[loops].abs().sum()) == 0.0
+    ref = conv(pos, edge_index, v, x, shifts)
+    out = conv(pos, padded, v, x, padded_shifts, chunked=True)
+    assert ref.abs().max() > 1e-2
+    assert torch.allclose(out, ref, atol=1e-13)
+    (g_ref,) = torch.autograd.grad(ref.square().sum(), pos)
+    (g_out,) = torch.autograd.grad(out.square().sum(), pos)
+    assert torch.allclose(g_out, g_ref, atol=1e-12)
+
+
+def test_chunked_flag_checks_the_layout():
+    conv = VectorGaussianConv(1, 4, 5, 4.0, dtype=F64)
+    pos = cluster(6, 3)
+    edge_index = all_pairs(6)  # 30 edges, 5 per atom: not chunks of 32
+    with pytest.raises(ValueError, match="multiple of 32"):
+        conv(pos, edge_index, chunked=True)
+    with pytest.raises(ValueError, match="share their centre"):
+        conv(pos, edge_index[:, torch.arange(32) % 30], chunked=True)
+    padded, _ = chunk_edges(edge_index, 6)
+    assert torch.allclose(conv(pos, padded, chunked=True), conv(pos, edge_index), atol=1e-13)
+    empty, _ = chunk_edges(torch.empty(2, 0, dtype=torch.long), 6)
+    assert empty.shape == (2, 0)
 
 
 @pytest.mark.parametrize("reflection", [False, True])

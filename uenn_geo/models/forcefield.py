@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from uenn_geo.models._common import fit_force_energy_scales, graph_inputs
-from uenn_geo.nn.conv import VectorGaussianConv
+from uenn_geo.nn import conv as conv_module
+from uenn_geo.nn.conv import VectorGaussianConv, chunk_edges
 from uenn_geo.nn.linear import EquivariantLinear, _dtype_name
 from uenn_geo.nn.mlp import EquivariantMLP
 from uenn_geo.nn.radial import smooth_cutoff
@@ -199,6 +200,9 @@ class UENNForceField(nn.Module):
     #: Configuration keys added since the first saved models, with the value that restores
     #: them (:func:`uenn_geo.load_model` fills these in when a file lacks them).
     legacy_config: dict[str, Any] = {"pair_term": False, "interaction_basis": None}
+    #: :meth:`chunk_edges` lays the edges out once for all layers when that pads them by at
+    #: most this factor.
+    CHUNK_PADDING_LIMIT = 1.5
 
     def __init__(
         self,
@@ -358,7 +362,35 @@ class UENNForceField(nn.Module):
         which case that list and ``data.shifts`` (if present) are used; it must contain every
         pair closer than the cutoff, and pairs beyond it contribute nothing.
         """
-        return self.compute_forces(*self._inputs(data))
+        pos, species, edge_index, shifts, batch, num_graphs = self._inputs(data)
+        edge_index, shifts, chunked = self.chunk_edges(edge_index, shifts, pos.shape[0])
+        return self.compute_forces(pos, species, edge_index, shifts, batch, num_graphs, chunked)
+
+    def chunk_edges(
+        self, edge_index: Tensor, shifts: Tensor | None, num_nodes: int
+    ) -> tuple[Tensor, Tensor | None, bool]:
+        r"""The neighbour list laid out once for all layers, where that pays.
+
+        :func:`uenn_geo.nn.conv.chunk_edges` pads every atom's edges to a multiple of
+        ``uenn_geo.nn.conv.EDGES_PER_CHUNK``; the layers then skip scattering their
+        messages into chunks. That pays for dense neighbourhoods (liquids and solids at the
+        usual cutoffs) and not where most atoms have few neighbours, so the list is chunked
+        only if padding grows it by at most :attr:`CHUNK_PADDING_LIMIT`. Runs eagerly (it
+        counts); :meth:`forward` calls it before :meth:`compute_forces`.
+
+        Returns:
+            ``(edge_index, shifts, chunked)``, the last to pass to :meth:`compute_forces`.
+        """
+        num_edges = edge_index.shape[1]
+        if num_edges == 0:
+            return edge_index, shifts, False
+        size = conv_module.EDGES_PER_CHUNK
+        count = torch.bincount(edge_index[0], minlength=num_nodes)
+        padded = int(((count + size - 1) // size).sum()) * size
+        if padded > self.CHUNK_PADDING_LIMIT * num_edges:
+            return edge_index, shifts, False
+        edge_index, shifts = chunk_edges(edge_index, num_nodes, shifts, size)
+        return edge_index, shifts, True
 
     def energy_forces(self, data: Any, compute_stress: bool = False) -> dict[str, Tensor | None]:
         r"""Energy, forces and (for periodic cells) stress of every structure in ``data``.
@@ -379,8 +411,11 @@ class UENNForceField(nn.Module):
             \partial E / \partial \varepsilon` (positive under tension).
         """
         pos, species, edge_index, shifts, batch, num_graphs = self._inputs(data)
+        edge_index, shifts, chunked = self.chunk_edges(edge_index, shifts, pos.shape[0])
         if not self.conservative:
-            forces = self.compute_forces(pos, species, edge_index, shifts, batch, num_graphs)
+            forces = self.compute_forces(
+                pos, species, edge_index, shifts, batch, num_graphs, chunked
+            )
             return {"energy": None, "forces": forces, "stress": None}
         cell = None
         if compute_stress:
@@ -404,7 +439,7 @@ class UENNForceField(nn.Module):
                 edge_sym = sym[batch[edge_index[0]]]
                 shifts = shifts + torch.bmm(shifts.unsqueeze(1), edge_sym).squeeze(1)
                 inputs.append(strain)
-            energy = self.compute_energy(x, species, edge_index, shifts, batch, num_graphs)
+            energy = self.compute_energy(x, species, edge_index, shifts, batch, num_graphs, chunked)
             grads = torch.autograd.grad(
                 energy.sum(), inputs, create_graph=create_graph, allow_unused=True
             )
@@ -420,19 +455,24 @@ class UENNForceField(nn.Module):
         return {"energy": energy, "forces": forces, "stress": stress}
 
     def _features(
-        self, pos: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor | None
+        self,
+        pos: Tensor,
+        species: Tensor,
+        edge_index: Tensor,
+        shifts: Tensor | None,
+        chunked: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """The output of the last block :obj:`(N, n + 1, C_out)` and the first layer's
         neighbour sums :obj:`(N, n + 1, B S)` (for the pair term)."""
         n = pos.shape[1]
         v = nn.functional.one_hot(species, self.num_species).to(pos.dtype)
-        sums = self.convs[0].neighbour_sums(pos, edge_index, v, shifts=shifts)
+        sums = self.convs[0].neighbour_sums(pos, edge_index, v, shifts=shifts, chunked=chunked)
         h = self.convs[0].contract(sums)  # (N, n + 1, M): [D; S]
         h = self.mlps[0](h)
         for mix, conv, mlp in zip(self.mixes, self.convs[1:], self.mlps[1:], strict=True):
             y = mix(h)  # (N, n + 1, C): [x_j; s_j]
             v_mix = torch.cat([v, y[:, n, :]], dim=-1)  # (N, S + C): [v_j, s_j]
-            message = conv(pos, edge_index, v_mix, y[:, :n, :], shifts)  # (N, n + 1, M)
+            message = conv(pos, edge_index, v_mix, y[:, :n, :], shifts, chunked)  # (N, n+1, M)
             h = mlp(torch.cat([h, message], dim=-1))
         return h, sums
 
@@ -445,7 +485,12 @@ class UENNForceField(nn.Module):
         return out.gather(2, index).squeeze(-1)
 
     def compute_atomic_energies(
-        self, pos: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor | None = None
+        self,
+        pos: Tensor,
+        species: Tensor,
+        edge_index: Tensor,
+        shifts: Tensor | None = None,
+        chunked: bool = False,
     ) -> Tensor:
         r"""Energies :math:`E_i` of the atoms in eV :obj:`(N)` (conservative mode).
 
@@ -457,7 +502,7 @@ class UENNForceField(nn.Module):
                 "conservative=True"
             )
         n = pos.shape[1]
-        h, sums = self._features(pos, species, edge_index, shifts)
+        h, sums = self._features(pos, species, edge_index, shifts, chunked)
         invariants = torch.cat([h[:, :n, :].square().sum(dim=1), h[:, n, :]], dim=-1)
         atomic = self.energy_readout(invariants).squeeze(-1) * self.energy_scale
         if self.pair_weight is not None:
@@ -472,6 +517,7 @@ class UENNForceField(nn.Module):
         shifts: Tensor | None = None,
         batch: Tensor | None = None,
         num_graphs: int = 1,
+        chunked: bool = False,
     ) -> Tensor:
         r"""Energy per graph in eV (conservative mode), on plain tensors.
 
@@ -481,7 +527,7 @@ class UENNForceField(nn.Module):
         Returns:
             Energies :obj:`(B)` in eV.
         """
-        atomic = self.compute_atomic_energies(pos, species, edge_index, shifts)
+        atomic = self.compute_atomic_energies(pos, species, edge_index, shifts, chunked)
         if batch is None:
             return atomic.sum().unsqueeze(0)
         return pos.new_zeros(num_graphs).index_add(0, batch, atomic)
@@ -494,6 +540,7 @@ class UENNForceField(nn.Module):
         shifts: Tensor | None = None,
         batch: Tensor | None = None,
         num_graphs: int = 1,
+        chunked: bool = False,
     ) -> Tensor:
         r"""The network on plain tensors, without neighbour search or data checks.
 
@@ -510,6 +557,7 @@ class UENNForceField(nn.Module):
             shifts (Tensor, optional): image shifts :obj:`(E, 3)` in Angstrom.
             batch (Tensor, optional): graph index per atom (default: one graph).
             num_graphs (int): number of graphs in the batch (default: :obj:`1`).
+            chunked (bool): the edges come from :meth:`chunk_edges` (default: :obj:`False`).
 
         Returns:
             Forces :obj:`(N, 3)` in eV/A.
@@ -517,13 +565,15 @@ class UENNForceField(nn.Module):
         if self.conservative:
             with torch.enable_grad():
                 leaf = pos if pos.requires_grad else pos.detach().requires_grad_(True)
-                energy = self.compute_energy(leaf, species, edge_index, shifts, batch, num_graphs)
+                energy = self.compute_energy(
+                    leaf, species, edge_index, shifts, batch, num_graphs, chunked
+                )
                 (grad,) = torch.autograd.grad(
                     energy.sum(), [leaf], create_graph=self.training, allow_unused=True
                 )
             return -grad if grad is not None else torch.zeros_like(pos)
         n = pos.shape[1]
-        h, sums = self._features(pos, species, edge_index, shifts)
+        h, sums = self._features(pos, species, edge_index, shifts, chunked)
         forces = h[:, :n, 0] * self.force_scale
         if self.pair_weight is not None:
             forces = forces + self._pair_readout(sums[:, :n, :], species)
