@@ -51,6 +51,7 @@ def test_paper_command_end_to_end(tmp_path, capsys):
     assert 0 < metrics["test_force_rmsd"] < 1.0
     assert metrics["md"]["bounded"]
     assert set(metrics["fire"]) == {"fire_full_batch", "fire_minibatch"}
+    assert metrics["config"]["compile"] is None and isinstance(metrics["train"]["compiled"], bool)
     report = (out / "report.md").read_text()
     assert "| Test force RMSD (eV/A) | 0.00118 |" in report
     model = uenn_geo.load_model(out / "model.pt")

@@ -284,7 +284,7 @@ def radius_graph(
             # vesin returns uint64 indices (< 2**63): reinterpret them as int64 without a copy
             local = torch.from_numpy(np.stack([i.view(np.int64), j.view(np.int64)]))
             S = torch.from_numpy(S) if any(periodic) else None
-        edges.append(atoms[local])
+        edges.append(local if num_graphs == 1 else atoms[local])  # one graph: atoms = 0..N-1
         if return_shifts:
             if S is None:
                 shifts.append(torch.zeros(local.shape[1], dim, dtype=pos.dtype, device=device))

@@ -175,7 +175,8 @@ def write_paper_report(out: Path, metrics: dict[str, Any], md: dict, parity: dic
         (
             "Optimiser",
             metrics["paper"]["optimizer"],
-            f"{cfg['optimizer']} (batch {cfg['batch_size']})",
+            f"{cfg['optimizer']} (batch {cfg['batch_size']}, lr {tr.get('lr', float('nan')):g}"
+            f"{', torch.compile' if tr.get('compiled') else ''})",
         ),
         ("Training steps", metrics["paper"]["training_steps"], tr["steps"]),
         ("Training time (s)", None, round(tr["seconds"], 1)),
