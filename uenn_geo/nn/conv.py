@@ -39,6 +39,7 @@ def _edge_chunks(index: Tensor, num_nodes: int, size: int) -> tuple[Tensor, Tens
     """
     num_edges = index.shape[0]
     tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    tracing = tracing or isinstance(num_edges, torch.SymInt)  # symbolic shapes: make_fx too
     count = torch.zeros(num_nodes, dtype=torch.long, device=index.device)
     count = count.index_add(0, index, torch.ones_like(index))
     first_edge = torch.cumsum(count, 0) - count
@@ -51,7 +52,7 @@ def _edge_chunks(index: Tensor, num_nodes: int, size: int) -> tuple[Tensor, Tens
     # rank: the position of each edge among the edges of its centre
     num_own = (count + size - 1) // size
     first_chunk = torch.cumsum(num_own, 0) - num_own
-    if tracing or isinstance(num_edges, torch.SymInt):  # symbolic shapes: make_fx too
+    if tracing:
         num_chunks = (num_edges + num_nodes * (size - 1)) // size  # a bound known from shapes
     else:
         num_chunks = int(num_own.sum())  # the chunks in use (one sync; none empty)
