@@ -89,10 +89,31 @@ def test_md_test_with_exact_forces_has_zero_error():
             return lennard_jones(data.pos.reshape(-1, 4, 3))[1].reshape(-1, 3)
 
     md = run_md_test(Exact(), samples=3, steps=50)
+    assert md["md_states_jacobian_asymmetry"] < 1e-12  # minus a Hessian: symmetric
     assert max(md["position_rmsd"]) < 1e-12
     assert max(md["energy_rmsd"]) < 1e-12
     assert md["bounded"]
     assert md["x_atom1"]["exact"][0] == pytest.approx(paper_md_initial_positions()[0, 0].item())
+
+
+def test_jacobian_asymmetry_sees_a_curl():
+    from uenn_geo.paper import jacobian_asymmetry
+
+    class Swirl(torch.nn.Module):
+        # F = omega x (r - centroid) - r: J = A (x) P - I, with A antisymmetric (the curl) and
+        # P = I - 11^T / 4; |J - J^T| / |J + J^T| = |2 A (x) P| / |2 I| = sqrt(2 * 3 / 12)
+        def forward(self, data):
+            pos = data.pos - data.pos.mean(dim=0)
+            omega = torch.tensor([0.0, 0.0, 1.0], dtype=pos.dtype)
+            return torch.linalg.cross(omega.expand_as(pos), pos) - data.pos
+
+    class Gradient(torch.nn.Module):  # F = -grad of a quadratic energy: no curl
+        def forward(self, data):
+            return -2.0 * data.pos
+
+    states = paper_md_initial_positions().expand(2, 4, 3).double()
+    assert jacobian_asymmetry(Swirl(), states, torch.float64) == pytest.approx(0.5**0.5)
+    assert jacobian_asymmetry(Gradient(), states, torch.float64) < 1e-12
 
 
 def test_presets_and_errors():

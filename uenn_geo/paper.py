@@ -16,6 +16,7 @@ overfits); validation and test sets stay the fixed ones of the paper's split.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -168,6 +169,7 @@ def run_md_test(
     return {
         "md_states_force_rms": exact_f.square().mean().sqrt().item(),
         "md_states_force_rmsd": (pred_f - exact_f).square().mean().sqrt().item(),
+        "md_states_jacobian_asymmetry": jacobian_asymmetry(model, visited[::10], mdtype),
         "steps": steps,
         "samples": samples,
         "dt_fs": dt,
@@ -184,6 +186,35 @@ def run_md_test(
         "seconds_exact": t_exact,
         "seconds_learned": t_learned,
     }
+
+
+def jacobian_asymmetry(model: torch.nn.Module, states: torch.Tensor, dtype: torch.dtype) -> float:
+    r"""How far a force model is from conservative on ``states`` :obj:`(S, A, 3)` (A).
+
+    Forces that are the negative gradient of an energy have a symmetric Jacobian
+    :math:`J_{ia,jb} = \partial F_{ia} / \partial r_{jb}` (minus the Hessian). A direct force
+    model need not: the antisymmetric part of :math:`J` is its curl, the part of the force
+    that does net work around closed loops and so makes the energy of its MD drift. Returned:
+    :math:`\lVert J - J^\top \rVert_F / \lVert J + J^\top \rVert_F`, summed over the states
+    (0 for conservative forces, 1 when the curl is as large as the gradient part).
+    """
+    from torch_geometric.data import Data
+
+    num_atoms = states.shape[1]
+    batch = torch.zeros(num_atoms, dtype=torch.long)
+    was_training = model.training
+    model.eval()
+    anti = sym = 0.0
+    for state in states.to(dtype):
+
+        def forces(flat: torch.Tensor) -> torch.Tensor:
+            return model(Data(pos=flat.view(num_atoms, 3), batch=batch)).reshape(-1)
+
+        jac = torch.autograd.functional.jacobian(forces, state.reshape(-1)).double()
+        anti += (jac - jac.T).square().sum().item()
+        sym += (jac + jac.T).square().sum().item()
+    model.train(was_training)
+    return math.sqrt(anti / sym) if sym > 0 else float("nan")
 
 
 def _at(series: list[float], step: int) -> float:
@@ -308,6 +339,7 @@ def run_paper(config: PaperConfig) -> dict[str, Any]:
             "bounded": md["bounded"],
             "md_states_force_rms": md["md_states_force_rms"],
             "md_states_force_rmsd": md["md_states_force_rmsd"],
+            "md_states_jacobian_asymmetry": md["md_states_jacobian_asymmetry"],
             "exact_energy_drift": md["exact_energy_drift"],
             "seconds_learned": md["seconds_learned"],
             "seconds_exact": md["seconds_exact"],

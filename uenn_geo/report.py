@@ -189,6 +189,14 @@ def write_paper_report(out: Path, metrics: dict[str, Any], md: dict, parity: dic
     rows.append((f"MD bounded for {md['steps']} steps", None, mdm["bounded"]))
     rows.append(("Force RMS on the exact MD states (eV/A)", None, mdm["md_states_force_rms"]))
     rows.append(("Force RMSD on the exact MD states (eV/A)", None, mdm["md_states_force_rmsd"]))
+    if "md_states_jacobian_asymmetry" in mdm:
+        rows.append(
+            (
+                "Curl of the forces on the MD states, |J - J^T| / |J + J^T|",
+                None,
+                mdm["md_states_jacobian_asymmetry"],
+            )
+        )
     lines = [
         "# Reproduction of Ma & Chan, sec. 4: argon forces and dynamics",
         "",
