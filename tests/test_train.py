@@ -1,6 +1,7 @@
 import csv
 import dataclasses
 import math
+import shutil
 import warnings
 
 import pytest
@@ -130,6 +131,10 @@ def _fresh(setup):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None,
+    reason="inductor needs a C++ compiler (the fallback is tested without one)",
+)
 def test_compiled_training_matches_eager(setup):
     model, init, tr, va = _fresh(setup)
     cfg = TrainConfig(max_epochs=2, batch_size=48, lr=1e-2, progress=False)  # a partial batch
