@@ -94,22 +94,20 @@ def chunk_edges(
     num_edges = centre.shape[0]
     count = torch.bincount(centre, minlength=num_nodes)
     num_own = (count + size - 1) // size  # chunks of each atom
-    first_edge = torch.cumsum(count, 0) - count
+    first_edge = torch.cumsum(count, 0) - count  # in the list sorted by centre
     first_place = (torch.cumsum(num_own, 0) - num_own) * size
-    arange = torch.arange(num_edges, device=centre.device)
-    if bool((centre[1:] >= centre[:-1]).all()):  # sorted by centre, as radius_graph gives
-        place = arange + (first_place - first_edge)[centre]
-    else:
-        order = torch.argsort(centre, stable=True)
-        place = torch.empty_like(centre).index_copy(
-            0, order, arange + (first_place - first_edge)[centre[order]]
-        )
     total = int(num_own.sum()) * size
     atoms = torch.arange(num_nodes, device=centre.device)
     padded_centre = torch.repeat_interleave(atoms, num_own * size, output_size=total)
-    padded_neighbour = padded_centre.index_put((place,), neighbour)
+    # Gather, not scatter: place p of atom a holds its k-th edge, k = p - first_place[a].
+    k = torch.arange(total, device=centre.device) - first_place.index_select(0, padded_centre)
+    valid = k < count.index_select(0, padded_centre)
+    edge = (first_edge.index_select(0, padded_centre) + k).clamp_(max=max(num_edges - 1, 0))
+    if num_edges and not bool((centre[1:] >= centre[:-1]).all()):  # not sorted by centre
+        edge = torch.index_select(torch.argsort(centre, stable=True), 0, edge)
+    padded_neighbour = torch.where(valid, torch.index_select(neighbour, 0, edge), padded_centre)
     if shifts is not None:
-        shifts = shifts.new_zeros(total, shifts.shape[1]).index_put_((place,), shifts)
+        shifts = torch.index_select(shifts, 0, edge) * valid.unsqueeze(1).to(shifts.dtype)
     return torch.stack([padded_centre, padded_neighbour]), shifts
 
 
