@@ -1,6 +1,7 @@
 """A tiny end-to-end run of ``uenn-geo paper`` (a few hundred samples, seconds)."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import uenn_geo
 from uenn_geo.cli import main
 from uenn_geo.data.lj import lennard_jones
 from uenn_geo.md import paper_md_initial_positions
-from uenn_geo.paper import preset_config, run_md_test
+from uenn_geo.paper import PAPER_ADAM_LR, preset_config, run_md_test
 
 
 @pytest.mark.slow
@@ -51,7 +52,8 @@ def test_paper_command_end_to_end(tmp_path, capsys):
     assert 0 < metrics["test_force_rmsd"] < 1.0
     assert metrics["md"]["bounded"]
     assert set(metrics["fire"]) == {"fire_full_batch", "fire_minibatch"}
-    assert metrics["config"]["compile"] is None and isinstance(metrics["train"]["compiled"], bool)
+    assert metrics["config"]["compile"] is None  # the default: compiled where a compiler is
+    assert metrics["train"]["compiled"] == (shutil.which("g++") is not None)
     report = (out / "report.md").read_text()
     assert "| Test force RMSD (eV/A) | 0.00118 |" in report
     model = uenn_geo.load_model(out / "model.pt")
@@ -114,6 +116,21 @@ def test_jacobian_asymmetry_sees_a_curl():
     states = paper_md_initial_positions().expand(2, 4, 3).double()
     assert jacobian_asymmetry(Swirl(), states, torch.float64) == pytest.approx(0.5**0.5)
     assert jacobian_asymmetry(Gradient(), states, torch.float64) < 1e-12
+    swirl = Swirl()
+    swirl.conservative = True  # a model that says its forces are -dE/dr is taken at its word
+    assert jacobian_asymmetry(swirl, states, torch.float64) == 0.0
+
+
+def test_resumed_run_keeps_its_learning_rate(tmp_path):
+    from uenn_geo.paper import _resumed_lr
+
+    ckpt = tmp_path / "checkpoint.pt"
+    assert _resumed_lr(preset_config("default"), ckpt) == PAPER_ADAM_LR  # nothing to resume
+    torch.save({"train_config": {"lr": 2e-2}}, ckpt)
+    assert _resumed_lr(preset_config("default"), ckpt) == 2e-2  # the run's own rate
+    assert _resumed_lr(preset_config("default", time_limit=5000.0), ckpt) == 2e-2
+    assert _resumed_lr(preset_config("default", lr=3e-3), ckpt) == 3e-3  # asked for
+    assert _resumed_lr(preset_config("default", resume=False), ckpt) == PAPER_ADAM_LR
 
 
 def test_presets_and_errors():

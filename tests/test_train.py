@@ -167,6 +167,40 @@ def test_failed_compilation_falls_back_to_eager(setup, monkeypatch):
     assert fallback.best_val_rmse == pytest.approx(eager.best_val_rmse, rel=1e-6)
 
 
+class _FailingBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("CppCompileError: the backward graph did not compile")
+
+
+def test_failed_compiled_backward_falls_back_cleanly(setup, monkeypatch):
+    model, init, tr, va = _fresh(setup)
+    cfg = TrainConfig(max_epochs=1, batch_size=64, progress=False)
+    eager = train(model, tr, va, cfg)
+    model.load_state_dict(init)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda d: _FailingBackward.apply(fn(d)))
+    with pytest.warns(RuntimeWarning, match="CppCompileError"):
+        fallback = train(model, tr, va, dataclasses.replace(cfg, compile=True))
+    # the failed step's partial gradients were dropped: the same result as eager
+    assert not fallback.compiled
+    assert fallback.best_val_rmse == pytest.approx(eager.best_val_rmse, rel=1e-6)
+
+
+def test_data_errors_are_not_blamed_on_compilation(setup, monkeypatch):
+    model, _, tr, va = _fresh(setup)
+    bad = DenseForceData(tr.pos[:, :3], tr.forces[:, :3])  # 3 atoms for a 4-atom model
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # "compiled" = eager
+    cfg = TrainConfig(max_epochs=1, batch_size=64, progress=False, compile=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(ValueError, match="exactly 4 atoms"):
+            train(model, bad, va, cfg)
+
+
 @pytest.mark.slow
 def test_compile_may_change_on_resume(setup, tmp_path):
     model, _, tr, va = _fresh(setup)

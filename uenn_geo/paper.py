@@ -158,7 +158,8 @@ def run_md_test(
     e_rmsd = (e_pred - e_exact).square().mean(dim=1).sqrt()
     finite = torch.isfinite(pos_rmsd)
     # How well does the model know the states the MD visits? (the exact trajectory's)
-    visited = exact.positions[:: max(1, steps // 200)].reshape(-1, 4, 3)
+    every = max(1, steps // 200)
+    visited = exact.positions[::every].reshape(-1, 4, 3)
     exact_f = lennard_jones(visited)[1]
     with torch.no_grad():
         from torch_geometric.data import Data
@@ -169,7 +170,9 @@ def run_md_test(
     return {
         "md_states_force_rms": exact_f.square().mean().sqrt().item(),
         "md_states_force_rmsd": (pred_f - exact_f).square().mean().sqrt().item(),
-        "md_states_jacobian_asymmetry": jacobian_asymmetry(model, visited[::10], mdtype),
+        "md_states_jacobian_asymmetry": jacobian_asymmetry(
+            model, exact.positions[:: every * 10].reshape(-1, 4, 3), mdtype
+        ),
         "steps": steps,
         "samples": samples,
         "dt_fs": dt,
@@ -196,9 +199,13 @@ def jacobian_asymmetry(model: torch.nn.Module, states: torch.Tensor, dtype: torc
     model need not: the antisymmetric part of :math:`J` is its curl, the part of the force
     that does net work around closed loops and so makes the energy of its MD drift. Returned:
     :math:`\lVert J - J^\top \rVert_F / \lVert J + J^\top \rVert_F`, summed over the states
-    (0 for conservative forces, 1 when the curl is as large as the gradient part).
+    (0 for conservative forces, 1 when the curl is as large as the gradient part). Models
+    with ``conservative=True`` give 0 by construction.
     """
     from torch_geometric.data import Data
+
+    if getattr(model, "conservative", False):
+        return 0.0  # F = -dE/dr: J is minus a Hessian
 
     num_atoms = states.shape[1]
     batch = torch.zeros(num_atoms, dtype=torch.long)
@@ -265,7 +272,7 @@ def run_paper(config: PaperConfig) -> dict[str, Any]:
 
     train_cfg = TrainConfig(
         optimizer=config.optimizer,
-        lr=learning_rate(config),
+        lr=_resumed_lr(config, out / "train" / "checkpoint.pt"),
         batch_size=config.batch_size if config.optimizer == "adam" else None,
         time_limit=config.time_limit,
         max_epochs=config.max_epochs,
@@ -441,6 +448,17 @@ def learning_rate(config: PaperConfig) -> float:
     if config.model != "paper" or config.optimizer != "adam":
         return 2e-3
     return PAPER_ADAM_LR_LONG if config.time_limit > 3600 else PAPER_ADAM_LR
+
+
+def _resumed_lr(config: PaperConfig, checkpoint: Path) -> float:
+    """:func:`learning_rate`, except that a run resumed without an explicit ``lr`` keeps
+    the rate it started with (the default depends on the time limit, which may change)."""
+    if config.lr is None and config.resume and checkpoint.is_file():
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        saved = ckpt.get("train_config", {}).get("lr") if isinstance(ckpt, dict) else None
+        if saved is not None:
+            return float(saved)
+    return learning_rate(config)
 
 
 def use_compile(config: PaperConfig) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import logging
 import math
 import time
 import warnings
@@ -33,6 +34,8 @@ __all__ = ["TrainConfig", "TrainResult", "DenseForceData", "train", "evaluate", 
 
 CHECKPOINT_FORMAT = "uenn-geo-checkpoint"
 CHECKPOINT_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 #: Fields of :class:`TrainConfig` that may change when a run is resumed (limits, display).
 _RESUMABLE_FIELDS = {"max_epochs", "max_steps", "time_limit", "patience", "progress", "compile"}
@@ -151,7 +154,8 @@ class TrainResult:
     stop_reason: str
     history: list[dict[str, float]]
     out_dir: Path | None
-    #: whether the loss ran through :func:`torch.compile` to the end (``config.compile``)
+    #: whether this call's steps ran through :func:`torch.compile` (``config.compile``),
+    #: to the end
     compiled: bool = False
 
 
@@ -260,12 +264,18 @@ def evaluate(model: nn.Module, data: Any, batch_size: int = 4096) -> dict[str, f
 
 class _LossFunction:
     """:func:`force_loss` of ``model``, through :func:`torch.compile` if the config asks and
-    it works here; the first failure (e.g. no C++ compiler) warns and turns to eager mode."""
+    it works here.
+
+    When a compiled step raises, the same step runs eagerly: if that raises too, the error
+    is the data's and propagates (compilation stays on); if it succeeds, compilation is what
+    failed (e.g. no C++ compiler), so training warns once and goes on eagerly.
+    """
 
     def __init__(self, model: nn.Module, config: TrainConfig) -> None:
         self.model = model
         self.energy_weight = config.energy_weight
         self.compiled = None
+        self.compiled_steps = 0
         if config.compile and config.optimizer == "adam":
             self.compiled = torch.compile(self._eager)
 
@@ -274,23 +284,28 @@ class _LossFunction:
 
     def backward(self, data: Data) -> Tensor:
         """The loss of ``data``, its gradient accumulated into the parameters."""
-        if self.compiled is not None:
-            try:
-                loss = self.compiled(data)
-                loss.backward()  # the backward graph may compile only here
-                return loss
-            except Exception as err:  # compilation, not the data: eager mode re-raises those
-                self.compiled = None
-                self.model.zero_grad(set_to_none=True)
-                warnings.warn(
-                    f"torch.compile failed ({type(err).__name__}: {str(err)[:200]}); "
-                    "training goes on without it",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-        loss = self._eager(data)
-        loss.backward()
-        return loss
+        if self.compiled is None:
+            loss = self._eager(data)
+            loss.backward()
+            return loss
+        try:
+            loss = self.compiled(data)
+            loss.backward()  # the backward graph may compile only here
+            self.compiled_steps += 1
+            return loss
+        except Exception as err:
+            self.model.zero_grad(set_to_none=True)
+            loss = self._eager(data)  # a data error raises here, with its own traceback
+            loss.backward()
+            self.compiled = None
+            log.debug("torch.compile failed", exc_info=err)
+            warnings.warn(
+                f"torch.compile failed ({type(err).__name__}: {str(err)[:300]}); training goes "
+                "on without it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return loss
 
 
 def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -572,7 +587,7 @@ def train(
         stop_reason=stop_reason or "done",
         history=history,
         out_dir=out,
-        compiled=loss_fn.compiled is not None,
+        compiled=loss_fn.compiled is not None and loss_fn.compiled_steps > 0,
     )
 
 
@@ -627,7 +642,6 @@ class TrainJob:
     seed: int = 0
     resume: bool = True
     progress: bool = True
-    compile: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1:

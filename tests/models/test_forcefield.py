@@ -215,6 +215,14 @@ def test_chunked_edges_change_nothing(conservative, monkeypatch):
     for key in ("forces", "energy", "stress") if conservative else ("forces",):
         assert torch.allclose(chunked[key], plain[key], atol=1e-12), key
     assert torch.allclose(model(data), plain["forces"], atol=1e-12)
+    # Bad lists are refused before they are laid out (padding would hide a wrong length).
+    monkeypatch.setattr(model, "CHUNK_PADDING_LIMIT", 1.5)
+    with pytest.raises(ValueError, match="one row per edge"):
+        model(Data(pos=pos, z=z, edge_index=edge_index, shifts=shifts[:-5]))
+    with pytest.raises(ValueError, match="one row per edge"):
+        model(Data(pos=pos, z=z, edge_index=edge_index, shifts=torch.cat([shifts, shifts[:5]])))
+    with pytest.raises(ValueError, match="outside"):
+        model(Data(pos=pos, z=z, edge_index=edge_index + 1, shifts=shifts))
 
 
 def test_fit_scales():

@@ -49,6 +49,23 @@ def _has_positions(data: Any) -> bool:
     return isinstance(getattr(first, "pos", None), Tensor)
 
 
+def _check_edges(edge_index: Tensor, shifts: Tensor | None, num_nodes: int) -> None:
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        raise ValueError(f"edge_index must have shape (2, E), got {tuple(edge_index.shape)}")
+    if edge_index.dtype != torch.long:
+        raise TypeError(f"edge_index must be torch.long, got {edge_index.dtype}")
+    num_edges = edge_index.shape[1]
+    if shifts is not None and (shifts.dim() != 2 or shifts.shape[0] != num_edges):
+        raise ValueError(
+            f"shifts must have shape ({num_edges}, n), one row per edge, got {tuple(shifts.shape)}"
+        )
+    if num_edges and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
+        raise ValueError(
+            f"edge_index refers to atoms outside 0..{num_nodes - 1}: "
+            f"min {int(edge_index.min())}, max {int(edge_index.max())}"
+        )
+
+
 class UENNForceField(nn.Module):
     r"""A force field of vector graph layers (eqs. 29-31) and equivariant MLPs (eqs. 5-17).
 
@@ -381,6 +398,7 @@ class UENNForceField(nn.Module):
         Returns:
             ``(edge_index, shifts, chunked)``, the last to pass to :meth:`compute_forces`.
         """
+        _check_edges(edge_index, shifts, num_nodes)  # before reindexing hides a mismatch
         num_edges = edge_index.shape[1]
         if num_edges == 0:
             return edge_index, shifts, False

@@ -107,7 +107,7 @@ def chunk_edges(
         edge = torch.index_select(torch.argsort(centre, stable=True), 0, edge)
     padded_neighbour = torch.where(valid, torch.index_select(neighbour, 0, edge), padded_centre)
     if shifts is not None:
-        shifts = torch.index_select(shifts, 0, edge) * valid.unsqueeze(1).to(shifts.dtype)
+        shifts = torch.where(valid.unsqueeze(1), torch.index_select(shifts, 0, edge), 0.0)
     return torch.stack([padded_centre, padded_neighbour]), shifts
 
 
@@ -118,7 +118,7 @@ def _check_chunked(edge_index: Tensor, shifts: Tensor | None) -> None:
             f"chunked=True needs the edges of chunk_edges: {edge_index.shape[1]} edges are not "
             f"a multiple of {size}"
         )
-    centres = edge_index[0].view(-1, size)
+    centres = edge_index[0].reshape(-1, size)
     if bool((centres != centres[:, :1]).any()):
         raise ValueError(
             f"chunked=True needs the edges of chunk_edges: every {size} consecutive edges must "
@@ -428,7 +428,7 @@ class VectorGaussianConv(MessagePassing):
         if chunked:  # the edges come in chunks already (chunk_edges): views, no copies
             e_pad = e.view(-1, EDGES_PER_CHUNK, self.num_basis)
             feat_pad = feat.reshape(-1, EDGES_PER_CHUNK, rows * width)
-            chunk_node = index.view(-1, EDGES_PER_CHUNK)[:, 0]
+            chunk_node = index.reshape(-1, EDGES_PER_CHUNK)[:, 0]
             num_chunks = chunk_node.shape[0]
         else:
             chunk, slot, chunk_node = _edge_chunks(index, num_nodes, EDGES_PER_CHUNK)
