@@ -52,6 +52,9 @@ def test_paper_command_end_to_end(tmp_path, capsys):
     assert 0 < metrics["test_force_rmsd"] < 1.0
     assert metrics["md"]["bounded"]
     assert set(metrics["fire"]) == {"fire_full_batch", "fire_minibatch"}
+    assert metrics["symmetrized"] and 0 < metrics["test_force_rmsd_network"] < 1.0
+    assert "network before averaging" in (out / "report.md").read_text()
+    assert uenn_geo.load_model(out / "model.pt").symmetrize
     assert metrics["config"]["compile"] is None  # the default: compiled where a compiler is
     assert metrics["train"]["compiled"] == (shutil.which("g++") is not None)
     report = (out / "report.md").read_text()

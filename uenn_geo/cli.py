@@ -39,6 +39,7 @@ def _cmd_paper(args: argparse.Namespace) -> int:
         "resume": not args.restart,
         "progress": not args.no_progress,
         "compile": args.compile,
+        "symmetrize": args.symmetrize,
     }
     if args.faithful:
         from uenn_geo.paper import PRESETS
@@ -95,6 +96,13 @@ def _add_paper(sub: argparse._SubParsersAction) -> None:
         "model) shown side by side with this run in report.md",
     )
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument(
+        "--symmetrize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average the trained paper network over the 24 orderings of its identical atoms "
+        "(default: on, except with --faithful)",
+    )
     p.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,

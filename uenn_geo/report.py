@@ -172,6 +172,11 @@ def write_paper_report(out: Path, metrics: dict[str, Any], md: dict, parity: dic
     rows = [
         ("Test force RMSD (eV/A)", metrics["paper"]["test_force_rmsd"], metrics["test_force_rmsd"]),
         ("Train force RMSD (eV/A)", None, metrics["train_force_rmsd"]),
+        *(
+            [("Test force RMSD, network before averaging (eV/A)", None, net)]
+            if (net := metrics.get("test_force_rmsd_network")) is not None
+            else []
+        ),
         (
             "Optimiser",
             metrics["paper"]["optimizer"],
@@ -219,8 +224,15 @@ def write_paper_report(out: Path, metrics: dict[str, Any], md: dict, parity: dic
             f"A fraction {cfg['augment']} of each epoch are compact thermal 4-atom clusters "
             "(5-40 K, the regime of the MD test, which the paper's recipe almost never "
             "samples: 0.1 % of its configurations have all pairs closer than 5 A). "
-            f"Net-force removal: {cfg['remove_net_force']}. The faithful protocol is "
-            "`uenn-geo paper --faithful`.",
+            f"Net-force removal: {cfg['remove_net_force']}. "
+            + (
+                "The trained network is averaged over the 24 orderings of the 4 identical "
+                "atoms (permutation symmetry; the network alone tells atoms apart by their "
+                "slot): test, MD and `model.pt` use the averaged model. "
+                if metrics.get("symmetrized")
+                else ""
+            )
+            + "The faithful protocol is `uenn-geo paper --faithful`.",
             "",
         ]
     if metrics.get("compare"):

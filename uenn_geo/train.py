@@ -344,12 +344,12 @@ def _check_compatible(ckpt: dict, model: nn.Module, cfg: TrainConfig, path: Path
             f"{path} has checkpoint version {ckpt.get('version')}, expected {CHECKPOINT_VERSION}"
         )
     saved_model = ckpt["model"]
-    if saved_model["config"] != model.config or type(model_from_record(saved_model)) is not type(
-        model
-    ):
+    legacy = getattr(type(model), "legacy_config", {})
+    saved_config = {**legacy, **saved_model["config"]}
+    if saved_config != model.config or type(model_from_record(saved_model)) is not type(model):
         raise ValueError(
             f"{path} was written for another model configuration: checkpoint has "
-            f"{saved_model['model']} {saved_model['config']}, this run has "
+            f"{saved_model['model']} {saved_config}, this run has "
             f"{type(model).__name__} {model.config}; use another --out directory or "
             "resume=False"
         )

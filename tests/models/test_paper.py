@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 from torch_geometric.data import Data
@@ -99,3 +101,58 @@ def test_load_refuses_other_files(tmp_path):
     torch.save(rec, tmp_path / "c.pt")
     with pytest.raises(ValueError, match="do not fit"):
         load_model(tmp_path / "c.pt")
+
+
+def test_symmetrized_model_is_permutation_equivariant(tmp_path):
+    model = PaperForceModel(dtype="float64", remove_net_force=True)
+    for layer in model.mlp.layers:
+        torch.nn.init.normal_(layer.bias, std=0.3)
+    pos = sample_paper_configurations(6)
+    plain = model.forward_dense(pos)
+    perm = torch.randperm(4)
+    while torch.equal(perm, torch.arange(4)):
+        perm = torch.randperm(4)
+    # the network alone tells atoms apart by their slot
+    assert (model.forward_dense(pos[:, perm]) - plain[:, perm]).abs().max() > 1e-3
+    model.symmetrize = True
+    assert model.config["symmetrize"]
+    sym = model.forward_dense(pos)
+    torch.testing.assert_close(model.forward_dense(pos[:, perm]), sym[:, perm])
+    U = random_orthogonal(3, reflection=True)
+    assert_equivariant(model.forward_dense, pos, U, axis=-1)
+    # the average over the 24 orderings, written out
+    model.symmetrize = False
+    expected = torch.zeros_like(plain)
+    for p in itertools.permutations(range(4)):
+        p = torch.tensor(p)
+        expected += model.forward_dense(pos[:, p])[:, torch.argsort(p)]
+    torch.testing.assert_close(sym, expected / 24)
+    model.symmetrize = True
+    save_model(model, tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt")
+    assert loaded.symmetrize
+    torch.testing.assert_close(loaded.forward_dense(pos), sym)
+    with pytest.raises(ValueError, match="at most 6"):
+        PaperForceModel(num_atoms=7, symmetrize=True)
+
+
+def test_models_saved_before_symmetrize_load_and_resume(tmp_path):
+    from uenn_geo.train import DenseForceData, TrainConfig, train
+
+    pos = sample_paper_configurations(64)
+    data = DenseForceData(pos.float(), lennard_jones(pos)[1].float())
+    model = PaperForceModel(hidden=[8])
+    model.fit_scales(data.pos, data.forces)
+    cfg = TrainConfig(max_epochs=1, batch_size=32, progress=False)
+    train(model, data, data, cfg, tmp_path)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    del ckpt["model"]["config"]["symmetrize"]  # as written before the option existed
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    res = train(
+        model, data, data, TrainConfig(max_epochs=2, batch_size=32, progress=False), tmp_path
+    )
+    assert res.epochs == 2
+    record = torch.load(tmp_path / "model.pt", weights_only=False)
+    del record["config"]["symmetrize"]
+    torch.save(record, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt").symmetrize is False

@@ -2,7 +2,7 @@ r"""The paper's force model: 4 argon atoms, 6 relative vectors in, 4 forces out 
 
 from __future__ import annotations
 
-from itertools import combinations
+from itertools import combinations, permutations
 
 import torch
 from torch import Tensor, nn
@@ -10,6 +10,9 @@ from torch import Tensor, nn
 from uenn_geo.nn import EquivariantMLP
 
 __all__ = ["PaperForceModel", "PAPER_CHANNELS", "relative_vectors"]
+
+#: Largest structure :class:`PaperForceModel` symmetrizes (6! = 720 orderings).
+MAX_SYMMETRIZE_ATOMS = 6
 
 #: Vector counts per layer of the paper's network.
 PAPER_CHANNELS = [6, 50, 90, 100, 80, 50, 4]
@@ -51,6 +54,14 @@ class PaperForceModel(nn.Module):
         remove_net_force (bool): subtract the mean force of each structure, so that the
             predicted forces sum to zero and momentum is conserved in MD (default:
             :obj:`False`, the paper's model).
+        symmetrize (bool): average the forces over the :math:`A!` orderings of the atoms,
+            :math:`\mathbf{F}(\mathbf{r}) = \frac{1}{A!} \sum_{\pi} P_\pi^{-1}
+            \mathbf{F}_{\mathrm{net}}(P_\pi \mathbf{r})`, which makes the model
+            permutation-equivariant for identical atoms (the network alone tells atoms apart
+            by their slot). The same weights; :math:`A!` network evaluations per structure
+            (24 for 4 atoms). Usually switched on after training
+            (``model.symmetrize = True``); saved with the model (default: :obj:`False`,
+            the paper's model).
         dtype (str): parameter dtype name (default: :obj:`"float32"`).
 
     Shapes:
@@ -65,11 +76,17 @@ class PaperForceModel(nn.Module):
         act: str = "softsign_residual",
         residue: float = 0.1,
         remove_net_force: bool = False,
+        symmetrize: bool = False,
         dtype: str = "float32",
     ) -> None:
         super().__init__()
         if num_atoms < 2:
             raise ValueError(f"num_atoms must be >= 2, got {num_atoms}")
+        if symmetrize and num_atoms > MAX_SYMMETRIZE_ATOMS:
+            raise ValueError(
+                f"symmetrize averages over num_atoms! orderings; at most "
+                f"{MAX_SYMMETRIZE_ATOMS} atoms, got {num_atoms}"
+            )
         hidden = list(PAPER_CHANNELS[1:-1] if hidden is None else hidden)
         self.config = {
             "num_atoms": num_atoms,
@@ -77,6 +94,7 @@ class PaperForceModel(nn.Module):
             "act": act,
             "residue": residue,
             "remove_net_force": remove_net_force,
+            "symmetrize": symmetrize,
             "dtype": dtype,
         }
         self.num_atoms = num_atoms
@@ -106,12 +124,36 @@ class PaperForceModel(nn.Module):
         self.input_scale.fill_(relative_vectors(pos).std().item())
         self.force_scale.fill_(forces.std().item())
 
+    #: Models saved before ``symmetrize`` existed load without it.
+    legacy_config = {"symmetrize": False}
+
+    @property
+    def symmetrize(self) -> bool:
+        """Whether the forces are averaged over the atom orderings (see the class docs)."""
+        return bool(self.config["symmetrize"])
+
+    @symmetrize.setter
+    def symmetrize(self, value: bool) -> None:
+        if value and self.num_atoms > MAX_SYMMETRIZE_ATOMS:
+            raise ValueError(f"symmetrize needs at most {MAX_SYMMETRIZE_ATOMS} atoms")
+        self.config["symmetrize"] = bool(value)
+
     def forward_dense(self, pos: Tensor) -> Tensor:
         """Forces :obj:`[B, A, 3]` from positions :obj:`[B, A, 3]`."""
         if pos.dim() != 3 or pos.shape[1] != self.num_atoms:
             raise ValueError(
                 f"positions must have shape (B, {self.num_atoms}, n), got {tuple(pos.shape)}"
             )
+        if not self.symmetrize:
+            return self._network(pos)
+        b, a, n = pos.shape
+        perms = torch.tensor(list(permutations(range(a))), device=pos.device)  # (P, A)
+        forces = self._network(pos[:, perms].reshape(-1, a, n)).view(b, -1, a, n)
+        inverse = torch.argsort(perms, dim=1)  # atom i sat in slot inverse[p, i]
+        index = inverse.view(1, -1, a, 1).expand(b, -1, a, n)
+        return forces.gather(2, index).mean(dim=1)
+
+    def _network(self, pos: Tensor) -> Tensor:
         x = relative_vectors(pos.to(self.input_scale.dtype)) / self.input_scale
         forces = (self.mlp(x) * self.force_scale).transpose(-1, -2)
         if self.remove_net_force:
