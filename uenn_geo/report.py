@@ -197,7 +197,7 @@ def write_paper_report(out: Path, metrics: dict[str, Any], md: dict, parity: dic
     if "md_states_jacobian_asymmetry" in mdm:
         rows.append(
             (
-                "Curl of the forces on the MD states, |J - J^T| / |J + J^T|",
+                "Curl of the forces on the MD states, norm(J - J^T) / norm(J + J^T)",
                 None,
                 mdm["md_states_jacobian_asymmetry"],
             )
