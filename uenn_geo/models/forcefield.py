@@ -407,7 +407,7 @@ class UENNForceField(nn.Module):
         padded = int(((count + size - 1) // size).sum()) * size
         if padded > self.CHUNK_PADDING_LIMIT * num_edges:
             return edge_index, shifts, False
-        edge_index, shifts = chunk_edges(edge_index, num_nodes, shifts, size)
+        edge_index, shifts = chunk_edges(edge_index, num_nodes, shifts, size, count)
         return edge_index, shifts, True
 
     def energy_forces(self, data: Any, compute_stress: bool = False) -> dict[str, Tensor | None]:

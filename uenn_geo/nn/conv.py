@@ -68,6 +68,7 @@ def chunk_edges(
     num_nodes: int,
     shifts: Tensor | None = None,
     size: int | None = None,
+    count: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     r"""The same neighbour list, laid out in chunks of ``size`` edges that share the centre.
 
@@ -84,6 +85,7 @@ def chunk_edges(
         num_nodes (int): number of atoms :math:`N`.
         shifts (Tensor, optional): image shifts :obj:`(E, n)` in Angstrom.
         size (int, optional): edges per chunk (default: :data:`EDGES_PER_CHUNK`).
+        count (Tensor, optional): edges per atom :obj:`(N)`, if the caller has it already.
 
     Returns:
         ``(edge_index, shifts)`` of :math:`\mathrm{size} \sum_i \lceil d_i / \mathrm{size}
@@ -92,7 +94,8 @@ def chunk_edges(
     size = EDGES_PER_CHUNK if size is None else size
     centre, neighbour = edge_index
     num_edges = centre.shape[0]
-    count = torch.bincount(centre, minlength=num_nodes)
+    if count is None:
+        count = torch.bincount(centre, minlength=num_nodes)
     num_own = (count + size - 1) // size  # chunks of each atom
     first_edge = torch.cumsum(count, 0) - count  # in the list sorted by centre
     first_place = (torch.cumsum(num_own, 0) - num_own) * size
