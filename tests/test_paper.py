@@ -136,6 +136,24 @@ def test_resumed_run_keeps_its_learning_rate(tmp_path):
     assert _resumed_lr(preset_config("default", resume=False), ckpt) == PAPER_ADAM_LR
 
 
+def test_paper_command_passes_its_switches(monkeypatch, tmp_path):
+    import uenn_geo.paper as paper
+
+    seen = []
+
+    def fake_run(config):
+        seen.append(config)
+        return {"test_force_rmsd": 0.0, "md": {"position_rmsd_at": {}, "energy_rmsd_at": {}}}
+
+    monkeypatch.setattr(paper, "run_paper", fake_run)
+    out = str(tmp_path / "x")
+    assert main(["paper", "--out", out, "--no-compile", "--no-symmetrize"]) == 0
+    assert main(["paper", "--out", out, "--compile"]) == 0
+    assert main(["paper", "--out", out, "--faithful"]) == 0
+    assert [c.compile for c in seen] == [False, True, None]
+    assert [c.symmetrize for c in seen] == [False, True, False]  # faithful: the paper's model
+
+
 def test_presets_and_errors():
     cfg = preset_config("full", out="x")
     assert cfg.time_limit > 3600 and cfg.out == "x"
