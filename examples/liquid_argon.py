@@ -32,7 +32,7 @@ import torch
 from torch_geometric.data import Data
 
 from uenn_geo.data.lj import ARGON_MASS, ARGON_SIGMA, lennard_jones_pairs
-from uenn_geo.md import maxwell_boltzmann, temperature, velocity_verlet
+from uenn_geo.dynamics import maxwell_boltzmann, temperature, velocity_verlet
 from uenn_geo.models import UENNForceField, save_model
 from uenn_geo.neighbors import radius_graph
 from uenn_geo.train import TrainConfig, train

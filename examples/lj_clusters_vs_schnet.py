@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from uenn_geo.data import LJClusters
-from uenn_geo.io import atomic_write
+from uenn_geo.files import atomic_write
 from uenn_geo.models import SchNetForceField, UENNForceField
 from uenn_geo.train import CastFloats, TrainConfig, evaluate, train
 

@@ -86,7 +86,7 @@ def export_model(model: nn.Module, path: str | os.PathLike) -> None:
         model (nn.Module): a :class:`~uenn_geo.models.UENNForceField`.
         path (str or PathLike): the output file (``.pt2``).
     """
-    from uenn_geo.io import atomic_write
+    from uenn_geo.files import atomic_write
 
     if not hasattr(model, "compute_forces") or not hasattr(model, "cutoff"):
         raise TypeError(

@@ -22,6 +22,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from uenn_geo.group import (
+    haar_unitary,
+    random_group_element,
+    random_orthogonal,
+    random_permutation,
+    random_rotations,
+)
+
 __all__ = [
     "TOLERANCES",
     "tolerance",
@@ -29,6 +37,7 @@ __all__ = [
     "random_orthogonal",
     "random_group_element",
     "random_permutation",
+    "random_rotations",
     "apply_group",
     "relative_error",
     "assert_equivariant",
@@ -52,105 +61,6 @@ def tolerance(dtype: torch.dtype) -> float:
     if dtype not in TOLERANCES:
         raise ValueError(f"no tolerance known for dtype {dtype}; pass rtol explicitly")
     return TOLERANCES[dtype]
-
-
-def _real_dtype(dtype: torch.dtype) -> torch.dtype:
-    return {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(dtype, dtype)
-
-
-def haar_unitary(
-    n: int,
-    dtype: torch.dtype = torch.complex128,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    r"""A Haar-random unitary :math:`U \in U(n)` (Mezzadri 2007).
-
-    QR decomposition of a complex Gaussian matrix, with the phases of :math:`R`'s diagonal
-    moved into :math:`Q` so that the distribution is exactly Haar. Computed in complex128 and
-    cast to ``dtype`` (which must be complex).
-    """
-    if not dtype.is_complex:
-        raise ValueError(f"haar_unitary needs a complex dtype, got {dtype}")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    z = torch.randn(n, n, dtype=torch.complex128, generator=generator)
-    q, r = torch.linalg.qr(z)
-    d = torch.diagonal(r)
-    q = q * (d / d.abs()).unsqueeze(0)
-    return q.to(dtype=dtype, device=device)
-
-
-def random_orthogonal(
-    n: int,
-    dtype: torch.dtype = torch.float64,
-    reflection: bool | None = None,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    r"""A random orthogonal :math:`Q \in O(n)`, Haar-distributed.
-
-    Args:
-        reflection (bool, optional): :obj:`True` forces :math:`\det Q = -1` (an improper
-            rotation), :obj:`False` forces :math:`\det Q = +1`; :obj:`None` leaves it random
-            (default: :obj:`None`).
-    """
-    if dtype.is_complex:
-        raise ValueError(f"random_orthogonal needs a real dtype, got {dtype}")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    z = torch.randn(n, n, dtype=torch.float64, generator=generator)
-    q, r = torch.linalg.qr(z)
-    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
-    if reflection is not None:
-        det = torch.linalg.det(q)
-        if (det < 0) != reflection:
-            q[:, 0] = -q[:, 0]
-    return q.to(dtype=dtype, device=device)
-
-
-def random_group_element(
-    n: int,
-    dtype: torch.dtype,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """A Haar-random unitary for a complex ``dtype``, a random orthogonal matrix otherwise."""
-    if dtype.is_complex:
-        return haar_unitary(n, dtype=dtype, generator=generator, device=device)
-    return random_orthogonal(n, dtype=dtype, generator=generator, device=device)
-
-
-def random_permutation(
-    num: int,
-    batch: Tensor | None = None,
-    groups: Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """A random permutation of ``range(num)`` that stays within each graph and each group.
-
-    Args:
-        batch (Tensor, optional): graph index per item; items never leave their graph.
-        groups (Tensor, optional): labels (e.g. species); items only swap with equal labels.
-
-    Returns:
-        ``perm`` such that ``x[perm]`` is the permuted input.
-    """
-    key = torch.zeros(num, dtype=torch.long)
-    if batch is not None:
-        key = key * (int(batch.max()) + 1 if batch.numel() else 1) + batch.long().cpu()
-    if groups is not None:
-        g = groups.long().cpu()
-        g = g - g.min() if g.numel() else g
-        key = key * (int(g.max()) + 1 if g.numel() else 1) + g
-    rand = torch.rand(num, generator=generator, dtype=torch.float64)
-    # Sorting by (key, random) shuffles within each key; put the shuffled items back into the
-    # original slots of that key.
-    order = torch.argsort(key * 2.0 + rand, stable=True)
-    slots = torch.argsort(key, stable=True)
-    perm = torch.empty(num, dtype=torch.long)
-    perm[slots] = order
-    return perm
 
 
 def apply_group(U: Tensor, x: Tensor, axis: int = -2, num_scalars: int = 0) -> Tensor:

@@ -14,7 +14,7 @@ from uenn_geo.data.clusters import (
     sample_lj_clusters,
 )
 from uenn_geo.data.lj import ARGON_EPSILON, ARGON_MASS, lennard_jones
-from uenn_geo.md import maxwell_boltzmann, velocity_verlet
+from uenn_geo.dynamics import maxwell_boltzmann, velocity_verlet
 from uenn_geo.neighbors import RadiusGraph
 
 SMALL = dict(num_configs=40, min_atoms=3, max_atoms=20, log=False)

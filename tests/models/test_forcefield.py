@@ -471,7 +471,7 @@ def test_conservative_training_and_scales():
 
 def test_conservative_nve_conserves_energy():
     from uenn_geo.data.lj import ARGON_MASS
-    from uenn_geo.md import maxwell_boltzmann, paper_md_initial_positions, velocity_verlet
+    from uenn_geo.dynamics import maxwell_boltzmann, paper_md_initial_positions, velocity_verlet
 
     model = conservative(cutoff=10.2)
     model.energy_scale.fill_(0.05)

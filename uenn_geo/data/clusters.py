@@ -23,8 +23,9 @@ from torch_geometric.data import Data, InMemoryDataset
 
 from uenn_geo.data.lj import ARGON_EPSILON, ARGON_MASS, ARGON_SIGMA, ARGON_Z, lennard_jones
 from uenn_geo.data.paper import split_indices
-from uenn_geo.io import atomic_save
-from uenn_geo.md import maxwell_boltzmann, temperature, velocity_verlet
+from uenn_geo.dynamics import maxwell_boltzmann, temperature, velocity_verlet
+from uenn_geo.files import atomic_save
+from uenn_geo.group import random_rotations
 
 __all__ = [
     "ARGON_NN_DISTANCE",
@@ -108,18 +109,6 @@ def fcc_sites(
     return sites[order] + offset.unsqueeze(-2)
 
 
-def _random_rotations(num: int, generator: torch.Generator | None, dtype: torch.dtype) -> Tensor:
-    r"""Uniformly (Haar) distributed proper rotations from normalised Gaussian quaternions."""
-    q = torch.randn(num, 4, generator=generator, dtype=dtype)
-    w, x, y, z = (q / q.norm(dim=-1, keepdim=True)).unbind(-1)
-    rows = [
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ]
-    return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
-
-
 def _pair_extremes(pos: Tensor) -> tuple[Tensor, Tensor]:
     r"""Smallest pair distance and largest nearest-neighbour distance of each cluster."""
     d = (pos.unsqueeze(-2) - pos.unsqueeze(-3)).norm(dim=-1)
@@ -196,8 +185,8 @@ def sample_lj_clusters(
        random rotation, centred, and displaced by Gaussian noise of standard deviation
        :obj:`displacement` per coordinate;
     3. velocities are drawn from the Maxwell-Boltzmann distribution at :math:`T_k` without
-       centre-of-mass motion (:func:`~uenn_geo.md.maxwell_boltzmann`);
-    4. velocity Verlet (:func:`~uenn_geo.md.velocity_verlet`, time step :obj:`dt`) runs
+       centre-of-mass motion (:func:`~uenn_geo.dynamics.maxwell_boltzmann`);
+    4. velocity Verlet (:func:`~uenn_geo.dynamics.velocity_verlet`, time step :obj:`dt`) runs
        :obj:`steps` steps with the Lennard-Jones forces of section 4 (argon,
        :math:`\epsilon/k_B = 120` K, :math:`r_0 = 3.4` Angstrom; shifted-force with
        :obj:`cutoff` if given). During the first half the velocities are rescaled to
@@ -342,7 +331,7 @@ def _run_batch(
     center = torch.rand(batch, 3, generator=generator, dtype=dtype) * a
     pos = fcc_sites(n, center=center, dtype=dtype)
     pos = pos - pos.mean(dim=-2, keepdim=True)
-    pos = pos @ _random_rotations(batch, generator, dtype).transpose(-1, -2)
+    pos = pos @ random_rotations(batch, generator, dtype).transpose(-1, -2)
     pos = pos + displacement * torch.randn(pos.shape, generator=generator, dtype=dtype)
     masses = torch.full((n,), ARGON_MASS, dtype=dtype)
     vel = maxwell_boltzmann(masses, 1.0, num_samples=batch, generator=generator)

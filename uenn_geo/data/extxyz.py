@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch_geometric.data import Data, InMemoryDataset
 
-from uenn_geo.io import atomic_save, atomic_write
+from uenn_geo.files import atomic_save, atomic_write
 
 __all__ = ["ExtXYZDataset", "read_frames", "write_extxyz", "file_sha1"]
 

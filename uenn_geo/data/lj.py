@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from uenn_geo.md import BOLTZMANN
+from uenn_geo.dynamics import BOLTZMANN
 
 __all__ = [
     "ARGON_EPSILON",

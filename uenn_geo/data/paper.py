@@ -17,7 +17,7 @@ from torch import Tensor
 from torch_geometric.data import Data, InMemoryDataset
 
 from uenn_geo.data.lj import ARGON_Z, lennard_jones
-from uenn_geo.io import atomic_save
+from uenn_geo.files import atomic_save
 
 __all__ = ["sample_paper_configurations", "split_indices", "PaperArgon"]
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from uenn_geo.io import atomic_save
+from uenn_geo.files import atomic_save
 from uenn_geo.models.forcefield import UENNForceField
 from uenn_geo.models.paper import PaperForceModel
 from uenn_geo.models.schnet import SchNetForceField

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from uenn_geo.bench import (
+from uenn_geo.data.lj import ARGON_MASS
+from uenn_geo.experiments.bench import (
     BENCH_MODELS,
     RAHMAN_DENSITY,
     BenchConfig,
@@ -15,7 +16,6 @@ from uenn_geo.bench import (
     format_table,
     run_bench,
 )
-from uenn_geo.data.lj import ARGON_MASS
 from uenn_geo.neighbors import radius_graph
 
 
@@ -115,7 +115,7 @@ def test_bad_config(kwargs, match):
 
 
 def test_compiled_runner_gives_the_eager_forces():
-    from uenn_geo.bench import _System
+    from uenn_geo.experiments.bench import _System
 
     pos, cell = argon_fcc(32)
     system = _System(
@@ -143,7 +143,7 @@ def test_compiled_runner_gives_the_eager_forces():
 
 
 def test_failed_compilation_is_a_skipped_row(monkeypatch):
-    from uenn_geo import bench
+    from uenn_geo.experiments import bench
 
     def broken(*args, **kwargs):
         raise RuntimeError("no compiler here")

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from uenn_geo.io import atomic_write
+from uenn_geo.files import atomic_write
 
 __all__ = ["MDConfig", "run_md", "add_md_parser"]
 

@@ -9,8 +9,8 @@ import torch
 import uenn_geo
 from uenn_geo.cli import main
 from uenn_geo.data.lj import lennard_jones
-from uenn_geo.md import paper_md_initial_positions
-from uenn_geo.paper import PAPER_ADAM_LR, preset_config, run_md_test
+from uenn_geo.dynamics import paper_md_initial_positions
+from uenn_geo.experiments.paper.run import PAPER_ADAM_LR, preset_config, run_md_test
 
 
 @pytest.mark.slow
@@ -102,7 +102,7 @@ def test_md_test_with_exact_forces_has_zero_error():
 
 
 def test_jacobian_asymmetry_sees_a_curl():
-    from uenn_geo.paper import jacobian_asymmetry
+    from uenn_geo.experiments.paper.run import jacobian_asymmetry
 
     class Swirl(torch.nn.Module):
         # F = omega x (r - centroid) - r: J = A (x) P - I, with A antisymmetric (the curl) and
@@ -125,7 +125,7 @@ def test_jacobian_asymmetry_sees_a_curl():
 
 
 def test_resumed_run_keeps_its_learning_rate(tmp_path):
-    from uenn_geo.paper import _resumed_lr
+    from uenn_geo.experiments.paper.run import _resumed_lr
 
     ckpt = tmp_path / "checkpoint.pt"
     assert _resumed_lr(preset_config("default"), ckpt) == PAPER_ADAM_LR  # nothing to resume
@@ -137,7 +137,7 @@ def test_resumed_run_keeps_its_learning_rate(tmp_path):
 
 
 def test_paper_command_passes_its_switches(monkeypatch, tmp_path):
-    import uenn_geo.paper as paper
+    import uenn_geo.experiments.paper.run as paper
 
     seen = []
 
@@ -165,7 +165,7 @@ def test_presets_and_errors():
 
 
 def test_learning_rate_defaults():
-    from uenn_geo.paper import PAPER_ADAM_LR, PAPER_ADAM_LR_LONG, learning_rate
+    from uenn_geo.experiments.paper.run import PAPER_ADAM_LR, PAPER_ADAM_LR_LONG, learning_rate
 
     assert learning_rate(preset_config("default")) == PAPER_ADAM_LR
     assert learning_rate(preset_config("full")) == PAPER_ADAM_LR_LONG < PAPER_ADAM_LR

@@ -6,8 +6,8 @@ import pytest
 from ase import Atoms
 from ase.io import read, write
 
-from uenn_geo.md import paper_md_initial_positions
-from uenn_geo.md_cli import MDConfig, add_md_parser, run_md
+from uenn_geo.cli.md import MDConfig, add_md_parser, run_md
+from uenn_geo.dynamics import paper_md_initial_positions
 from uenn_geo.models import UENNForceField, save_model
 
 SMALL = {

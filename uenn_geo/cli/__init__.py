@@ -1,7 +1,8 @@
 """The ``uenn-geo`` command line: a thin layer over plain functions.
 
 Each subcommand parses its options into a dataclass and calls one function that is also
-usable from Python (:func:`uenn_geo.paper.run_paper`, :func:`uenn_geo.train.train`, ...).
+usable from Python (:func:`uenn_geo.experiments.paper.run.run_paper`,
+:func:`uenn_geo.train.train`, ...).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def _threads(args: argparse.Namespace) -> None:
 
 
 def _cmd_paper(args: argparse.Namespace) -> int:
-    from uenn_geo.paper import preset_config, run_paper
+    from uenn_geo.experiments.paper.run import preset_config, run_paper
 
     preset = "full" if args.full else "default"
     overrides = {
@@ -42,7 +43,7 @@ def _cmd_paper(args: argparse.Namespace) -> int:
         "symmetrize": args.symmetrize,
     }
     if args.faithful:
-        from uenn_geo.paper import PRESETS
+        from uenn_geo.experiments.paper.run import PRESETS
 
         overrides = {**PRESETS["faithful"], **{k: v for k, v in overrides.items() if v is not None}}
     config = preset_config(preset, **overrides)
@@ -181,13 +182,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from uenn_geo.bench import add_bench_parser
+    from uenn_geo.experiments.bench import add_bench_parser
 
     add_bench_parser(sub)
 
 
 def _add_md(sub: argparse._SubParsersAction) -> None:
-    from uenn_geo.md_cli import add_md_parser
+    from uenn_geo.cli.md import add_md_parser
 
     add_md_parser(sub)
 

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from uenn_geo.io import atomic_save, atomic_write
+from uenn_geo.files import atomic_save, atomic_write
 from uenn_geo.models import model_from_record, model_record, save_model
 
 __all__ = ["TrainConfig", "TrainResult", "DenseForceData", "train", "evaluate", "force_loss"]

@@ -27,8 +27,9 @@ import torch
 
 from uenn_geo.data.lj import ARGON_MASS, lennard_jones
 from uenn_geo.data.paper import PaperArgon, sample_paper_configurations
-from uenn_geo.io import atomic_write
-from uenn_geo.md import maxwell_boltzmann, paper_md_initial_positions, velocity_verlet
+from uenn_geo.dynamics import maxwell_boltzmann, paper_md_initial_positions, velocity_verlet
+from uenn_geo.files import atomic_write
+from uenn_geo.group import random_orthogonal
 from uenn_geo.models import MODELS, PaperForceModel, save_model
 from uenn_geo.train import DenseForceData, TrainConfig, evaluate, train
 
@@ -239,7 +240,7 @@ def _at(series: list[float], step: int) -> float:
 
 def run_paper(config: PaperConfig) -> dict[str, Any]:
     """Run the whole experiment; returns the metrics also written to ``metrics.json``."""
-    from uenn_geo.report import write_paper_report
+    from uenn_geo.experiments.paper.report import write_paper_report
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -276,7 +277,7 @@ def run_paper(config: PaperConfig) -> dict[str, Any]:
             )
             if pool is not None:
                 pick = torch.randint(pool.shape[0], (num_compact,), generator=gen)
-                pos = torch.cat([pos, _random_rotation(pool[pick], gen)])
+                pos = torch.cat([pos, _rotate(pool[pick], gen)])
             return DenseForceData(pos.to(dtype), lennard_jones(pos)[1].to(dtype))
 
     train_cfg = TrainConfig(
@@ -399,10 +400,9 @@ def _compact_pool(num: int, seed: int) -> torch.Tensor:
     return torch.stack(sample.pos)
 
 
-def _random_rotation(pos: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Each configuration rotated by its own random orthogonal matrix (QR of a Gaussian)."""
-    q, r = torch.linalg.qr(torch.randn(pos.shape[0], 3, 3, generator=gen, dtype=pos.dtype))
-    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+def _rotate(pos: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each configuration rotated by its own random orthogonal matrix."""
+    q = random_orthogonal(3, dtype=pos.dtype, generator=gen, num=pos.shape[0])
     return pos @ q.transpose(-1, -2)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from uenn_geo.data.lj import ARGON_EPSILON, ARGON_MASS, ARGON_SIGMA, lennard_jones
-from uenn_geo.md import (
+from uenn_geo.dynamics import (
     AMU_A2_PER_FS2,
     BOLTZMANN,
     Trajectory,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from uenn_geo.io import atomic_write
+from uenn_geo.files import atomic_write
 
 __all__ = ["write_paper_report", "paper_figures"]
 
@@ -112,7 +112,7 @@ def _fmt(x: Any) -> str:
 def _comparison_table(metrics: dict[str, Any]) -> list[str]:
     """The paper's figures, the compared runs and this run side by side (markdown lines)."""
     cfg = metrics["config"]
-    from uenn_geo.paper import run_label
+    from uenn_geo.experiments.paper.run import run_label
 
     this = {
         "label": "this run: " + run_label(cfg),

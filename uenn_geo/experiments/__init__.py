@@ -1,0 +1,1 @@
+"""Applications built on the library: the paper experiment and the benchmarks."""
