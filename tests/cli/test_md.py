@@ -6,7 +6,7 @@ import pytest
 from ase import Atoms
 from ase.io import read, write
 
-from uenn_geo.cli.md import MDConfig, add_md_parser, run_md
+from uenn_geo.cli.md import MDConfig, add_parser, run_md
 from uenn_geo.dynamics import paper_md_initial_positions
 from uenn_geo.models import UENNForceField, save_model
 
@@ -89,7 +89,7 @@ def test_direct_model_and_parser(inputs):
     direct = UENNForceField(**SMALL)
     save_model(direct, inputs / "direct.pt")
     parser = argparse.ArgumentParser()
-    add_md_parser(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         [
             "md",

@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
+from uenn_geo.cli.bench import add_parser
 from uenn_geo.data.lj import ARGON_MASS
 from uenn_geo.experiments.bench import (
     BENCH_MODELS,
     RAHMAN_DENSITY,
     BenchConfig,
     PeriodicInteractionGraph,
-    add_bench_parser,
     argon_fcc,
     format_table,
     run_bench,
@@ -21,7 +21,7 @@ from uenn_geo.neighbors import radius_graph
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
-    add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    add_parser(parser.add_subparsers(dest="command", required=True))
     return parser
 
 

@@ -1,6 +1,6 @@
 r"""``uenn-geo md``: molecular dynamics with a trained model on any structure ASE can read.
 
-:func:`run_md` is the whole command as one Python call; :func:`add_md_parser` installs the
+:func:`run_md` is the whole command as one Python call; :func:`add_parser` installs the
 subcommand. Units: time step in fs, temperature in K, friction in 1/fs, positions in Angstrom,
 velocities written in Angstrom/fs, energies in eV (ASE's units, converted once here).
 
@@ -33,7 +33,7 @@ import numpy as np
 
 from uenn_geo.files import atomic_write
 
-__all__ = ["MDConfig", "run_md", "add_md_parser"]
+__all__ = ["MDConfig", "run_md", "add_parser"]
 
 ENSEMBLES = ("nve", "langevin")
 LOG_FIELDS = ["step", "time_fs", "potential", "kinetic", "total", "temperature_K"]
@@ -304,7 +304,7 @@ def _format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _cmd_md(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace) -> int:
     config = MDConfig(
         structure=args.structure,
         model=args.model,
@@ -325,8 +325,8 @@ def _cmd_md(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_md_parser(sub: argparse._SubParsersAction) -> None:
-    """Install ``uenn-geo md`` (an installer for :data:`uenn_geo.cli.SUBCOMMANDS`)."""
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Install ``uenn-geo md`` (an installer for :func:`uenn_geo.cli.build_parser`)."""
     p = sub.add_parser(
         "md",
         help="molecular dynamics with a trained model (NVE or Langevin, via ASE)",
@@ -353,4 +353,4 @@ def add_md_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin, Angstrom")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_md)
+    p.set_defaults(func=run_command)

@@ -42,7 +42,6 @@ Units: Angstrom, eV, eV/Angstrom; times in seconds, memory in MiB.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import gc
 import json
@@ -71,7 +70,6 @@ __all__ = [
     "BenchConfig",
     "PeriodicInteractionGraph",
     "nearest_neighbors",
-    "add_bench_parser",
     "argon_fcc",
     "format_table",
     "run_bench",
@@ -755,74 +753,3 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
         os.replace(tmp, path)
     return report
-
-
-# --- command line -------------------------------------------------------------------------
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    explicit = {
-        "sizes": tuple(args.sizes) if args.sizes else None,
-        "dtypes": tuple(args.dtypes) if args.dtypes else None,
-        "models": tuple(args.models) if args.models else None,
-        "devices": tuple(args.devices) if args.devices else None,
-        "cutoff": args.cutoff,
-        "repeats": args.repeats,
-        "warmup": args.warmup,
-        "threads": args.threads,
-        "seed": args.seed,
-        "out": args.out,
-    }
-    preset = {"sizes": QUICK_SIZES, "repeats": 2} if args.quick else {}
-    config = BenchConfig(**{**preset, **{k: v for k, v in explicit.items() if v is not None}})
-    report = run_bench(config)
-    print(format_table(report))
-    if config.out:
-        print(f"wrote {config.out}")
-    return 0
-
-
-def add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    """Install the ``bench`` subcommand (``func`` set) on ``sub``."""
-    p = sub.add_parser(
-        "bench",
-        help="time our force field against SchNet and exact Lennard-Jones on liquid argon",
-        description="Atoms per second for one force evaluation (median of repeats, with and "
-        "without building the neighbour list) and peak memory, for each model, dtype, device "
-        "and box size (periodic fcc argon at 1.374 g/cm^3), all in one run.",
-    )
-    p.add_argument(
-        "--sizes",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="N",
-        help="atoms per box, multiples of 4 (default: 864 10368)",
-    )
-    p.add_argument(
-        "--dtypes",
-        nargs="+",
-        choices=["float32", "float64"],
-        default=None,
-        help="(default: float32 float64)",
-    )
-    p.add_argument(
-        "--models", nargs="+", choices=sorted(BENCH_MODELS), default=None, help="(default: all)"
-    )
-    p.add_argument(
-        "--devices",
-        nargs="+",
-        choices=["cpu", "cuda"],
-        default=None,
-        help="(default: cpu, and cuda when available)",
-    )
-    p.add_argument("--cutoff", type=float, default=None, help="Angstrom (default: 10.2)")
-    p.add_argument("--repeats", type=int, default=None, help="timed calls (default: 5)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed calls per round (default: 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=None, help="(default: 0)")
-    p.add_argument(
-        "--quick", action="store_true", help=f"tiny boxes {QUICK_SIZES} and 2 repeats (for tests)"
-    )
-    p.add_argument("--out", default=None, help="JSON file to write (e.g. bench.json)")
-    p.set_defaults(func=_cmd_bench)

@@ -1,0 +1,99 @@
+"""``uenn-geo paper``: the paper's argon experiment (:mod:`uenn_geo.experiments.paper`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def run(args: argparse.Namespace) -> int:
+    from uenn_geo.experiments.paper.run import preset_config, run_paper
+
+    preset = "full" if args.full else "default"
+    overrides = {
+        "out": args.out,
+        "root": args.root,
+        "model": args.model,
+        "num_configs": args.num_configs,
+        "seed": args.seed,
+        "optimizer": args.optimizer,
+        "time_limit": args.time_limit,
+        "md_steps": args.md_steps,
+        "fire_compare_time": args.fire_compare_time,
+        "compare": tuple(args.compare) if args.compare else None,
+        "resume": not args.restart,
+        "progress": not args.no_progress,
+        "compile": args.compile,
+        "symmetrize": args.symmetrize,
+    }
+    if args.faithful:
+        from uenn_geo.experiments.paper.run import PRESETS
+
+        overrides = {**PRESETS["faithful"], **{k: v for k, v in overrides.items() if v is not None}}
+    config = preset_config(preset, **overrides)
+    metrics = run_paper(config)
+    print(f"\nreport: {config.out}/report.md")
+    print(f"test force RMSD: {metrics['test_force_rmsd']:.3e} eV/A (paper: 1.18e-03)")
+    for step, value in metrics["md"]["position_rmsd_at"].items():
+        energy = metrics["md"]["energy_rmsd_at"][step]
+        print(f"MD step {step}: position RMSD {value:.3e} A, energy RMSD {energy:.3e} eV")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from uenn_geo.models import MODELS
+
+    p = sub.add_parser(
+        "paper",
+        help="reproduce the paper's argon experiment (data, training, test, MD, report)",
+        description="Generate the paper's data (cached under --root), train, evaluate, run "
+        "the MD test and write report.md, metrics.json, model.pt and Figs. 2-7 into --out. "
+        "The default preset takes under 15 minutes on a 2-core CPU.",
+    )
+    p.add_argument("--out", default=None, help="output directory (default: runs/paper)")
+    p.add_argument("--root", default=None, help="data root (default: datasets)")
+    p.add_argument(
+        "--model", choices=sorted(MODELS), default=None, help="force model (default: paper)"
+    )
+    p.add_argument("--full", action="store_true", help="the long preset (about 2 hours)")
+    p.add_argument(
+        "--faithful",
+        action="store_true",
+        help="the paper's protocol: fixed 60,000 training configurations, no net-force removal",
+    )
+    p.add_argument("--optimizer", choices=["adam", "fire"], default=None)
+    p.add_argument("--time-limit", type=float, default=None, help="training seconds")
+    p.add_argument("--num-configs", type=int, default=None, help="data set size (default: 100000)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--md-steps", type=int, default=None, help="MD steps (default: 10000)")
+    p.add_argument(
+        "--fire-compare-time",
+        type=float,
+        default=None,
+        help="seconds of FIRE runs shown beside Adam (0 to skip)",
+    )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="DIR",
+        default=None,
+        help="output directories of earlier paper runs (e.g. the faithful and the default "
+        "model) shown side by side with this run in report.md",
+    )
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument(
+        "--symmetrize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average the trained paper network over the 24 orderings of its identical atoms "
+        "(default: on, except with --faithful)",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the training step (default: on for the paper network with Adam; "
+        "needs a C++ compiler, and falls back to eager mode without one)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
