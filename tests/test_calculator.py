@@ -9,7 +9,8 @@ from torch_geometric.data import Data
 
 from uenn_geo.calculator import UENNCalculator
 from uenn_geo.data.lj import ARGON_MASS
-from uenn_geo.dynamics import maxwell_boltzmann, paper_md_initial_positions, velocity_verlet
+from uenn_geo.data.paper import paper_md_initial_positions
+from uenn_geo.dynamics import maxwell_boltzmann, velocity_verlet
 from uenn_geo.models import UENNForceField, save_model
 
 F64 = torch.float64

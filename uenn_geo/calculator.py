@@ -23,6 +23,8 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from torch import Tensor, nn
 
+from uenn_geo.edges import Edges
+from uenn_geo.models.base import ForceModel
 from uenn_geo.neighbors import radius_graph
 
 __all__ = ["UENNCalculator"]
@@ -68,9 +70,7 @@ class _NeighbourCache:
         moved = (pos - self._pos).square().sum(dim=1).max() if pos.shape[0] else 0.0
         return bool(moved <= (0.5 * self.skin) ** 2) and self.skin > 0
 
-    def __call__(
-        self, pos: Tensor, cell: Tensor | None, pbc: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
+    def __call__(self, pos: Tensor, cell: Tensor | None, pbc: Tensor | None) -> Edges:
         key = (
             None if cell is None else tuple(cell.reshape(-1).tolist()),
             None if pbc is None else tuple(pbc.reshape(-1).tolist()),
@@ -85,17 +85,17 @@ class _NeighbourCache:
         edge_index, shifts = self._edge_index, self._shifts
         r = pos[edge_index[1]] - pos[edge_index[0]] + shifts
         keep = r.square().sum(dim=1) < self.cutoff**2
-        return edge_index[:, keep], shifts[keep]
+        return Edges(edge_index[:, keep], shifts[keep], self.cutoff)
 
 
 class UENNCalculator(Calculator):
-    r"""ASE calculator for a uenn-geo force model (:class:`~uenn_geo.models.UENNForceField`
-    or any model of :data:`uenn_geo.models.MODELS`).
+    r"""ASE calculator for any uenn-geo force model (:class:`~uenn_geo.models.ForceModel`).
 
     Implements ``forces`` for every model, and ``energy``, ``free_energy`` (equal to the
-    energy) and ``stress`` (periodic cells) for models with an energy, i.e.
-    :class:`~uenn_geo.models.UENNForceField` built with ``conservative=True``. Asking a
-    direct-force model for an energy raises
+    energy) and ``stress`` (periodic cells) for models with an energy (``has_energy``:
+    :class:`~uenn_geo.models.UENNForceField` built with ``conservative=True``,
+    :class:`~uenn_geo.models.SchNetForceField`). Asking a direct-force model for an energy
+    raises
     :class:`~ase.calculators.calculator.PropertyNotImplementedError`; this includes ASE's
     geometry optimisers, which log the energy. MD integrators (``VelocityVerlet``,
     ``Langevin``) need only forces and work with both kinds.
@@ -103,8 +103,10 @@ class UENNCalculator(Calculator):
     The neighbour list is built with cutoff :math:`r_c` + ``skin`` and reused until an atom
     has moved more than ``skin / 2`` since the build or the cell, periodicity or atoms
     changed; every call filters it to :math:`r_c`, so results equal those of a fresh build
-    (``skin=0`` rebuilds at every call). ``num_builds`` counts the builds. For conservative
-    models the stress is computed with every call on a periodic cell of nonzero volume.
+    (``skin=0`` rebuilds at every call). ``num_builds`` counts the builds. A model without a
+    cutoff (:class:`~uenn_geo.models.PaperForceModel`) sees every atom and gets no list. For
+    models with an energy the stress is computed with every call on a periodic cell of
+    nonzero volume.
 
     Units: Angstrom, eV, eV/A, eV/A\ :sup:`3` (ASE's). Positions are converted to the model's
     dtype, results back to float64 NumPy arrays.
@@ -138,24 +140,23 @@ class UENNCalculator(Calculator):
             )
         if not float(skin) >= 0.0:
             raise ValueError(f"skin must be >= 0 Angstrom, got {skin}")
-        cutoff = getattr(model, "cutoff", None)
-        if cutoff is None:
-            raise ValueError(
-                f"{type(model).__name__} has no neighbour cutoff; the calculator needs a graph "
-                "model such as UENNForceField"
+        if not isinstance(model, ForceModel):
+            raise TypeError(
+                f"{type(model).__name__} is not a uenn-geo force model (uenn_geo.models."
+                "ForceModel); see uenn_geo.models.MODELS"
             )
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.has_energy = bool(getattr(model, "conservative", False))
+        self.has_energy = bool(model.has_energy)
         self.implemented_properties = (
             ["energy", "free_energy", "forces", "stress"] if self.has_energy else ["forces"]
         )
-        self.neighbours = _NeighbourCache(cutoff, skin)
+        self.neighbours = None if model.cutoff is None else _NeighbourCache(model.cutoff, skin)
 
     @property
     def num_builds(self) -> int:
         """How many times the neighbour list was built."""
-        return self.neighbours.num_builds
+        return 0 if self.neighbours is None else self.neighbours.num_builds
 
     def get_property(self, name: str, atoms: Any = None, allow_calculation: bool = True) -> Any:
         if name in ("energy", "free_energy", "stress", "energies") and not self.has_energy:
@@ -178,7 +179,7 @@ class UENNCalculator(Calculator):
         properties = properties or ["forces"]
         super().calculate(atoms, properties, system_changes or all_changes)
         atoms = self.atoms
-        dtype = self.model.force_scale.dtype
+        dtype = self.model.dtype
         pos = torch.as_tensor(atoms.get_positions(), dtype=dtype, device=self.device)
         pbc_np = np.asarray(atoms.pbc, dtype=bool)
         periodic = bool(pbc_np.any())
@@ -192,21 +193,18 @@ class UENNCalculator(Calculator):
             raise PropertyNotImplementedError(
                 "stress needs a periodic cell of nonzero volume (atoms.pbc and atoms.cell)"
             )
-        edge_index, shifts = self.neighbours(pos, cell, pbc)
+        edges = None if self.neighbours is None else self.neighbours(pos, cell, pbc)
         z = torch.as_tensor(atoms.numbers, dtype=torch.long, device=self.device)
-        data = Data(pos=pos, z=z, edge_index=edge_index, shifts=shifts)
+        data = Data(pos=pos, z=z)
         if cell is not None:
             data.cell = cell.unsqueeze(0)
-        if self.has_energy:
-            out = self.model.energy_forces(data, compute_stress=want_stress)
+        with torch.no_grad():  # the models take their own derivatives
+            out = self.model.energy_forces(data, edges, compute_stress=want_stress)
+        if out["energy"] is not None:
             energy = float(out["energy"].detach().sum())
             self.results["energy"] = energy
             self.results["free_energy"] = energy
-            if out["stress"] is not None:
-                stress = out["stress"][0].detach().cpu().double().numpy()
-                self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
-            forces = out["forces"]
-        else:
-            with torch.no_grad():
-                forces = self.model(data)
-        self.results["forces"] = forces.detach().cpu().double().numpy()
+        if out["stress"] is not None:
+            stress = out["stress"][0].detach().cpu().double().numpy()
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+        self.results["forces"] = out["forces"].detach().cpu().double().numpy()

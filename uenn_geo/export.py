@@ -31,6 +31,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from uenn_geo.edges import Edges
+from uenn_geo.models.forcefield import UENNForceField
+from uenn_geo.models.response import energy_response
+
 __all__ = ["export_model", "load_exported"]
 
 
@@ -42,18 +46,22 @@ class _DirectForces(nn.Module):
     def forward(
         self, pos: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor, batch: Tensor
     ) -> Tensor:
+        edges = Edges(edge_index, shifts, self.model.cutoff)
         # N >= number of graphs: per-graph means scattered into N slots are the same means.
-        return self.model.compute_forces(pos, species, edge_index, shifts, batch, pos.shape[0])
+        return self.model.compute_forces(pos, species, edges, batch, pos.shape[0])
 
 
 def _conservative_fn(model: nn.Module) -> Any:
     def energies_forces(
         pos: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor, batch: Tensor
     ) -> tuple[Tensor, Tensor]:
-        leaf = pos.detach().requires_grad_(True)
-        atomic = model.compute_atomic_energies(leaf, species, edge_index, shifts)
-        (grad,) = torch.autograd.grad(atomic.sum(), [leaf])
-        return atomic.detach(), -grad
+        out = energy_response(
+            lambda x, e: model.atomic_energies(x, species, e),
+            pos,
+            Edges(edge_index, shifts, model.cutoff),
+            batch,
+        )
+        return out["energy"], out["forces"]
 
     return energies_forces
 
@@ -88,9 +96,10 @@ def export_model(model: nn.Module, path: str | os.PathLike) -> None:
     """
     from uenn_geo.files import atomic_write
 
-    if not hasattr(model, "compute_forces") or not hasattr(model, "cutoff"):
+    if not isinstance(model, UENNForceField):
         raise TypeError(
-            f"export_model needs a graph force field (UENNForceField), got {type(model).__name__}"
+            f"export_model takes a UENNForceField (the graph force field), got "
+            f"{type(model).__name__}"
         )
     was_training = model.training
     model.eval()
@@ -99,7 +108,7 @@ def export_model(model: nn.Module, path: str | os.PathLike) -> None:
         p.requires_grad_(False)
     try:
         args = _example_inputs(model)
-        conservative = bool(getattr(model, "conservative", False))
+        conservative = model.has_energy
         if conservative:
             from torch.fx.experimental.proxy_tensor import make_fx
 

@@ -1,4 +1,4 @@
-r"""Neighbour lists within a cutoff for free clusters and periodic cells (PAPER.md sec. 4).
+r"""Neighbour lists within a cutoff for free clusters and periodic cells (Ma & Chan, sec. 4).
 
 The vector graph layer (eqs. 29-31) sums over the neighbours :math:`j` of atom :math:`i` that lie
 within the cutoff :math:`r_c`. This module builds that list with `vesin
@@ -333,8 +333,9 @@ class RadiusGraph(BaseTransform):
     r"""PyG transform storing the periodic neighbour list of :func:`radius_graph` on a graph.
 
     Reads ``data.pos`` and, when present, ``data.cell`` and ``data.pbc`` (and ``data.batch`` on
-    a :class:`~torch_geometric.data.Batch`); writes ``data.edge_index`` (long, ``(2, E)``) and
-    ``data.shifts`` (Cartesian image shifts in Angstrom, ``(E, 3)``), so that
+    a :class:`~torch_geometric.data.Batch`); writes ``data.edge_index`` (long, ``(2, E)``),
+    ``data.shifts`` (Cartesian image shifts in Angstrom, ``(E, 3)``) and ``data.edge_cutoff``
+    (the cutoff, one per graph, which models check against their own), so that
     :math:`\mathbf{r}_{ij}` = ``edge_vectors(data.pos, data.edge_index, data.shifts)``.
     Store per-graph cells as ``(1, 3, 3)`` and flags as ``(1, 3)`` so that they collate to
     ``(B, 3, 3)`` and ``(B, 3)``.
@@ -358,6 +359,8 @@ class RadiusGraph(BaseTransform):
         )
         data.edge_index = edge_index
         data.shifts = shifts
+        num_graphs = getattr(data, "num_graphs", None) or 1
+        data.edge_cutoff = torch.full((num_graphs,), self.r_cut, dtype=torch.float64)
         return data
 
     def __repr__(self) -> str:

@@ -4,9 +4,8 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
+from uenn_geo.edges import Edges, build_edges
 from uenn_geo.models.forcefield import UENNForceField
-from uenn_geo.neighbors import radius_graph
-from uenn_geo.nn.conv import chunk_edges
 from uenn_geo.testing import apply_group, random_orthogonal, random_permutation, relative_error
 
 F64 = torch.float64
@@ -125,14 +124,25 @@ def test_isolated_atoms_get_zero_force_not_nan():
     assert torch.equal(projected(single), torch.zeros(1, 3, dtype=F64))
 
 
-def test_precomputed_edges_and_wider_lists():
+def test_given_edges_must_match_the_cutoff():
     model = make_model(num_blocks=2)
     data = cluster(8)
     forces = model(data)
-    wide_edges, wide_shifts = radius_graph(data.pos, 2 * model.cutoff)
-    wide = Data(pos=data.pos, z=data.z, edge_index=wide_edges, shifts=wide_shifts)
-    assert wide_edges.shape[1] > radius_graph(data.pos, model.cutoff)[0].shape[1]
-    assert torch.allclose(model(wide), forces, atol=1e-13)  # pairs beyond r_c add nothing
+    edges = build_edges(data.pos, model.cutoff)
+    assert torch.allclose(model(data, edges), forces, atol=1e-13)
+    # A list from another cutoff is refused, given or stored on the data (stale lists).
+    wide = build_edges(data.pos, 2 * model.cutoff)
+    with pytest.raises(ValueError, match="cutoff of .* the model's cutoff"):
+        model(data, wide)
+    stored = Data(pos=data.pos, z=data.z, edge_index=wide.index)
+    with pytest.raises(ValueError, match="edge_cutoff"):
+        model(stored)
+    stored.edge_cutoff = torch.tensor([2 * model.cutoff])
+    with pytest.raises(ValueError, match="rebuild it with"):
+        model(stored)
+    stored.edge_index = edges.index
+    stored.edge_cutoff = torch.tensor([model.cutoff])
+    assert torch.allclose(model(stored), forces, atol=1e-13)
 
 
 def _supercell(pos, z, cell, reps=(2, 2, 2)):
@@ -179,50 +189,54 @@ def test_periodic_cell_matches_finite_replica():
 def test_compile_has_no_graph_breaks():
     model = make_model(atomic_numbers=[1, 8], num_blocks=2)
     batch = Batch.from_data_list([cluster(4, [1, 8, 8, 1]), cluster(5, [8, 1, 1, 1, 8])])
-    edge_index, shifts = radius_graph(batch.pos, model.cutoff, batch.batch)  # outside
+    edges = build_edges(batch.pos, model.cutoff, batch.batch)  # outside
     species = model.species_index(batch.z, batch.num_nodes)
-    args = (batch.pos, species, edge_index, shifts, batch.batch, batch.num_graphs)
+    args = (batch.pos, species, edges, batch.batch, batch.num_graphs)
     explanation = torch._dynamo.explain(model.compute_forces)(*args)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
     compiled = torch.compile(model.compute_forces, backend="eager", fullgraph=True)
     assert torch.allclose(compiled(*args), model(batch), atol=1e-13)
-    # The same with the edges laid out in chunks (chunk_edges, outside the graph).
-    edge_index, shifts = chunk_edges(edge_index, batch.num_nodes, shifts)
-    args = (batch.pos, species, edge_index, shifts, batch.batch, batch.num_graphs, True)
+    # The same with the edges laid out in chunks (Edges.chunked, outside the graph).
+    edges = edges.chunked(batch.num_nodes, max_padding=float("inf"))
+    assert edges.chunk
+    args = (batch.pos, species, edges, batch.batch, batch.num_graphs)
     explanation = torch._dynamo.explain(model.compute_forces)(*args)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert torch.allclose(compiled(*args), model(batch), atol=1e-13)
 
 
 @pytest.mark.parametrize("conservative", [False, True])
-def test_chunked_edges_change_nothing(conservative, monkeypatch):
-    # forward lays dense neighbour lists out in chunks once for all layers (chunk_edges);
-    # forces, energy and stress must equal those of the plain list.
+def test_chunked_edges_change_nothing(conservative):
+    # the model lays dense neighbour lists out in chunks once for all layers
+    # (Edges.chunked); forces, energy and stress must equal those of the plain list.
     model = make_model(atomic_numbers=[1, 8], num_blocks=2, conservative=conservative)
     cell = torch.tensor([[4.6, 0.0, 0.0], [0.8, 4.3, 0.0], [0.5, -0.6, 4.9]], dtype=F64)
     pos = torch.rand(10, 3, dtype=F64) @ cell
     z = torch.tensor([1, 8, 8, 1, 8, 1, 1, 8, 8, 1])
     data = Data(pos=pos, z=z, cell=cell.unsqueeze(0), pbc=torch.ones(1, 3, dtype=torch.bool))
-    edge_index, shifts = radius_graph(pos, model.cutoff, cell=cell.unsqueeze(0))
-    assert model.chunk_edges(edge_index, shifts, 10)[2]  # dense enough to be chunked
+    edges = build_edges(pos, model.cutoff, cell=cell.unsqueeze(0))
+    assert edges.chunked(10).chunk  # dense enough to be chunked
     kwargs = {"compute_stress": True} if conservative else {}
-    chunked = model.energy_forces(data, **kwargs)
-    monkeypatch.setattr(model, "CHUNK_PADDING_LIMIT", 0.0)
-    assert not model.chunk_edges(edge_index, shifts, 10)[2]
-    plain = model.energy_forces(data, **kwargs)
+    chunked = model.energy_forces(data, edges.chunked(10), **kwargs)
+    plain_edges = edges.chunked(10, max_padding=0.0)
+    assert not plain_edges.chunk
+    species = model.species_index(z, 10)
+    plain = {"forces": model.compute_forces(pos, species, plain_edges)}
+    if conservative:
+        plain = model.energy_forces(data, plain_edges, **kwargs)
     assert chunked["forces"].abs().max() > 1e-3
     for key in ("forces", "energy", "stress") if conservative else ("forces",):
         assert torch.allclose(chunked[key], plain[key], atol=1e-12), key
     assert torch.allclose(model(data), plain["forces"], atol=1e-12)
     # Bad lists are refused before they are laid out (padding would hide a wrong length).
-    monkeypatch.setattr(model, "CHUNK_PADDING_LIMIT", 1.5)
+    index, shifts, cut = edges.index, edges.shifts, model.cutoff
     with pytest.raises(ValueError, match="one row per edge"):
-        model(Data(pos=pos, z=z, edge_index=edge_index, shifts=shifts[:-5]))
+        model(data, Edges(index, shifts[:-5], cut))
     with pytest.raises(ValueError, match="one row per edge"):
-        model(Data(pos=pos, z=z, edge_index=edge_index, shifts=torch.cat([shifts, shifts[:5]])))
+        model(data, Edges(index, torch.cat([shifts, shifts[:5]]), cut))
     with pytest.raises(ValueError, match="outside"):
-        model(Data(pos=pos, z=z, edge_index=edge_index + 1, shifts=shifts))
+        model(data, Edges(index + 1, shifts, cut))
 
 
 def test_fit_scales():
@@ -333,13 +347,13 @@ def test_learns_lennard_jones_forces():
         [Data(pos=p, z=torch.full((4,), 18), forces=f) for p, f in zip(pos, forces, strict=True)]
     )
     model = make_model(cutoff=10.2)
-    graphs.edge_index, graphs.shifts = radius_graph(graphs.pos, model.cutoff, graphs.batch)
+    edges = build_edges(graphs.pos, model.cutoff, graphs.batch)
     model.fit_scales(graphs.forces)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(25):
         opt.zero_grad()
-        loss = ((model(graphs) - graphs.forces) / model.force_scale).square().mean()
+        loss = ((model(graphs, edges) - graphs.forces) / model.force_scale).square().mean()
         loss.backward()
         opt.step()
         losses.append(loss.item())
@@ -462,16 +476,17 @@ def test_conservative_training_and_scales():
     assert "energy_scale" not in direct.state_dict()  # direct-mode files are unchanged
     assert direct.energy_forces(cluster(3))["energy"] is None
     with pytest.raises(ValueError, match="conservative=True"):
-        direct.compute_energy(
+        direct.atomic_energies(
             torch.zeros(2, 3, dtype=F64),
             torch.zeros(2, dtype=torch.long),
-            torch.zeros(2, 0, dtype=torch.long),
+            Edges(torch.zeros(2, 0, dtype=torch.long), None, direct.cutoff),
         )
 
 
 def test_conservative_nve_conserves_energy():
     from uenn_geo.data.lj import ARGON_MASS
-    from uenn_geo.dynamics import maxwell_boltzmann, paper_md_initial_positions, velocity_verlet
+    from uenn_geo.data.paper import paper_md_initial_positions
+    from uenn_geo.dynamics import maxwell_boltzmann, velocity_verlet
 
     model = conservative(cutoff=10.2)
     model.energy_scale.fill_(0.05)

@@ -6,9 +6,9 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.nn.models import SchNet
 
 import uenn_geo.models
+from uenn_geo.edges import Edges, build_edges, nearest_edges
 from uenn_geo.models import load_model, save_model
-from uenn_geo.models.schnet import SchNetForceField, nearest_edges
-from uenn_geo.neighbors import radius_graph
+from uenn_geo.models.schnet import SchNetForceField
 from uenn_geo.testing import apply_group, random_orthogonal, random_permutation, relative_error
 from uenn_geo.train import evaluate, force_loss
 
@@ -43,6 +43,10 @@ def periodic(num: int = 4, length: float = 4.0) -> Data:
     )
 
 
+def energy_of(model: SchNetForceField, data: Data) -> torch.Tensor:
+    return model.energy_forces(data)["energy"]
+
+
 def finite_difference_forces(model: SchNetForceField, data: Data, h: float = 1e-5) -> torch.Tensor:
     forces = torch.empty_like(data.pos)
     for i in range(data.pos.shape[0]):
@@ -52,7 +56,7 @@ def finite_difference_forces(model: SchNetForceField, data: Data, h: float = 1e-
                 moved = data.clone()
                 moved.pos = data.pos.clone()
                 moved.pos[i, a] += sign * h
-                energies.append(model.energy(moved).sum().item())
+                energies.append(energy_of(model, moved).sum().item())
             forces[i, a] = -(energies[0] - energies[1]) / (2 * h)
     return forces
 
@@ -119,7 +123,7 @@ def test_matches_schnet_with_a_brute_force_graph():
         }
     )
     expected = reference(data.z, data.pos).reshape(-1)
-    assert torch.allclose(model.energy(data), expected, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(energy_of(model, data), expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("reflection", [False, True])
@@ -129,19 +133,19 @@ def test_rotation_reflection_translation(reflection):
     shift = torch.tensor([1.5, -4.0, 2.0], dtype=F64)
     for data in (cluster(7, [1, 8, 1, 1, 8, 8, 1]), periodic(5)):
         forces = model(data)
-        energy = model.energy(data)
+        energy = energy_of(model, data)
         moved = data.clone()
         moved.pos = data.pos @ Q.T + shift
         if "cell" in data:
             moved.cell = data.cell @ Q.T
         assert relative_error(model(moved), apply_group(Q, forces, axis=-1)) < 1e-10
-        assert torch.allclose(model.energy(moved), energy, rtol=1e-12)
+        assert torch.allclose(energy_of(model, moved), energy, rtol=1e-12)
 
 
 def test_periodic_supercell_and_batch():
     model = make_model()
     data = periodic(4)
-    energy, forces = model.energy(data), model(data)
+    energy, forces = energy_of(model, data), model(data)
     # A 2x1x1 supercell holds two copies: twice the energy, the same forces on each copy.
     cell = data.cell[0]
     big = Data(
@@ -150,14 +154,14 @@ def test_periodic_supercell_and_batch():
         cell=torch.stack([2 * cell[0], cell[1], cell[2]]).unsqueeze(0),
         pbc=data.pbc,
     )
-    assert torch.allclose(model.energy(big), 2 * energy, rtol=1e-10)
+    assert torch.allclose(energy_of(model, big), 2 * energy, rtol=1e-10)
     assert torch.allclose(model(big), forces.repeat(2, 1), atol=1e-10)
     # A batch of structures gives each structure's own energy and forces.
     other = cluster(5, [29] * 5)
     batch = Batch.from_data_list([Data(pos=other.pos, z=other.z), data])
     batch.cell = torch.cat([torch.zeros(1, 3, 3, dtype=F64), data.cell])
     batch.pbc = torch.tensor([[False] * 3, [True] * 3])
-    assert torch.allclose(model.energy(batch), torch.cat([model.energy(other), energy]))
+    assert torch.allclose(energy_of(model, batch), torch.cat([energy_of(model, other), energy]))
     assert torch.allclose(model(batch), torch.cat([model(other), forces]), atol=1e-12)
     perm = random_permutation(batch.num_nodes, batch=batch.batch)
     permuted = batch.clone()
@@ -169,15 +173,12 @@ def test_given_edges_are_used_and_truncation():
     model = make_model()
     data = cluster(6, spread=1.0)
     full = model(data)
-    empty = data.clone()
-    empty.edge_index = torch.empty(2, 0, dtype=torch.long)
-    assert torch.equal(model(empty), torch.zeros_like(data.pos))
-    listed = data.clone()
-    listed.edge_index, listed.shifts = radius_graph(data.pos, SMALL["cutoff"])
-    assert torch.allclose(model(listed), full, atol=1e-13)
+    empty = Edges(torch.empty(2, 0, dtype=torch.long), None, model.cutoff)
+    assert torch.equal(model(data, empty), torch.zeros_like(data.pos))
+    listed = build_edges(data.pos, SMALL["cutoff"])
+    assert torch.allclose(model(data, listed), full, atol=1e-13)
     # max_num_neighbors keeps the k nearest neighbours of each centre.
-    edge_index, shifts = radius_graph(data.pos, 10.0)
-    kept, _ = nearest_edges(edge_index, shifts, data.pos, 2)
+    kept = nearest_edges(build_edges(data.pos, 10.0), data.pos, 2).index
     assert torch.equal(torch.bincount(kept[0], minlength=6), torch.full((6,), 2))
     dist = torch.cdist(data.pos, data.pos) + torch.eye(6, dtype=F64) * 1e9
     nearest = dist.argsort(dim=1)[:, :2]

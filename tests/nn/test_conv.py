@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-import uenn_geo.nn.conv as conv_module
+from uenn_geo.edges import Edges
 from uenn_geo.neighbors import radius_graph
-from uenn_geo.nn.conv import VectorGaussianConv, _edge_chunks, chunk_edges
+from uenn_geo.nn.conv import VectorGaussianConv, _edge_chunks
 from uenn_geo.testing import (
     assert_equivariant,
     assert_invariant,
@@ -109,11 +109,9 @@ def test_eq33_periodic_shifts_match_image_loop():
 
 
 @pytest.mark.parametrize("edges_per_chunk, shuffle", [(None, False), (2, True)])
-def test_general_layer_matches_dense_einsum(monkeypatch, edges_per_chunk, shuffle):
+def test_general_layer_matches_dense_einsum(edges_per_chunk, shuffle):
     # Node features, vector features, rank-3 weights, an activation on each output; the
     # second case splits every neighbourhood over several chunks and shuffles the edges.
-    if edges_per_chunk is not None:
-        monkeypatch.setattr(conv_module, "EDGES_PER_CHUNK", edges_per_chunk)
     rc, num, n = 4.5, 6, 3
     conv = VectorGaussianConv(
         3, 5, 4, rc, vector_channels=2, output="both", act="softsign_residual", dtype=F64
@@ -124,7 +122,11 @@ def test_general_layer_matches_dense_einsum(monkeypatch, edges_per_chunk, shuffl
     edge_index = all_pairs(num)
     if shuffle:
         edge_index = edge_index[:, torch.randperm(edge_index.shape[1])]
-    out = conv(pos, edge_index, v, x)
+    edges = Edges(edge_index, None, rc)
+    if edges_per_chunk is not None:
+        edges = edges.chunked(num, size=edges_per_chunk, max_padding=float("inf"))
+        assert edges.chunk == edges_per_chunk
+    out = conv(pos, edges, v, x)
     pre_d = torch.zeros(num, n, 5, dtype=F64)
     pre_s = torch.zeros(num, 5, dtype=F64)
     w, ws = conv.weight, conv.scalar_weight
@@ -162,7 +164,7 @@ def test_edge_chunks_place_each_edge_once():
 
 
 @pytest.mark.parametrize("edges_per_chunk", [1, 3, 32])
-def test_edge_order_and_chunk_size_do_not_matter(monkeypatch, edges_per_chunk):
+def test_edge_order_and_chunk_size_do_not_matter(edges_per_chunk):
     # Periodic neighbourhoods of 20+ edges per atom, shuffled, cut into chunks of any size.
     rc = 4.0
     conv = VectorGaussianConv(2, 4, 5, rc, vector_channels=2, output="both", dtype=F64)
@@ -172,18 +174,17 @@ def test_edge_order_and_chunk_size_do_not_matter(monkeypatch, edges_per_chunk):
     edge_index, shifts = radius_graph(pos, rc, cell=cell.unsqueeze(0))
     assert torch.bincount(edge_index[0]).min() > 5
     ref = conv(pos, edge_index, v, x, shifts)
-    monkeypatch.setattr(conv_module, "EDGES_PER_CHUNK", edges_per_chunk)
     perm = torch.randperm(edge_index.shape[1])
-    out = conv(pos, edge_index[:, perm], v, x, shifts[perm])
+    edges = Edges(edge_index[:, perm], shifts[perm], rc)
+    out = conv(pos, edges.chunked(6, size=edges_per_chunk, max_padding=float("inf")), v, x)
     assert ref.abs().max() > 1e-2
     assert torch.allclose(out, ref, atol=1e-13)
 
 
 @pytest.mark.parametrize("edges_per_chunk, shuffle", [(32, False), (3, True), (1, True)])
-def test_chunked_edges_give_the_same_layer(monkeypatch, edges_per_chunk, shuffle):
-    # chunk_edges pads every neighbourhood with self-loops; the layer reads the chunks as
+def test_chunked_edges_give_the_same_layer(edges_per_chunk, shuffle):
+    # Edges.chunked pads every neighbourhood with self-loops; the layer reads the chunks as
     # views and must agree with the plain list, values and gradients, in any edge order.
-    monkeypatch.setattr(conv_module, "EDGES_PER_CHUNK", edges_per_chunk)
     rc = 4.0
     conv = VectorGaussianConv(2, 4, 5, rc, vector_channels=2, output="both", dtype=F64)
     cell = torch.eye(3, dtype=F64) * 3.5  # below the cutoff: atoms see their own images
@@ -194,7 +195,8 @@ def test_chunked_edges_give_the_same_layer(monkeypatch, edges_per_chunk, shuffle
     if shuffle:
         perm = torch.randperm(edge_index.shape[1])
         edge_index, shifts = edge_index[:, perm], shifts[perm]
-    padded, padded_shifts = chunk_edges(edge_index, 7, shifts)
+    laid = Edges(edge_index, shifts, rc).chunked(7, edges_per_chunk, max_padding=float("inf"))
+    padded, padded_shifts = laid.index, laid.shifts
     count = torch.bincount(edge_index[0], minlength=7)
     expected = int(((count + edges_per_chunk - 1) // edges_per_chunk).sum()) * edges_per_chunk
     assert padded.shape == (2, expected)
@@ -203,7 +205,7 @@ def test_chunked_edges_give_the_same_layer(monkeypatch, edges_per_chunk, shuffle
     pad = (padded[0] == padded[1]) & (padded_shifts == 0).all(dim=1)
     assert int((~pad).sum()) == edge_index.shape[1]  # every edge once, the rest padding
     ref = conv(pos, edge_index, v, x, shifts)
-    out = conv(pos, padded, v, x, padded_shifts, chunked=True)
+    out = conv(pos, laid, v, x)
     assert ref.abs().max() > 1e-2
     assert torch.allclose(out, ref, atol=1e-13)
     (g_ref,) = torch.autograd.grad(ref.square().sum(), pos)
@@ -211,18 +213,23 @@ def test_chunked_edges_give_the_same_layer(monkeypatch, edges_per_chunk, shuffle
     assert torch.allclose(g_out, g_ref, atol=1e-12)
 
 
-def test_chunked_flag_checks_the_layout():
+def test_chunked_layout_is_checked():
     conv = VectorGaussianConv(1, 4, 5, 4.0, dtype=F64)
     pos = cluster(6, 3)
     edge_index = all_pairs(6)  # 30 edges, 5 per atom: not chunks of 32
     with pytest.raises(ValueError, match="multiple of 32"):
-        conv(pos, edge_index, chunked=True)
+        conv(pos, Edges(edge_index, None, 4.0, chunk=32))
     with pytest.raises(ValueError, match="share their centre"):
-        conv(pos, edge_index[:, torch.arange(32) % 30], chunked=True)
-    padded, _ = chunk_edges(edge_index, 6)
-    assert torch.allclose(conv(pos, padded, chunked=True), conv(pos, edge_index), atol=1e-13)
-    empty, _ = chunk_edges(torch.empty(2, 0, dtype=torch.long), 6)
-    assert empty.shape == (2, 0)
+        conv(pos, Edges(edge_index[:, torch.arange(32) % 30], None, 4.0, chunk=32))
+    with pytest.raises(ValueError, match="inside the Edges"):
+        conv(pos, Edges(edge_index, None, 4.0), shifts=torch.zeros(30, 3, dtype=F64))
+    padded = Edges(edge_index, None, 4.0).chunked(6, max_padding=float("inf"))
+    assert padded.chunk == 32 and padded.num_edges == 6 * 32
+    assert torch.allclose(conv(pos, padded), conv(pos, edge_index), atol=1e-13)
+    # Sparse lists stay plain (padding would grow them more than max_padding).
+    assert Edges(edge_index, None, 4.0).chunked(6).chunk == 0
+    empty = Edges(torch.empty(2, 0, dtype=torch.long), None, 4.0).chunked(6)
+    assert empty.index.shape == (2, 0)
 
 
 @pytest.mark.parametrize("reflection", [False, True])

@@ -21,7 +21,14 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data, InMemoryDataset
 
-from uenn_geo.data.lj import ARGON_EPSILON, ARGON_MASS, ARGON_SIGMA, ARGON_Z, lennard_jones
+from uenn_geo.constants import (
+    ARGON_EPSILON,
+    ARGON_MASS,
+    ARGON_NN_DISTANCE,
+    ARGON_SIGMA,
+    ARGON_Z,
+)
+from uenn_geo.data.lj import lennard_jones
 from uenn_geo.data.paper import split_indices
 from uenn_geo.dynamics import maxwell_boltzmann, temperature, velocity_verlet
 from uenn_geo.files import atomic_save
@@ -36,8 +43,6 @@ __all__ = [
 ]
 
 #: Nearest-neighbour distance of the initial fcc clusters, the pair minimum
-#: :math:`2^{1/6} r_0 \approx 3.816` Angstrom of argon.
-ARGON_NN_DISTANCE: float = 2.0 ** (1.0 / 6.0) * ARGON_SIGMA
 
 # The thermalisation half of a run rescales the velocities every this many steps.
 _RESCALE_EVERY = 20

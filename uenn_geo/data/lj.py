@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from uenn_geo.dynamics import BOLTZMANN
+from uenn_geo.constants import ARGON_EPSILON, ARGON_MASS, ARGON_SIGMA, ARGON_Z
 
 __all__ = [
     "ARGON_EPSILON",
@@ -25,15 +25,6 @@ __all__ = [
     "lennard_jones",
     "lennard_jones_pairs",
 ]
-
-#: Well depth of argon, :math:`\epsilon = k_B \cdot 120\,\mathrm{K}` (eV).
-ARGON_EPSILON: float = 120.0 * BOLTZMANN
-#: Lennard-Jones length :math:`r_0` of argon (Angstrom).
-ARGON_SIGMA: float = 3.4
-#: Mass of argon (u).
-ARGON_MASS: float = 39.948
-#: Atomic number of argon.
-ARGON_Z: int = 18
 
 
 def _check_params(epsilon: float, sigma: float, cutoff: float | None) -> None:

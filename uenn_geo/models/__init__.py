@@ -1,4 +1,5 @@
-"""Force models with one interface: a PyG batch with ``pos`` (Angstrom) in, forces (eV/A) out.
+"""Force models with one interface (:class:`ForceModel`): a PyG batch with ``pos`` (Angstrom)
+in, forces (eV/A) out, and energies (eV) and stresses where the model has an energy.
 
 Every model class takes JSON-serialisable keyword arguments, keeps them in ``model.config``,
 and is registered in :data:`MODELS`, so that :func:`save_model` / :func:`load_model` can
@@ -15,11 +16,13 @@ import torch
 from torch import nn
 
 from uenn_geo.files import atomic_save
+from uenn_geo.models.base import ForceModel
 from uenn_geo.models.forcefield import UENNForceField
 from uenn_geo.models.paper import PaperForceModel
 from uenn_geo.models.schnet import SchNetForceField
 
 __all__ = [
+    "ForceModel",
     "MODELS",
     "PaperForceModel",
     "UENNForceField",
@@ -31,7 +34,7 @@ __all__ = [
 ]
 
 #: Model classes by name.
-MODELS: dict[str, type[nn.Module]] = {
+MODELS: dict[str, type[ForceModel]] = {
     "paper": PaperForceModel,
     "graph": UENNForceField,
     "schnet": SchNetForceField,  # PyG's SchNet as a baseline, same interface

@@ -10,30 +10,18 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from uenn_geo.models._common import fit_force_energy_scales, graph_inputs
-from uenn_geo.nn import conv as conv_module
-from uenn_geo.nn.conv import VectorGaussianConv, chunk_edges
-from uenn_geo.nn.linear import EquivariantLinear, _dtype_name
+from uenn_geo.constants import ARGON_Z
+from uenn_geo.dtypes import dtype_name, resolve_dtype
+from uenn_geo.edges import Edges, edges_of
+from uenn_geo.models.base import ForceModel, batch_of, check_positions
+from uenn_geo.models.response import cells_of, energy_response
+from uenn_geo.models.scales import fit_force_energy_scales
+from uenn_geo.nn.conv import VectorGaussianConv
+from uenn_geo.nn.linear import EquivariantLinear
 from uenn_geo.nn.mlp import EquivariantMLP
 from uenn_geo.nn.radial import smooth_cutoff
 
 __all__ = ["UENNForceField"]
-
-#: Atomic number of argon, the default (and only) species.
-_ARGON_Z = 18
-
-
-def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    if dtype is None:
-        return torch.get_default_dtype()
-    if isinstance(dtype, str):
-        resolved = getattr(torch, dtype.removeprefix("torch."), None)
-        if not isinstance(resolved, torch.dtype):
-            raise ValueError(f"unknown dtype name {dtype!r}; use e.g. 'float32' or 'float64'")
-        dtype = resolved
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"the force field needs a real floating dtype, got {dtype}")
-    return dtype
 
 
 def _has_positions(data: Any) -> bool:
@@ -49,24 +37,29 @@ def _has_positions(data: Any) -> bool:
     return isinstance(getattr(first, "pos", None), Tensor)
 
 
-def _check_edges(edge_index: Tensor, shifts: Tensor | None, num_nodes: int) -> None:
-    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
-        raise ValueError(f"edge_index must have shape (2, E), got {tuple(edge_index.shape)}")
-    if edge_index.dtype != torch.long:
-        raise TypeError(f"edge_index must be torch.long, got {edge_index.dtype}")
-    num_edges = edge_index.shape[1]
-    if shifts is not None and (shifts.dim() != 2 or shifts.shape[0] != num_edges):
+def _checked_config(**cfg: Any) -> dict[str, Any]:
+    """The configuration of :class:`UENNForceField`, checked; a clear error otherwise."""
+    numbers = cfg["atomic_numbers"]
+    if cfg["num_blocks"] < 1:
+        raise ValueError(f"num_blocks must be >= 1, got {cfg['num_blocks']}")
+    if not numbers or min(numbers) < 0 or len(set(numbers)) < len(numbers):
+        raise ValueError(f"atomic_numbers must be distinct non-negative integers, got {numbers}")
+    channels = [cfg["hidden_channels"], cfg["interaction_channels"], *cfg["mlp_channels"]]
+    if any(c < 1 for c in channels):
         raise ValueError(
-            f"shifts must have shape ({num_edges}, n), one row per edge, got {tuple(shifts.shape)}"
+            f"channel counts must be >= 1, got hidden_channels={cfg['hidden_channels']}, "
+            f"interaction_channels={cfg['interaction_channels']}, "
+            f"mlp_channels={cfg['mlp_channels']}"
         )
-    if num_edges and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
+    if not isinstance(cfg["activation"], str):
         raise ValueError(
-            f"edge_index refers to atoms outside 0..{num_nodes - 1}: "
-            f"min {int(edge_index.min())}, max {int(edge_index.max())}"
+            f"activation must be a name (the config is JSON), got "
+            f"{type(cfg['activation']).__name__}"
         )
+    return cfg
 
 
-class UENNForceField(nn.Module):
+class UENNForceField(ForceModel):
     r"""A force field of vector graph layers (eqs. 29-31) and equivariant MLPs (eqs. 5-17).
 
     By default (``conservative=False``) it predicts one force vector per atom directly, not as
@@ -129,14 +122,13 @@ class UENNForceField(nn.Module):
     ``pair_weight`` are a buffer, solved in closed form by linear least squares in
     :meth:`fit_scales` (:meth:`fit_pair`), and the network learns what the pair term leaves,
     at unit spread. This is the paper's vector descriptor (eq. 33) with a linear readout: the
-    part of the forces that pair interactions explain costs no training, and on
-    Lennard-Jones argon it leaves 0.2 % of the force spread (clusters, cutoff 10.2 A) before
-    any training. It costs one small matrix product: the neighbour sums are shared with the
-    first layer. Until :meth:`fit_scales` is given graphs (with positions) the weights are
-    zero and the model is the network alone.
+    part of the forces that pair interactions explain costs no training (docs/graph.md
+    measures what it leaves on Lennard-Jones argon). It costs one small matrix product: the
+    neighbour sums are shared with the first layer. Until :meth:`fit_scales` is given graphs
+    (with positions) the weights are zero and the model is the network alone.
 
     **Conservative mode.** Invariant scalars can be read out of equivariant vectors through
-    their norms (PAPER.md sec. 3.6). The last MLP then has :math:`M` = ``hidden_channels``
+    their norms (Ma & Chan, sec. 3.6). The last MLP then has :math:`M` = ``hidden_channels``
     outputs :math:`h_{ia} = [\mathbf{x}_{ia}; s_{ia}]`, and a linear readout of their
     invariants gives the energy of atom :math:`i` of species :math:`z_i`
 
@@ -158,27 +150,18 @@ class UENNForceField(nn.Module):
     by construction).
 
     Args:
-        cutoff (float): neighbour cutoff :math:`r_c` in Angstrom. The default :math:`3 r_0 =
-            10.2` A (argon's :math:`r_0 = 3.4` A) drops Lennard-Jones pair forces below
-            :math:`4 \cdot 10^{-5}` eV/A, 30 times below the paper's test RMSD
-            (default: :obj:`10.2`).
+        cutoff (float): neighbour cutoff :math:`r_c` in Angstrom (default: :obj:`10.2`,
+            :math:`3 r_0` of argon).
         num_basis (int): Gaussians :math:`B` of the first graph layer (and of the pair term),
-            centres spread on :math:`[r_{\min}, r_c]`. 50 resolve the steep Lennard-Jones wall:
-            on LJ clusters they learn 2.6-3.5x more per epoch than 16 (docs/accuracy.md)
-            (default: :obj:`50`).
+            centres spread on :math:`[r_{\min}, r_c]` (default: :obj:`50`).
         interaction_basis (int, optional): Gaussians of the graph layers of blocks
             :math:`k \geq 2`, the costliest part of the model (their work is proportional to
-            it); :obj:`None` uses ``num_basis``. With the pair term carrying the fine radial
-            detail, 16 cost 11 % in accuracy on LJ clusters against 50 (held-out RMSE
-            1.77e-5 vs 1.57e-5 eV/A after 120 s of training) and run the model 1.3-2x faster
-            (docs/bench.md) (default: :obj:`16`).
+            it); :obj:`None` uses ``num_basis`` (default: :obj:`16`).
         hidden_channels (int): vectors :math:`M` per atom between blocks and out of each graph
             layer (default: :obj:`32`).
         mlp_channels (list[int]): hidden widths of each block's MLP
             (default: :obj:`[64, 64]`).
-        num_blocks (int): number :math:`K` of graph blocks. Two beat one on the paper's
-            4-atom argon clusters (validation force RMSE 0.0032 vs 0.0082 eV/A after 2,000
-            Adam steps, 0.0025 vs 0.0033 after 8,000) (default: :obj:`2`).
+        num_blocks (int): number :math:`K` of graph blocks (default: :obj:`2`).
         interaction_channels (int): channels :math:`C` of the mix :math:`P_k` passed to the
             neighbours in blocks :math:`k \geq 2` (default: :obj:`8`).
         atomic_numbers (list[int]): species the model knows; :math:`z` is one-hot encoded in
@@ -214,12 +197,7 @@ class UENNForceField(nn.Module):
         (torch.Size([1]), torch.Size([4, 3]))
     """
 
-    #: Configuration keys added since the first saved models, with the value that restores
-    #: them (:func:`uenn_geo.load_model` fills these in when a file lacks them).
     legacy_config: dict[str, Any] = {"pair_term": False, "interaction_basis": None}
-    #: :meth:`chunk_edges` lays the edges out once for all layers when that pads them by at
-    #: most this factor.
-    CHUNK_PADDING_LIMIT = 1.5
 
     def __init__(
         self,
@@ -230,7 +208,7 @@ class UENNForceField(nn.Module):
         mlp_channels: Sequence[int] = (64, 64),
         num_blocks: int = 2,
         interaction_channels: int = 8,
-        atomic_numbers: Sequence[int] = (_ARGON_Z,),
+        atomic_numbers: Sequence[int] = (ARGON_Z,),
         activation: str = "softsign_residual",
         remove_net_force: bool = True,
         r_min: float = 0.0,
@@ -239,96 +217,75 @@ class UENNForceField(nn.Module):
         pair_term: bool = True,
     ) -> None:
         super().__init__()
-        dtype = _resolve_dtype(dtype)
-        atomic_numbers = [int(z) for z in atomic_numbers]
-        mlp_channels = [int(c) for c in mlp_channels]
-        if num_blocks < 1:
-            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
-        if (
-            not atomic_numbers
-            or min(atomic_numbers) < 0
-            or len(set(atomic_numbers)) < len(atomic_numbers)
-        ):
-            raise ValueError(
-                f"atomic_numbers must be distinct non-negative integers, got {atomic_numbers}"
-            )
-        if hidden_channels < 1 or interaction_channels < 1 or any(c < 1 for c in mlp_channels):
-            raise ValueError(
-                f"channel counts must be >= 1, got hidden_channels={hidden_channels}, "
-                f"interaction_channels={interaction_channels}, mlp_channels={mlp_channels}"
-            )
-        if not isinstance(activation, str):
-            raise ValueError(
-                f"activation must be a name (the config is JSON), got {type(activation).__name__}"
-            )
-        self.config: dict[str, Any] = {
-            "cutoff": float(cutoff),
-            "num_basis": int(num_basis),
-            "interaction_basis": None if interaction_basis is None else int(interaction_basis),
-            "hidden_channels": int(hidden_channels),
-            "mlp_channels": mlp_channels,
-            "num_blocks": int(num_blocks),
-            "interaction_channels": int(interaction_channels),
-            "atomic_numbers": atomic_numbers,
-            "activation": activation,
-            "remove_net_force": bool(remove_net_force),
-            "r_min": float(r_min),
-            "dtype": _dtype_name(dtype),
-            "conservative": bool(conservative),
-            "pair_term": bool(pair_term),
-        }
+        dtype = resolve_dtype(dtype)
+        self.config: dict[str, Any] = _checked_config(
+            cutoff=float(cutoff),
+            num_basis=int(num_basis),
+            interaction_basis=None if interaction_basis is None else int(interaction_basis),
+            hidden_channels=int(hidden_channels),
+            mlp_channels=[int(c) for c in mlp_channels],
+            num_blocks=int(num_blocks),
+            interaction_channels=int(interaction_channels),
+            atomic_numbers=[int(z) for z in atomic_numbers],
+            activation=activation,
+            remove_net_force=bool(remove_net_force),
+            r_min=float(r_min),
+            dtype=dtype_name(dtype),
+            conservative=bool(conservative),
+            pair_term=bool(pair_term),
+        )
         self.cutoff = float(cutoff)
         self.num_species = len(atomic_numbers)
         self.remove_net_force = bool(remove_net_force)
-        self.conservative = bool(conservative)
-        factory = {"dtype": dtype}
-        species = self.num_species
-        table = torch.full((max(atomic_numbers) + 1,), -1, dtype=torch.long)
-        table[torch.tensor(atomic_numbers)] = torch.arange(species)
-        self.register_buffer("z_to_index", table, persistent=False)
-        self.register_buffer("force_scale", torch.tensor(1.0, **factory))
-        if self.conservative:
-            self.register_buffer("energy_scale", torch.tensor(1.0, **factory))
-            self.register_buffer("energy_shift", torch.zeros(species, **factory))
+        self.conservative = self.has_energy = bool(conservative)
+        self._register_scales(dtype)
+        self._build_blocks(dtype)
+        self.reset_parameters()
 
-        m, c = int(hidden_channels), int(interaction_channels)
-        conv = {"num_basis": num_basis, "cutoff": cutoff, "r_min": r_min, "output": "both"}
-        self.convs = nn.ModuleList([VectorGaussianConv(species, m, **conv, **factory)])
+    def _register_scales(self, dtype: torch.dtype) -> None:
+        """The species table and the fitted buffers: scales, shifts and pair weights."""
+        cfg, species = self.config, self.num_species
+        numbers = cfg["atomic_numbers"]
+        table = torch.full((max(numbers) + 1,), -1, dtype=torch.long)
+        table[torch.tensor(numbers)] = torch.arange(species)
+        self.register_buffer("z_to_index", table, persistent=False)
+        self.register_buffer("force_scale", torch.tensor(1.0, dtype=dtype))
+        if self.conservative:
+            self.register_buffer("energy_scale", torch.tensor(1.0, dtype=dtype))
+            self.register_buffer("energy_shift", torch.zeros(species, dtype=dtype))
+        pair_weight = None
+        if cfg["pair_term"]:
+            # c_{(b, d), s}: the pair term's weights, fitted in closed form by fit_pair.
+            pair_weight = torch.zeros(cfg["num_basis"] * species, species, dtype=dtype)
+        self.register_buffer("pair_weight", pair_weight)
+
+    def _build_blocks(self, dtype: torch.dtype) -> None:
+        """The graph layers, channel mixes and MLPs of the blocks, and the energy readout."""
+        cfg, species = self.config, self.num_species
+        m, c, num_blocks = cfg["hidden_channels"], cfg["interaction_channels"], cfg["num_blocks"]
+        conv = {"num_basis": cfg["num_basis"], "cutoff": self.cutoff, "r_min": cfg["r_min"]}
+        conv.update(output="both", dtype=dtype)
+        self.convs = nn.ModuleList([VectorGaussianConv(species, m, **conv)])
         self.mixes = nn.ModuleList()
         self.mlps = nn.ModuleList()
         for k in range(num_blocks):
             c_in = m if k == 0 else 2 * m
             c_out = 1 if k == num_blocks - 1 and not self.conservative else m
-            self.mlps.append(
-                EquivariantMLP(
-                    [c_in, *mlp_channels, c_out], act=activation, num_scalars=1, **factory
-                )
-            )
+            channels = [c_in, *cfg["mlp_channels"], c_out]
+            act = cfg["activation"]
+            self.mlps.append(EquivariantMLP(channels, act=act, num_scalars=1, dtype=dtype))
             if k > 0:
-                self.mixes.append(EquivariantLinear(m, c, bias=False, num_scalars=1, **factory))
-                inter = {**conv, "num_basis": interaction_basis or num_basis}
-                self.convs.append(
-                    VectorGaussianConv(species + c, m, vector_channels=c, **inter, **factory)
-                )
-        if pair_term:
-            # c_{(b, d), s}: the pair term's weights, fitted in closed form by fit_pair.
-            pair_weight = torch.zeros(num_basis * species, species, **factory)
-            self.register_buffer("pair_weight", pair_weight)
-        else:
-            self.register_buffer("pair_weight", None)
+                self.mixes.append(EquivariantLinear(m, c, bias=False, num_scalars=1, dtype=dtype))
+                inter = {**conv, "num_basis": cfg["interaction_basis"] or cfg["num_basis"]}
+                self.convs.append(VectorGaussianConv(species + c, m, vector_channels=c, **inter))
+        readout = None
         if self.conservative:
             # alpha_a (squared norms) and beta_a (scalar rows) of the energy readout.
-            self.energy_readout = nn.Linear(2 * m, 1, bias=False, **factory)
-        else:
-            self.register_module("energy_readout", None)
-        self.reset_parameters()
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.force_scale.dtype
+            readout = nn.Linear(2 * m, 1, bias=False, dtype=dtype)
+        self.register_module("energy_readout", readout)
 
     def reset_parameters(self) -> None:
-        """Re-initialise every layer (normalised Xavier, zero biases); keeps ``force_scale``."""
+        """Re-initialise every layer (normalised Xavier, zero biases); keeps the fitted buffers."""
         for module in (*self.convs, *self.mixes, *self.mlps):
             module.reset_parameters()
         if self.energy_readout is not None:
@@ -365,132 +322,61 @@ class UENNForceField(nn.Module):
             )
         return index
 
-    def _inputs(self, data: Any) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor, int]:
-        """Check ``data`` and return ``(pos, species, edge_index, shifts, batch, num_graphs)``."""
-        pos, batch, edge_index, shifts, num_graphs = graph_inputs(data, self.dtype, self.cutoff)
+    def _inputs(
+        self, data: Any, edges: Edges | None = None
+    ) -> tuple[Tensor, Tensor, Edges, Tensor, int]:
+        """Check ``data``: ``(pos, species, edges, batch, num_graphs)``, the edges laid out."""
+        pos = check_positions(data, self.dtype)
         species = self.species_index(getattr(data, "z", None), pos.shape[0])
-        return pos, species, edge_index, shifts, batch, num_graphs
+        edges = self.edges(data, edges).chunked(pos.shape[0])
+        batch, num_graphs = batch_of(data, pos.shape[0], pos.device)
+        return pos, species, edges, batch, num_graphs
 
-    def forward(self, data: Any) -> Tensor:
-        r"""Forces in eV/A on every atom of a PyG ``Data``/``Batch`` (positions in Angstrom).
-
-        Builds the neighbour list with :func:`uenn_geo.neighbors.radius_graph` (using
-        ``batch``, ``cell`` and ``pbc`` when present) unless ``data`` has ``edge_index``, in
-        which case that list and ``data.shifts`` (if present) are used; it must contain every
-        pair closer than the cutoff, and pairs beyond it contribute nothing.
-        """
-        pos, species, edge_index, shifts, batch, num_graphs = self._inputs(data)
-        edge_index, shifts, chunked = self.chunk_edges(edge_index, shifts, pos.shape[0])
-        return self.compute_forces(pos, species, edge_index, shifts, batch, num_graphs, chunked)
-
-    def chunk_edges(
-        self, edge_index: Tensor, shifts: Tensor | None, num_nodes: int
-    ) -> tuple[Tensor, Tensor | None, bool]:
-        r"""The neighbour list laid out once for all layers, where that pays.
-
-        :func:`uenn_geo.nn.conv.chunk_edges` pads every atom's edges to a multiple of
-        ``uenn_geo.nn.conv.EDGES_PER_CHUNK``; the layers then skip scattering their
-        messages into chunks. That pays for dense neighbourhoods (liquids and solids at the
-        usual cutoffs) and not where most atoms have few neighbours, so the list is chunked
-        only if padding grows it by at most :attr:`CHUNK_PADDING_LIMIT`. Runs eagerly (it
-        counts); :meth:`forward` calls it before :meth:`compute_forces`.
-
-        Returns:
-            ``(edge_index, shifts, chunked)``, the last to pass to :meth:`compute_forces`.
-        """
-        _check_edges(edge_index, shifts, num_nodes)  # before reindexing hides a mismatch
-        num_edges = edge_index.shape[1]
-        if num_edges == 0:
-            return edge_index, shifts, False
-        size = conv_module.EDGES_PER_CHUNK
-        count = torch.bincount(edge_index[0], minlength=num_nodes)
-        padded = int(((count + size - 1) // size).sum()) * size
-        if padded > self.CHUNK_PADDING_LIMIT * num_edges:
-            return edge_index, shifts, False
-        edge_index, shifts = chunk_edges(edge_index, num_nodes, shifts, size, count)
-        return edge_index, shifts, True
-
-    def energy_forces(self, data: Any, compute_stress: bool = False) -> dict[str, Tensor | None]:
+    def energy_forces(
+        self, data: Any, edges: Edges | None = None, compute_stress: bool = False
+    ) -> dict[str, Tensor | None]:
         r"""Energy, forces and (for periodic cells) stress of every structure in ``data``.
 
-        Works in both modes: the direct mode has no energy, so ``energy`` and ``stress`` are
-        :obj:`None`. In conservative mode the derivatives are taken by autograd, also under
-        :func:`torch.no_grad` (not under :func:`torch.inference_mode`); the outputs keep
-        their graph only in training mode. Neighbour lists as in :meth:`forward`.
+        The direct mode has no energy: ``energy`` and ``stress`` are then :obj:`None`. In
+        conservative mode the derivatives come from :mod:`uenn_geo.models.response`.
 
         Args:
-            data: a PyG ``Data``/``Batch`` as for :meth:`forward`; with ``compute_stress`` it
-                needs ``cell`` :obj:`(B, 3, 3)` (or PyG's collated :obj:`(3B, 3)`).
+            data: a PyG ``Data``/``Batch`` with ``pos`` (Angstrom) and ``z``; with
+                ``compute_stress`` it needs ``cell`` :obj:`(B, 3, 3)` (or PyG's :obj:`(3B, 3)`).
+            edges (Edges, optional): the neighbour list, built for this model's cutoff
+                (default: built from ``data`` by :func:`uenn_geo.edges.edges_of`).
             compute_stress (bool): also return the stress (default: :obj:`False`).
 
         Returns:
             ``{"energy": (B) eV or None, "forces": (N, 3) eV/A, "stress": (B, 3, 3) eV/A^3
-            or None}``; the stress follows ASE's sign, :math:`\sigma = \frac{1}{V}
-            \partial E / \partial \varepsilon` (positive under tension).
+            or None}``; the stress follows ASE's sign (positive under tension).
         """
-        pos, species, edge_index, shifts, batch, num_graphs = self._inputs(data)
-        edge_index, shifts, chunked = self.chunk_edges(edge_index, shifts, pos.shape[0])
+        pos, species, edges, batch, num_graphs = self._inputs(data, edges)
         if not self.conservative:
-            forces = self.compute_forces(
-                pos, species, edge_index, shifts, batch, num_graphs, chunked
-            )
+            forces = self.compute_forces(pos, species, edges, batch, num_graphs)
             return {"energy": None, "forces": forces, "stress": None}
         cell = None
         if compute_stress:
-            cell = getattr(data, "cell", None)
-            if cell is None:
-                raise ValueError("compute_stress needs data.cell (a periodic structure)")
-            cell = torch.as_tensor(cell).to(pos).reshape(-1, 3, 3)
-            if cell.shape[0] != num_graphs:
-                raise ValueError(f"data.cell holds {cell.shape[0]} cells for {num_graphs} graphs")
-        create_graph = self.training
-        with torch.enable_grad():
-            leaf = pos if pos.requires_grad else pos.detach().requires_grad_(True)
-            inputs = [leaf]
-            x = leaf
-            if compute_stress:
-                strain = pos.new_zeros(num_graphs, 3, 3, requires_grad=True)
-                sym = 0.5 * (strain + strain.transpose(1, 2))
-                x = leaf + torch.bmm(leaf.unsqueeze(1), sym[batch]).squeeze(1)
-                if shifts is None:
-                    shifts = pos.new_zeros(edge_index.shape[1], 3)
-                edge_sym = sym[batch[edge_index[0]]]
-                shifts = shifts + torch.bmm(shifts.unsqueeze(1), edge_sym).squeeze(1)
-                inputs.append(strain)
-            energy = self.compute_energy(x, species, edge_index, shifts, batch, num_graphs, chunked)
-            grads = torch.autograd.grad(
-                energy.sum(), inputs, create_graph=create_graph, allow_unused=True
-            )
-        forces = -grads[0] if grads[0] is not None else torch.zeros_like(pos)
-        stress = None
-        if compute_stress:
-            volume = torch.linalg.det(cell).abs()
-            d_strain = grads[1] if grads[1] is not None else torch.zeros_like(strain)
-            stress = d_strain / volume.view(-1, 1, 1)
-        if not create_graph:
-            energy = energy.detach()
-            stress = stress.detach() if stress is not None else None
-        return {"energy": energy, "forces": forces, "stress": stress}
+            cell = cells_of(getattr(data, "cell", None), num_graphs, pos)
 
-    def _features(
-        self,
-        pos: Tensor,
-        species: Tensor,
-        edge_index: Tensor,
-        shifts: Tensor | None,
-        chunked: bool = False,
-    ) -> tuple[Tensor, Tensor]:
+        def energy(x: Tensor, e: Edges) -> Tensor:
+            atomic = self.atomic_energies(x, species, e)
+            return x.new_zeros(num_graphs).index_add(0, batch, atomic)
+
+        return energy_response(energy, pos, edges, batch, cell, training=self.training)
+
+    def _features(self, pos: Tensor, species: Tensor, edges: Edges) -> tuple[Tensor, Tensor]:
         """The output of the last block :obj:`(N, n + 1, C_out)` and the first layer's
         neighbour sums :obj:`(N, n + 1, B S)` (for the pair term)."""
         n = pos.shape[1]
         v = nn.functional.one_hot(species, self.num_species).to(pos.dtype)
-        sums = self.convs[0].neighbour_sums(pos, edge_index, v, shifts=shifts, chunked=chunked)
+        sums = self.convs[0].neighbour_sums(pos, edges, v)
         h = self.convs[0].contract(sums)  # (N, n + 1, M): [D; S]
         h = self.mlps[0](h)
         for mix, conv, mlp in zip(self.mixes, self.convs[1:], self.mlps[1:], strict=True):
             y = mix(h)  # (N, n + 1, C): [x_j; s_j]
             v_mix = torch.cat([v, y[:, n, :]], dim=-1)  # (N, S + C): [v_j, s_j]
-            message = conv(pos, edge_index, v_mix, y[:, :n, :], shifts, chunked)  # (N, n+1, M)
+            message = conv(pos, edges, v_mix, y[:, :n, :])  # (N, n + 1, M)
             h = mlp(torch.cat([h, message], dim=-1))
         return h, sums
 
@@ -502,96 +388,59 @@ class UENNForceField(nn.Module):
         index = species.view(-1, 1, 1).expand(-1, out.shape[1], 1)
         return out.gather(2, index).squeeze(-1)
 
-    def compute_atomic_energies(
-        self,
-        pos: Tensor,
-        species: Tensor,
-        edge_index: Tensor,
-        shifts: Tensor | None = None,
-        chunked: bool = False,
-    ) -> Tensor:
-        r"""Energies :math:`E_i` of the atoms in eV :obj:`(N)` (conservative mode).
-
-        Arguments as in :meth:`compute_forces`; the readout of the class docstring.
-        """
+    def atomic_energies(self, pos: Tensor, species: Tensor, edges: Edges) -> Tensor:
+        r"""Energies :math:`E_i` of the atoms in eV :obj:`(N)` (conservative mode), on plain
+        tensors: the readout of the class docstring. Differentiable in ``pos`` and the
+        shifts of ``edges``."""
         if self.energy_readout is None:
             raise ValueError(
                 "this model predicts forces directly and has no energy; build it with "
                 "conservative=True"
             )
         n = pos.shape[1]
-        h, sums = self._features(pos, species, edge_index, shifts, chunked)
+        h, sums = self._features(pos, species, edges)
         invariants = torch.cat([h[:, :n, :].square().sum(dim=1), h[:, n, :]], dim=-1)
         atomic = self.energy_readout(invariants).squeeze(-1) * self.energy_scale
         if self.pair_weight is not None:
             atomic = atomic + 0.5 * self._pair_readout(sums[:, n : n + 1, :], species)[:, 0]
         return atomic + self.energy_shift[species]
 
-    def compute_energy(
-        self,
-        pos: Tensor,
-        species: Tensor,
-        edge_index: Tensor,
-        shifts: Tensor | None = None,
-        batch: Tensor | None = None,
-        num_graphs: int = 1,
-        chunked: bool = False,
-    ) -> Tensor:
-        r"""Energy per graph in eV (conservative mode), on plain tensors.
-
-        Arguments as in :meth:`compute_forces`. Differentiable with respect to ``pos`` and
-        ``shifts``; :meth:`energy_forces` takes the derivatives.
-
-        Returns:
-            Energies :obj:`(B)` in eV.
-        """
-        atomic = self.compute_atomic_energies(pos, species, edge_index, shifts, chunked)
-        if batch is None:
-            return atomic.sum().unsqueeze(0)
-        return pos.new_zeros(num_graphs).index_add(0, batch, atomic)
-
     def compute_forces(
         self,
         pos: Tensor,
         species: Tensor,
-        edge_index: Tensor,
-        shifts: Tensor | None = None,
+        edges: Edges,
         batch: Tensor | None = None,
         num_graphs: int = 1,
-        chunked: bool = False,
     ) -> Tensor:
         r"""The network on plain tensors, without neighbour search or data checks.
 
-        This is the part to :func:`torch.compile` in the direct mode (it has no graph breaks
-        for a fixed ``edge_index``); :meth:`forward` calls it. In conservative mode it is
-        :math:`-\partial E / \partial \mathbf{r}` of :meth:`compute_energy` by
-        :func:`torch.autograd.grad` (``create_graph`` in training mode).
+        This is where :func:`torch.compile` starts (no graph breaks for fixed edges);
+        :meth:`energy_forces` calls it in the direct mode. In conservative mode it is
+        :math:`-\partial E / \partial \mathbf{r}` of :meth:`atomic_energies`.
 
         Args:
             pos (Tensor): positions :obj:`(N, 3)` in Angstrom.
             species (Tensor): species indices :obj:`(N)` (see :meth:`species_index`).
-            edge_index (Tensor): neighbour pairs :obj:`(2, E)`, :math:`(i, j)` = :math:`j` is a
-                neighbour of :math:`i`.
-            shifts (Tensor, optional): image shifts :obj:`(E, 3)` in Angstrom.
+            edges (Edges): the neighbour list (:func:`uenn_geo.edges.build_edges`).
             batch (Tensor, optional): graph index per atom (default: one graph).
             num_graphs (int): number of graphs in the batch (default: :obj:`1`).
-            chunked (bool): the edges come from :meth:`chunk_edges` (default: :obj:`False`).
 
         Returns:
             Forces :obj:`(N, 3)` in eV/A.
         """
         if self.conservative:
-            with torch.enable_grad():
-                leaf = pos if pos.requires_grad else pos.detach().requires_grad_(True)
-                energy = self.compute_energy(
-                    leaf, species, edge_index, shifts, batch, num_graphs, chunked
-                )
-                (grad,) = torch.autograd.grad(
-                    energy.sum(), [leaf], create_graph=self.training, allow_unused=True
-                )
-            return -grad if grad is not None else torch.zeros_like(pos)
+            batch = batch if batch is not None else species.new_zeros(pos.shape[0])
+            out = energy_response(
+                lambda x, e: self.atomic_energies(x, species, e),
+                pos,
+                edges,
+                batch,
+                training=self.training,
+            )
+            return out["forces"]
         n = pos.shape[1]
-        h, sums = self._features(pos, species, edge_index, shifts, chunked)
+        h, sums = self._features(pos, species, edges)
         forces = h[:, :n, 0] * self.force_scale
         if self.pair_weight is not None:
             forces = forces + self._pair_readout(sums[:, :n, :], species)
@@ -731,22 +580,23 @@ class UENNForceField(nn.Module):
     def _pair_design(self, data: Any) -> tuple[Tensor, Tensor, Tensor | None]:
         """Design matrix :obj:`(3N, K)` and forces :obj:`(3N)` of the pair term, float64, and
         (conservative mode) the pair energy per graph with the current weights."""
-        pos, species, edge_index, shifts, batch, num_graphs = self._inputs(data)
+        pos = check_positions(data, self.dtype)
+        species = self.species_index(getattr(data, "z", None), pos.shape[0])
+        edges = edges_of(data, self.cutoff)
+        batch, num_graphs = batch_of(data, pos.shape[0], pos.device)
         forces = torch.as_tensor(data.forces).to(torch.float64).reshape(-1)
         num, n = pos.shape
         s = self.num_species
         onehot = nn.functional.one_hot(species, s).to(pos.dtype)
         conv = self.convs[0]
         if not self.conservative:
-            sums = conv.neighbour_sums(pos, edge_index, onehot, shifts=shifts)[:, :n, :]
+            sums = conv.neighbour_sums(pos, edges, onehot)[:, :n, :]
             x = (sums.unsqueeze(-1) * onehot.view(num, 1, 1, s)).reshape(num, n, -1).double()
             if self.remove_net_force:  # fit what the model outputs: the net force removed
                 x = x - scatter(x, batch, dim=0, dim_size=num_graphs, reduce="mean")[batch]
             return x.reshape(num * n, -1), forces, None
-        i, j = edge_index
-        r_vec = pos[j] - pos[i]
-        if shifts is not None:
-            r_vec = r_vec + shifts
+        i, j = edges.index
+        r_vec = edges.vectors(pos)
         r = r_vec.norm(dim=-1)
         keep = r > 0
         i, j, r_vec, r = i[keep], j[keep], r_vec[keep], r[keep]

@@ -3,10 +3,14 @@ r"""The paper's force model: 4 argon atoms, 6 relative vectors in, 4 forces out 
 from __future__ import annotations
 
 from itertools import combinations, permutations
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from uenn_geo.dtypes import resolve_dtype
+from uenn_geo.edges import Edges
+from uenn_geo.models.base import ForceModel
 from uenn_geo.nn import EquivariantMLP
 
 __all__ = ["PaperForceModel", "PAPER_CHANNELS", "relative_vectors"]
@@ -33,7 +37,7 @@ def relative_vectors(pos: Tensor) -> Tensor:
     return (pos[..., j, :] - pos[..., i, :]).transpose(-1, -2)
 
 
-class PaperForceModel(nn.Module):
+class PaperForceModel(ForceModel):
     r"""Ma & Chan's argon force model: :math:`F = \mathrm{MLP}(\{r_{ij}\})` (sec. 4).
 
     The :math:`A(A-1)/2` relative vectors of a structure of ``num_atoms`` atoms, divided by
@@ -98,8 +102,10 @@ class PaperForceModel(nn.Module):
             "dtype": dtype,
         }
         self.num_atoms = num_atoms
+        self.cutoff = None  # every atom of a structure, no neighbour list
+        self.has_energy = False
         self.remove_net_force = remove_net_force
-        torch_dtype = getattr(torch, dtype)
+        torch_dtype = resolve_dtype(dtype)
         num_pairs = num_atoms * (num_atoms - 1) // 2
         if act == "softsign_residual":
             from uenn_geo.nn import SoftsignResidual
@@ -114,15 +120,22 @@ class PaperForceModel(nn.Module):
         self.register_buffer("force_scale", torch.ones((), dtype=torch_dtype))
 
     @torch.no_grad()
-    def fit_scales(self, pos: Tensor, forces: Tensor) -> None:
+    def fit_scales(self, graphs: Any, forces: Tensor | None = None) -> float:
         r"""Set the input and force scales to the standard deviations of the training data.
 
         Args:
-            pos (Tensor): positions :obj:`[B, A, 3]` (Angstrom).
-            forces (Tensor): forces :obj:`[B, A, 3]` (eV/A).
+            graphs: positions :obj:`[B, A, 3]` (Angstrom) with ``forces`` :obj:`[B, A, 3]`
+                (eV/A), or an object with both as ``pos`` and ``forces`` in that layout
+                (:class:`uenn_geo.train.DenseForceData`).
+
+        Returns:
+            The force scale in eV/A.
         """
+        pos = graphs if forces is not None else graphs.pos
+        forces = forces if forces is not None else graphs.forces
         self.input_scale.fill_(relative_vectors(pos).std().item())
         self.force_scale.fill_(forces.std().item())
+        return float(self.force_scale)
 
     #: Models saved before ``symmetrize`` existed load without it.
     legacy_config = {"symmetrize": False}
@@ -160,7 +173,15 @@ class PaperForceModel(nn.Module):
             forces = forces - forces.mean(dim=1, keepdim=True)
         return forces
 
-    def forward(self, data) -> Tensor:
+    def energy_forces(
+        self, data: Any, edges: Edges | None = None, compute_stress: bool = False
+    ) -> dict[str, Tensor | None]:
+        """Forces of every atom of ``data`` (no energy: the model predicts forces directly)."""
+        if edges is not None:
+            raise ValueError("the paper model sees every atom of a structure; pass no edges")
+        return {"energy": None, "forces": self._forces(data), "stress": None}
+
+    def _forces(self, data: Any) -> Tensor:
         pos = data.pos
         if pos.dim() != 2 or pos.shape[0] % self.num_atoms:
             raise ValueError(

@@ -9,41 +9,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from uenn_geo.models._common import check_positions, fit_force_energy_scales, graph_inputs
-from uenn_geo.models.forcefield import _resolve_dtype
-from uenn_geo.neighbors import edge_vectors
-from uenn_geo.nn.linear import _dtype_name
+from uenn_geo.dtypes import dtype_name, resolve_dtype
+from uenn_geo.edges import Edges, nearest_edges
+from uenn_geo.models.base import ForceModel, batch_of, check_positions
+from uenn_geo.models.response import cells_of, energy_response
+from uenn_geo.models.scales import fit_force_energy_scales
 
-__all__ = ["SchNetForceField", "nearest_edges"]
+__all__ = ["SchNetForceField"]
 
 #: Atomic numbers SchNet's embedding table holds (``Embedding(100, ...)``, 0 = padding).
 _NUM_ELEMENTS = 100
-
-
-def nearest_edges(
-    edge_index: Tensor, shifts: Tensor | None, pos: Tensor, k: int
-) -> tuple[Tensor, Tensor | None]:
-    r"""Keep the :math:`k` nearest neighbours of every centre :math:`i` = ``edge_index[0]``.
-
-    What SchNet's ``max_num_neighbors`` does with torch-cluster (which keeps *some* :math:`k`
-    neighbours within the cutoff; here the nearest, ties broken by edge order). The result
-    is no longer symmetric.
-
-    Shapes:
-        - input: edge_index :obj:`(2, E)`, shifts :obj:`(E, 3)` or :obj:`None`, pos :obj:`(N, 3)`
-        - output: edge_index :obj:`(2, E')`, shifts :obj:`(E', 3)`, :math:`E' \leq N k`
-    """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    dist = edge_vectors(pos.detach(), edge_index, shifts).norm(dim=-1)
-    order = torch.argsort(dist)
-    order = order[torch.argsort(edge_index[0, order], stable=True)]
-    centre = edge_index[0, order]
-    counts = torch.bincount(centre, minlength=pos.shape[0])
-    start = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(order.numel(), device=order.device) - start[centre]
-    keep = order[rank < k]
-    return edge_index[:, keep], None if shifts is None else shifts[keep]
 
 
 class _GivenGraph(nn.Module):
@@ -57,17 +32,16 @@ class _GivenGraph(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.edges: tuple[Tensor, Tensor | None] | None = None
+        self.given: Edges | None = None
 
     def forward(self, pos: Tensor, batch: Tensor) -> tuple[Tensor, Tensor]:
-        if self.edges is None:
+        if self.given is None:
             raise RuntimeError("SchNetForceField sets the edges before calling SchNet")
-        edge_index, shifts = self.edges
-        dist = edge_vectors(pos, edge_index, shifts).norm(dim=-1)
-        return edge_index.flip(0), dist
+        dist = self.given.vectors(pos).norm(dim=-1)
+        return self.given.index.flip(0), dist
 
 
-class SchNetForceField(nn.Module):
+class SchNetForceField(ForceModel):
     r"""PyG's :class:`~torch_geometric.nn.models.SchNet` as a conservative force field.
 
     SchNet (Schütt et al., 2017) embeds each atom's species, refines the embeddings
@@ -83,8 +57,8 @@ class SchNetForceField(nn.Module):
     with :math:`e(r)` ``num_gaussians`` Gaussians on :math:`[0, r_c]` and :math:`W` a
     two-layer filter network. This class runs PyG's own ``SchNet.forward`` (the submodule
     ``schnet``), feeding it our neighbour list (:func:`uenn_geo.neighbors.radius_graph`, so
-    free clusters and periodic cells of any size via ``cell``/``pbc``, or ``data.edge_index``
-    and ``data.shifts`` when given) through its ``interaction_graph`` argument; PyG's own
+    free clusters and periodic cells of any size via ``cell``/``pbc``, or given
+    :class:`~uenn_geo.edges.Edges`) through its ``interaction_graph`` argument; PyG's own
     graph needs torch-cluster and knows no periodic images. The energy and the forces are
 
     .. math::
@@ -118,13 +92,14 @@ class SchNetForceField(nn.Module):
           :obj:`(N)` (atomic numbers 1-99), optional ``batch`` :obj:`(N)`, ``edge_index``
           :obj:`(2, E)`, ``shifts`` :obj:`(E, 3)`, ``cell`` :obj:`(B, 3, 3)`, ``pbc``
           :obj:`(B, 3)`
-        - output: forces :obj:`(N, 3)` in eV/A; :meth:`energy` gives :obj:`(B)` in eV
+        - output: forces :obj:`(N, 3)` in eV/A; :meth:`energy_forces` also gives energies
+          :obj:`(B)` in eV and stresses :obj:`(B, 3, 3)` in eV/A\ :sup:`3`
 
     Example:
         >>> from torch_geometric.data import Data
         >>> model = SchNetForceField(cutoff=5.0, dtype="float64")
         >>> data = Data(pos=torch.randn(4, 3, dtype=torch.float64) * 2, z=torch.full((4,), 18))
-        >>> model(data).shape, model.energy(data).shape
+        >>> model(data).shape, model.energy_forces(data)["energy"].shape
         (torch.Size([4, 3]), torch.Size([1]))
     """
 
@@ -141,7 +116,7 @@ class SchNetForceField(nn.Module):
         from torch_geometric.nn.models import SchNet
 
         super().__init__()
-        dtype = _resolve_dtype(dtype)
+        dtype = resolve_dtype(dtype)
         if not (math.isfinite(float(cutoff)) and float(cutoff) > 0):
             raise ValueError(f"cutoff must be a finite number > 0 (Angstrom), got {cutoff}")
         sizes = {
@@ -162,9 +137,10 @@ class SchNetForceField(nn.Module):
             "cutoff": float(cutoff),
             **{k: int(v) for k, v in sizes.items()},
             "max_num_neighbors": None if max_num_neighbors is None else int(max_num_neighbors),
-            "dtype": _dtype_name(dtype),
+            "dtype": dtype_name(dtype),
         }
         self.cutoff = float(cutoff)
+        self.has_energy = True
         self.max_num_neighbors = self.config["max_num_neighbors"]
         self.graph = _GivenGraph()
         self.schnet = SchNet(
@@ -179,18 +155,11 @@ class SchNetForceField(nn.Module):
         self.register_buffer("energy_scale", torch.tensor(1.0, dtype=dtype))
         self.register_buffer("energy_shift", torch.zeros(_NUM_ELEMENTS, dtype=dtype))
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.force_scale.dtype
-
     def reset_parameters(self) -> None:
         """Re-initialise SchNet's weights (PyG's initialisation); keeps the scales."""
         self.schnet.reset_parameters()
 
-    def _inputs(self, data: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, int]:
-        """Check ``data``; return ``(pos, z, batch, edge_index, shifts, num_graphs)``."""
-        pos = check_positions(data, self.dtype)
-        num_atoms = pos.shape[0]
+    def _atomic_numbers(self, data: Any, num_atoms: int) -> Tensor:
         z = getattr(data, "z", None)
         if not isinstance(z, Tensor) or z.shape != (num_atoms,) or z.is_floating_point():
             got = f"{tuple(z.shape)} {z.dtype}" if isinstance(z, Tensor) else repr(z)
@@ -204,64 +173,51 @@ class SchNetForceField(nn.Module):
                 f"atomic numbers must lie in 1..{_NUM_ELEMENTS - 1} (SchNet's embedding table), "
                 f"got {int(z.min())}..{int(z.max())}"
             )
-        _, batch, edge_index, shifts, num_graphs = graph_inputs(data, self.dtype, self.cutoff)
-        if self.max_num_neighbors is not None:
-            edge_index, shifts = nearest_edges(edge_index, shifts, pos, self.max_num_neighbors)
-        return pos, z, batch, edge_index, shifts, num_graphs
+        return z
 
     def compute_energy(
-        self,
-        pos: Tensor,
-        z: Tensor,
-        batch: Tensor,
-        edge_index: Tensor,
-        shifts: Tensor | None = None,
-        num_graphs: int = 1,
+        self, pos: Tensor, z: Tensor, edges: Edges, batch: Tensor, num_graphs: int = 1
     ) -> Tensor:
-        r"""Energy per graph in eV :obj:`(B)` on plain tensors, differentiable in ``pos``.
+        r"""Energy per graph in eV :obj:`(B)` on plain tensors, differentiable in ``pos``
+        and in the shifts of ``edges``.
 
         Args:
             pos (Tensor): positions :obj:`(N, 3)` in Angstrom.
             z (Tensor): atomic numbers :obj:`(N)`.
+            edges (Edges): the neighbour list.
             batch (Tensor): graph index per atom :obj:`(N)`.
-            edge_index (Tensor): pairs :obj:`(2, E)`, ``edge_index[0]`` the centre :math:`i`.
-            shifts (Tensor, optional): image shifts :obj:`(E, 3)` in Angstrom.
             num_graphs (int): graphs in the batch (default: :obj:`1`).
         """
-        self.graph.edges = (edge_index, shifts)
+        self.graph.given = edges
         try:
             out = self.schnet(z, pos, batch).reshape(-1)  # (max(batch) + 1,)
         finally:
-            self.graph.edges = None
+            self.graph.given = None
         energy = pos.new_zeros(num_graphs)
         energy[: out.shape[0]] = out * self.energy_scale
         return energy.index_add(0, batch, self.energy_shift[z])
 
-    def energy_forces(self, data: Any) -> dict[str, Tensor]:
-        r"""Energies :obj:`(B)` in eV and forces :obj:`(N, 3)` in eV/A of every structure.
-
-        The outputs keep their autograd graph only in training mode.
-        """
-        pos, z, batch, edge_index, shifts, num_graphs = self._inputs(data)
-        with torch.enable_grad():
-            leaf = pos if pos.requires_grad else pos.detach().requires_grad_(True)
-            energy = self.compute_energy(leaf, z, batch, edge_index, shifts, num_graphs)
-            (grad,) = torch.autograd.grad(
-                energy.sum(), [leaf], create_graph=self.training, allow_unused=True
-            )
-        forces = -grad if grad is not None else torch.zeros_like(pos)
-        if not self.training:
-            energy = energy.detach()
-        return {"energy": energy, "forces": forces}
-
-    def forward(self, data: Any) -> Tensor:
-        r"""Forces in eV/A :obj:`(N, 3)`, :math:`-\partial E / \partial \mathbf{r}`."""
-        return self.energy_forces(data)["forces"]
-
-    def energy(self, data: Any) -> Tensor:
-        r"""Energy of every structure in eV :obj:`(B)` (differentiable in ``data.pos``)."""
-        pos, z, batch, edge_index, shifts, num_graphs = self._inputs(data)
-        return self.compute_energy(pos, z, batch, edge_index, shifts, num_graphs)
+    def energy_forces(
+        self, data: Any, edges: Edges | None = None, compute_stress: bool = False
+    ) -> dict[str, Tensor | None]:
+        r"""Energies :obj:`(B)` in eV, forces :obj:`(N, 3)` in eV/A and, with
+        ``compute_stress``, stresses :obj:`(B, 3, 3)` in eV/A\ :sup:`3`
+        (:mod:`uenn_geo.models.response`)."""
+        pos = check_positions(data, self.dtype)
+        z = self._atomic_numbers(data, pos.shape[0])
+        edges = self.edges(data, edges)
+        if self.max_num_neighbors is not None:
+            edges = nearest_edges(edges, pos, self.max_num_neighbors)
+        batch, num_graphs = batch_of(data, pos.shape[0], pos.device)
+        cell = cells_of(getattr(data, "cell", None), num_graphs, pos) if compute_stress else None
+        return energy_response(
+            lambda x, e: self.compute_energy(x, z, e, batch, num_graphs),
+            pos,
+            edges,
+            batch,
+            cell,
+            training=self.training,
+        )
 
     @torch.no_grad()
     def fit_scales(self, forces: Tensor | Iterable[Any]) -> float:

@@ -1,4 +1,4 @@
-r"""The vector graph layer of Ma & Chan (PAPER.md sec. 4, eqs. 29-33) on PyTorch Geometric."""
+r"""The vector graph layer of Ma & Chan (sec. 4, eqs. 29-33) on PyTorch Geometric."""
 
 from __future__ import annotations
 
@@ -9,18 +9,17 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
+from uenn_geo.dtypes import dtype_name
+from uenn_geo.edges import EDGES_PER_CHUNK, Edges
 from uenn_geo.nn.activation import resolve_activation
 from uenn_geo.nn.functional import DEFAULT_EPS, concat_scalars, safe_norm
-from uenn_geo.nn.linear import _dtype_name, xavier_uniform_
+from uenn_geo.nn.linear import xavier_uniform_
 from uenn_geo.nn.radial import GaussianBasis, smooth_cutoff
 
-__all__ = ["VectorGaussianConv", "chunk_edges"]
+__all__ = ["VectorGaussianConv"]
 
 #: Output forms of :class:`VectorGaussianConv`.
 OUTPUTS = ("vector", "scalar", "both")
-
-#: Edges of one centre atom per matrix product in :meth:`VectorGaussianConv.aggregate`.
-EDGES_PER_CHUNK = 32
 
 
 def _edge_chunks(index: Tensor, num_nodes: int, size: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -61,72 +60,6 @@ def _edge_chunks(index: Tensor, num_nodes: int, size: int) -> tuple[Tensor, Tens
     chunk_node = torch.zeros(num_chunks, dtype=torch.long, device=index.device)
     chunk_node.index_put_((chunk,), index)
     return chunk, slot, chunk_node
-
-
-def chunk_edges(
-    edge_index: Tensor,
-    num_nodes: int,
-    shifts: Tensor | None = None,
-    size: int | None = None,
-    count: Tensor | None = None,
-) -> tuple[Tensor, Tensor | None]:
-    r"""The same neighbour list, laid out in chunks of ``size`` edges that share the centre.
-
-    Atom :math:`i` with :math:`d_i` edges gets :math:`\lceil d_i / \mathrm{size} \rceil`
-    consecutive blocks of ``size`` columns; the free places are filled with self-loops
-    :math:`(i, i)` with zero shift, which contribute nothing to
-    :class:`VectorGaussianConv` (:math:`e_{ii} = 0`, eq. 31). Pass the result with
-    ``chunked=True`` to every layer that uses the list: the layers then read their chunks as
-    reshapes instead of scattering every edge's message into them, and the layout is built
-    once for all of them. Call it outside :func:`torch.compile` (it counts the chunks in use).
-
-    Args:
-        edge_index (Tensor): neighbour pairs :obj:`(2, E)`, centre :math:`i` = row 0.
-        num_nodes (int): number of atoms :math:`N`.
-        shifts (Tensor, optional): image shifts :obj:`(E, n)` in Angstrom.
-        size (int, optional): edges per chunk (default: :data:`EDGES_PER_CHUNK`).
-        count (Tensor, optional): edges per atom :obj:`(N)`, if the caller has it already.
-
-    Returns:
-        ``(edge_index, shifts)`` of :math:`\mathrm{size} \sum_i \lceil d_i / \mathrm{size}
-        \rceil` columns (``shifts`` :obj:`None` if it was).
-    """
-    size = EDGES_PER_CHUNK if size is None else size
-    centre, neighbour = edge_index
-    num_edges = centre.shape[0]
-    if count is None:
-        count = torch.bincount(centre, minlength=num_nodes)
-    num_own = (count + size - 1) // size  # chunks of each atom
-    first_edge = torch.cumsum(count, 0) - count  # in the list sorted by centre
-    first_place = (torch.cumsum(num_own, 0) - num_own) * size
-    total = int(num_own.sum()) * size
-    atoms = torch.arange(num_nodes, device=centre.device)
-    padded_centre = torch.repeat_interleave(atoms, num_own * size, output_size=total)
-    # Gather, not scatter: place p of atom a holds its k-th edge, k = p - first_place[a].
-    k = torch.arange(total, device=centre.device) - first_place.index_select(0, padded_centre)
-    valid = k < count.index_select(0, padded_centre)
-    edge = (first_edge.index_select(0, padded_centre) + k).clamp_(max=max(num_edges - 1, 0))
-    if num_edges and not bool((centre[1:] >= centre[:-1]).all()):  # not sorted by centre
-        edge = torch.index_select(torch.argsort(centre, stable=True), 0, edge)
-    padded_neighbour = torch.where(valid, torch.index_select(neighbour, 0, edge), padded_centre)
-    if shifts is not None:
-        shifts = torch.where(valid.unsqueeze(1), torch.index_select(shifts, 0, edge), 0.0)
-    return torch.stack([padded_centre, padded_neighbour]), shifts
-
-
-def _check_chunked(edge_index: Tensor, shifts: Tensor | None) -> None:
-    size = EDGES_PER_CHUNK
-    if edge_index.shape[1] % size:
-        raise ValueError(
-            f"chunked=True needs the edges of chunk_edges: {edge_index.shape[1]} edges are not "
-            f"a multiple of {size}"
-        )
-    centres = edge_index[0].reshape(-1, size)
-    if bool((centres != centres[:, :1]).any()):
-        raise ValueError(
-            f"chunked=True needs the edges of chunk_edges: every {size} consecutive edges must "
-            "share their centre (edge_index[0])"
-        )
 
 
 class VectorGaussianConv(MessagePassing):
@@ -177,18 +110,14 @@ class VectorGaussianConv(MessagePassing):
     numbers, 13 times more in the second layer of
     :class:`~uenn_geo.models.UENNForceField`): for each atom :math:`h_i = E_i^\top
     \mathrm{Feat}_i` is a matrix product over its edges, computed for all atoms at once by
-    :func:`torch.bmm` on chunks of :data:`EDGES_PER_CHUNK` edges of one centre (zero-padded;
-    :func:`chunk_edges` lays a neighbour list out in chunks once for several layers).
-    That is about :math:`E B (n+1)(F + F_v)` multiply-adds, the same as the outer product,
-    with a tenth of the memory traffic: on the argon boxes of ``uenn-geo bench`` (CPU, one
-    thread) the force field runs 3.3-3.8 times faster than with the outer product, 5-6 times
-    with parameter gradients. Chunks of fixed size, rather than one row per atom padded to
-    the largest neighbour count, keep every shape a function of the input shapes
-    (:func:`torch.compile` needs no graph break) and waste little on uneven
-    neighbourhoods. Contracting with :math:`w` per edge instead (best as :math:`e_{ij} w`, a
-    :math:`(F + F_v) \times M` matrix per edge, then times :math:`\mathrm{feat}_{ij}`) costs
-    :math:`E B (F + F_v) M` multiply-adds, :math:`M / (n+1)` times more, and moves
-    :math:`(F + F_v) M` numbers per edge. The work grows with :math:`F + F_v`; for wide
+    :func:`torch.bmm` on chunks of :data:`~uenn_geo.edges.EDGES_PER_CHUNK` edges of one centre
+    (zero-padded; :meth:`uenn_geo.edges.Edges.chunked` lays a neighbour list out in chunks once
+    for several layers). That is about :math:`E B (n+1)(F + F_v)` multiply-adds, the same as
+    the outer product, with a fraction of the memory traffic (measured in docs/bench.md).
+    Chunks of fixed size, rather than one row per atom padded to the largest neighbour count,
+    keep every shape a function of the input shapes (:func:`torch.compile` needs no graph
+    break). Contracting with :math:`w` per edge instead costs :math:`E B (F + F_v) M`
+    multiply-adds, :math:`M / (n+1)` times more. The work grows with :math:`F + F_v`; for wide
     inputs, mix them down first with a linear layer (a low-rank factorisation of :math:`w`).
 
     An edge of zero length (a self-loop :math:`i = j` without shift) contributes nothing
@@ -316,27 +245,25 @@ class VectorGaussianConv(MessagePassing):
     def forward(
         self,
         pos: Tensor,
-        edge_index: Tensor,
+        edges: Edges | Tensor,
         v: Tensor | None = None,
         x: Tensor | None = None,
         shifts: Tensor | None = None,
-        chunked: bool = False,
     ) -> Tensor:
         """Run the layer; see the class docstring for shapes and units (Angstrom).
 
-        ``chunked=True`` says that ``edge_index`` (and ``shifts``) come from
-        :func:`chunk_edges`: faster when several layers share one neighbour list.
+        ``edges`` is an :class:`~uenn_geo.edges.Edges` (pairs, shifts and layout), or, as in
+        PyG, a plain ``edge_index`` :obj:`(2, E)` with its ``shifts``.
         """
-        return self.contract(self.neighbour_sums(pos, edge_index, v, x, shifts, chunked))
+        return self.contract(self.neighbour_sums(pos, edges, v, x, shifts))
 
     def neighbour_sums(
         self,
         pos: Tensor,
-        edge_index: Tensor,
+        edges: Edges | Tensor,
         v: Tensor | None = None,
         x: Tensor | None = None,
         shifts: Tensor | None = None,
-        chunked: bool = False,
     ) -> Tensor:
         r"""The neighbour sums :math:`h_i = \sum_j \mathrm{feat}_{ij} \otimes e_{ij}`.
 
@@ -346,12 +273,18 @@ class VectorGaussianConv(MessagePassing):
         other linear readouts of the same sums (e.g. the pair term of
         :class:`~uenn_geo.models.UENNForceField`) cost no further pass over the edges.
         """
-        self._check_inputs(pos, edge_index, v, x, shifts)
-        if chunked and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
-            _check_chunked(edge_index, shifts)
+        if isinstance(edges, Tensor):
+            edges = Edges(edges, shifts, self.cutoff)
+        elif shifts is not None:
+            raise ValueError("pass the shifts inside the Edges, not beside them")
+        self._check_inputs(pos, edges.index, v, x, edges.shifts)
+        if edges.chunk and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+            edges.check(pos.shape[0])
         if v is None:
             v = pos.new_ones(pos.shape[0], 1)
-        return self.propagate(edge_index, pos=pos, v=v, x=x, shifts=shifts, chunked=chunked)
+        return self.propagate(
+            edges.index, pos=pos, v=v, x=x, shifts=edges.shifts, chunk=edges.chunk
+        )
 
     def contract(self, h: Tensor) -> Tensor:
         r"""Contract the neighbour sums of :meth:`neighbour_sums` with :math:`w` (and
@@ -411,14 +344,14 @@ class VectorGaussianConv(MessagePassing):
         inputs: tuple[Tensor, Tensor],
         index: Tensor,
         dim_size: int | None = None,
-        chunked: bool = False,
+        chunk: int = 0,
     ) -> Tensor:
         r"""Sum the messages :math:`\mathrm{feat}_{ij} \otimes e_{ij}` over the neighbours.
 
         Per atom :math:`i` the sum is the matrix product
         :math:`E_i^\top \mathrm{Feat}_i` of its edges' rows, done for chunks of
-        :data:`EDGES_PER_CHUNK` edges of one centre as one :func:`torch.bmm`; the chunks are
-        then added up per atom. The outer product is never formed per edge.
+        :data:`~uenn_geo.edges.EDGES_PER_CHUNK` edges of one centre as one :func:`torch.bmm`;
+        the chunks are then added up per atom. The outer product is never formed per edge.
 
         Shapes:
             :obj:`(E, B)` and :obj:`(E, R, F + F_v)` -> :obj:`(N, R, B (F + F_v))`
@@ -428,19 +361,19 @@ class VectorGaussianConv(MessagePassing):
         if dim_size is None:
             raise ValueError("aggregate needs dim_size, the number N of atoms")
         num_nodes = dim_size
-        if chunked:  # the edges come in chunks already (chunk_edges): views, no copies
-            e_pad = e.view(-1, EDGES_PER_CHUNK, self.num_basis)
-            feat_pad = feat.reshape(-1, EDGES_PER_CHUNK, rows * width)
-            chunk_node = index.reshape(-1, EDGES_PER_CHUNK)[:, 0]
+        if chunk:  # the edges come in chunks already (Edges.chunked): views, no copies
+            e_pad = e.view(-1, chunk, self.num_basis)
+            feat_pad = feat.reshape(-1, chunk, rows * width)
+            chunk_node = index.reshape(-1, chunk)[:, 0]
             num_chunks = chunk_node.shape[0]
         else:
-            chunk, slot, chunk_node = _edge_chunks(index, num_nodes, EDGES_PER_CHUNK)
+            place, slot, chunk_node = _edge_chunks(index, num_nodes, EDGES_PER_CHUNK)
             num_chunks = chunk_node.shape[0]
             # Zero-padded (C, K, .) copies of the factors (in place: the zeros are fresh).
             e_pad = e.new_zeros(num_chunks, EDGES_PER_CHUNK, self.num_basis)
-            e_pad.index_put_((chunk, slot), e)
+            e_pad.index_put_((place, slot), e)
             feat_pad = feat.new_zeros(num_chunks, EDGES_PER_CHUNK, rows * width)
-            feat_pad.index_put_((chunk, slot), feat.reshape(num_edges, rows * width))
+            feat_pad.index_put_((place, slot), feat.reshape(num_edges, rows * width))
         # (C, R (F + F_v), B): this order runs 3x faster than its transpose for few feature
         # columns (the first layer), and as fast for many (CPU, one thread)
         h = torch.bmm(feat_pad.transpose(1, 2), e_pad)
@@ -461,18 +394,18 @@ class VectorGaussianConv(MessagePassing):
             raise ValueError(f"pos must have shape (N, n), got {tuple(pos.shape)}")
         if pos.dtype != self.dtype:
             raise TypeError(
-                f"pos has dtype {_dtype_name(pos.dtype)} but the layer is "
-                f"{_dtype_name(self.dtype)}; convert pos or build the layer with dtype={pos.dtype}"
+                f"pos has dtype {dtype_name(pos.dtype)} but the layer is "
+                f"{dtype_name(self.dtype)}; convert pos or build the layer with dtype={pos.dtype}"
             )
         num, n = pos.shape
         if edge_index.dim() != 2 or edge_index.shape[0] != 2:
             raise ValueError(f"edge_index must have shape (2, E), got {tuple(edge_index.shape)}")
         if edge_index.dtype != torch.long:
-            raise TypeError(f"edge_index must be torch.long, got {_dtype_name(edge_index.dtype)}")
+            raise TypeError(f"edge_index must be torch.long, got {dtype_name(edge_index.dtype)}")
         if v is not None and (v.shape != (num, self.in_channels) or v.dtype != self.dtype):
             raise ValueError(
                 f"node features v must have shape ({num}, {self.in_channels}) and dtype "
-                f"{_dtype_name(self.dtype)}, got {tuple(v.shape)} {_dtype_name(v.dtype)}"
+                f"{dtype_name(self.dtype)}, got {tuple(v.shape)} {dtype_name(v.dtype)}"
             )
         if v is None and self.in_channels != 1:
             raise ValueError(
@@ -487,15 +420,15 @@ class VectorGaussianConv(MessagePassing):
         if x is not None and (x.shape != (num, n, self.vector_channels) or x.dtype != self.dtype):
             raise ValueError(
                 f"vector features x must have shape ({num}, {n}, {self.vector_channels}) and "
-                f"dtype {_dtype_name(self.dtype)}, got {tuple(x.shape)} {_dtype_name(x.dtype)}"
+                f"dtype {dtype_name(self.dtype)}, got {tuple(x.shape)} {dtype_name(x.dtype)}"
             )
         if shifts is not None and (
             shifts.shape != (edge_index.shape[1], n) or shifts.dtype != self.dtype
         ):
             raise ValueError(
                 f"shifts must have shape ({edge_index.shape[1]}, {n}) and dtype "
-                f"{_dtype_name(self.dtype)}, got {tuple(shifts.shape)} "
-                f"{_dtype_name(shifts.dtype)}"
+                f"{dtype_name(self.dtype)}, got {tuple(shifts.shape)} "
+                f"{dtype_name(shifts.dtype)}"
             )
 
     def __repr__(self) -> str:
@@ -506,5 +439,5 @@ class VectorGaussianConv(MessagePassing):
         parts.append(f"output={self.output}")
         if not isinstance(self.act, type(resolve_activation(None))):
             parts.append(f"act={self.act!r}")
-        parts.append(_dtype_name(self.dtype))
+        parts.append(dtype_name(self.dtype))
         return f"{self.__class__.__name__}({', '.join(parts)})"

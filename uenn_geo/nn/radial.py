@@ -1,4 +1,4 @@
-r"""Radial pieces of the vector graph layer: Gaussian basis and smooth cutoff (PAPER.md eq. 31).
+r"""Radial pieces of the vector graph layer: Gaussian basis and smooth cutoff (Ma & Chan, eq. 31).
 
 .. math::
     e_{ij}^b = \exp\!\left(-\eta_b (r_{ij} - r_{s,b})^2\right) f_c(r_{ij})

@@ -25,7 +25,7 @@ def _flat(ts: list[Tensor]) -> Tensor:
 
 class FIRE(Optimizer):
     r"""The fast inertial relaxation engine (FIRE) of Bitzek *et al.* (2006), written
-    exactly as in appendix A of the paper (section 3 of ``PAPER.md``).
+    exactly as in appendix A of Ma & Chan.
 
     All parameters are one flattened vector :math:`\mathbf{x}` with velocity
     :math:`\mathbf{v}` and force :math:`\mathbf{F} = -\nabla L`. One call of

@@ -1,4 +1,4 @@
-"""Input checks and scale fitting shared by the graph force models."""
+"""The scales and per-species energy shifts that the force models fit to training data."""
 
 from __future__ import annotations
 
@@ -8,23 +8,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-
-from uenn_geo.nn.linear import _dtype_name
-
-
-def check_positions(data: Any, dtype: torch.dtype) -> Tensor:
-    """``data.pos`` if it is an ``(N, 3)`` tensor of ``dtype``; a clear error otherwise."""
-    pos = getattr(data, "pos", None)
-    if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[1] != 3:
-        shape = tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
-        raise ValueError(f"data.pos must have shape (N, 3) in Angstrom, got {shape}")
-    if pos.dtype != dtype:
-        raise TypeError(
-            f"data.pos has dtype {_dtype_name(pos.dtype)} but the model is "
-            f"{_dtype_name(dtype)}; convert the data (uenn_geo.train.CastFloats) or build "
-            f"the model with dtype={_dtype_name(pos.dtype)!r}"
-        )
-    return pos
 
 
 def fit_force_energy_scales(
@@ -81,37 +64,3 @@ def fit_force_energy_scales(
     shift = torch.zeros(num_species, dtype=torch.float64)
     shift[present] = mu
     return scale, shift
-
-
-def graph_inputs(
-    data: Any, dtype: torch.dtype, cutoff: float
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None, int]:
-    """``(pos, batch, edge_index, shifts, num_graphs)`` of a PyG ``Data``/``Batch``.
-
-    Positions are checked with :func:`check_positions`; a missing ``batch`` means one graph.
-    Without ``edge_index`` the neighbour list is built with
-    :func:`uenn_geo.neighbors.radius_graph` (using ``cell`` and ``pbc`` when present), as
-    PyG's SchNet does; otherwise ``edge_index`` and ``shifts`` (if present) are used as given.
-    """
-    from uenn_geo.neighbors import radius_graph
-
-    pos = check_positions(data, dtype)
-    num_atoms = pos.shape[0]
-    batch = getattr(data, "batch", None)
-    if batch is None:
-        batch = torch.zeros(num_atoms, dtype=torch.long, device=pos.device)
-    edge_index = getattr(data, "edge_index", None)
-    if edge_index is None:
-        edge_index, shifts = radius_graph(
-            pos,
-            cutoff,
-            batch=batch,
-            cell=getattr(data, "cell", None),
-            pbc=getattr(data, "pbc", None),
-        )
-    else:
-        shifts = getattr(data, "shifts", None)
-    num_graphs = getattr(data, "num_graphs", None)
-    if num_graphs is None:
-        num_graphs = int(batch.max()) + 1 if num_atoms else 1
-    return pos, batch, edge_index, shifts, int(num_graphs)
