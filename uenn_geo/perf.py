@@ -4,10 +4,9 @@ PyTorch has no caching allocator on the CPU: every tensor comes from ``malloc`` 
 with ``free``. For blocks above glibc's mmap threshold (128 KiB, raised dynamically up to
 32 MiB) that means a fresh ``mmap`` per tensor and a page fault per 4 KiB page on first touch,
 and glibc returns freed memory at the top of the heap to the system above its trim
-threshold. The graph layers create tensors of tens of megabytes per call, so on Linux this
-costs more than their arithmetic: measured with ``uenn-geo bench`` (864 argon atoms, float32,
-one thread) the default force field ran 1.9x faster, and 2.6x at 10,368 atoms, with freed
-memory kept (docs/bench.md).
+threshold. The graph layers create tensors of tens of megabytes per call, so on Linux the
+page faults can cost more than their arithmetic; :func:`keep_freed_memory` has glibc keep and
+reuse freed memory instead (measurements: docs/bench.md).
 """
 
 from __future__ import annotations

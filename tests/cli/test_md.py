@@ -1,13 +1,14 @@
 import argparse
 import csv
+from dataclasses import MISSING, fields
 
 import numpy as np
 import pytest
 from ase import Atoms
 from ase.io import read, write
 
-from uenn_geo.cli.md import MDConfig, add_parser, run_md
-from uenn_geo.dynamics import paper_md_initial_positions
+from uenn_geo.cli.md import MDConfig, add_parser, config_from_args, run_md
+from uenn_geo.data.paper import paper_md_initial_positions
 from uenn_geo.models import UENNForceField, save_model
 
 SMALL = {
@@ -114,3 +115,17 @@ def test_direct_model_and_parser(inputs):
         MDConfig(structure="x", model="y", ensemble="langevin")
     with pytest.raises(ValueError, match="ensemble"):
         MDConfig(structure="x", model="y", ensemble="npt")
+
+
+def test_parser_defaults_are_mdconfig_defaults():
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    add_parser(sub)
+    args = parser.parse_args(["md", "start.xyz", "--model", "model.pt"])
+    for f in fields(MDConfig):
+        if f.default is MISSING:
+            continue
+        parsed = (not args.no_progress) if f.name == "progress" else getattr(args, f.name)
+        assert parsed == f.default, f.name
+    assert config_from_args(args) == MDConfig(structure="start.xyz", model="model.pt")
+    assert "time step in fs (default: 1.0)" in sub.choices["md"].format_help()

@@ -19,21 +19,19 @@ Output in ``out``:
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from uenn_geo.files import atomic_write
+from uenn_geo.files import atomic_write, read_csv, write_csv
 
-__all__ = ["MDConfig", "run_md", "add_parser"]
+__all__ = ["MDConfig", "run_md", "config_from_args", "add_parser"]
 
 ENSEMBLES = ("nve", "langevin")
 LOG_FIELDS = ["step", "time_fs", "potential", "kinetic", "total", "temperature_K"]
@@ -120,23 +118,6 @@ def _frame(atoms: Any, step: int, dt: float, has_energy: bool) -> tuple[Any, dic
     return frame, row
 
 
-def _read_log(path: Path, max_step: int) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [r for r in rows if int(r["step"]) <= max_step]
-
-
-def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS)
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row[k] is None else row[k] for k in LOG_FIELDS})
-    atomic_write(path, lambda f: f.write(buf.getvalue()), mode="w")
-
-
 def _save_restart(path: Path, atoms: Any, step: int, rng: np.random.Generator) -> None:
     state = {
         "step": np.array(step),
@@ -174,7 +155,7 @@ def _resume_state(out: Path, atoms: Any, cfg: MDConfig, rng: np.random.Generator
             f"no restart.npz for step {step} in {out}: resuming from the extxyz frame, whose "
             "text keeps 8 decimals",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,  # _resume_state < _start < run_md < its caller
         )
         atoms.set_positions(last.get_positions())
         atoms.set_momenta(last.get_momenta())
@@ -193,6 +174,124 @@ def _maxwell_boltzmann(atoms: Any, temperature: float, rng: np.random.Generator)
     thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
 
 
+@dataclass
+class _Output:
+    """The files of a run in ``out`` and the log rows written so far (step order)."""
+
+    out: Path
+    dt: float
+    has_energy: bool
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def trajectory(self) -> Path:
+        return self.out / "trajectory.extxyz"
+
+    @property
+    def log(self) -> Path:
+        return self.out / "log.csv"
+
+    def record(
+        self, atoms: Any, step: int, rng: np.random.Generator, traj: Any = None
+    ) -> dict[str, Any]:
+        """Write the frame of ``step`` (appended to the open ``traj``, or as the whole
+        trajectory), its log row and the restart state; return the row."""
+        from ase.io import write
+
+        frame, row = _frame(atoms, step, self.dt, self.has_energy)
+        if traj is None:
+            atomic_write(self.trajectory, lambda f: write(f, frame, format="extxyz"), mode="w")
+        else:
+            write(traj, frame, format="extxyz")
+            traj.flush()
+        self.rows.append(row)
+        write_csv(self.log, self.rows, LOG_FIELDS)
+        _save_restart(self.out / "restart.npz", atoms, step, rng)
+        return row
+
+
+def _start(cfg: MDConfig, output: _Output, atoms: Any, rng: np.random.Generator) -> int:
+    """Resume ``output`` (dropping what was written after the restart state) or begin it with
+    the frame of step 0; return the step the run continues from."""
+    from ase.io import read, write
+    from ase.md.velocitydistribution import Stationary
+
+    if output.trajectory.exists() and not cfg.resume:
+        raise ValueError(
+            f"{output.trajectory} exists; pass --resume to continue it or choose --out"
+        )
+    if not output.trajectory.exists():
+        output.out.mkdir(parents=True, exist_ok=True)
+        if cfg.temperature is not None:
+            _maxwell_boltzmann(atoms, cfg.temperature, rng)
+            Stationary(atoms)
+        output.record(atoms, 0, rng)
+        return 0
+    start = _resume_state(output.out, atoms, cfg, rng)
+    rows = read_csv(output.log) if output.log.exists() else []
+    output.rows = [r for r in rows if int(r["step"]) <= start]
+    kept = [f for f in read(output.trajectory, index=":") if int(f.info["step"]) <= start]
+    atomic_write(output.trajectory, lambda f: write(f, kept, format="extxyz"), mode="w")
+    return start
+
+
+def _integrator(cfg: MDConfig, atoms: Any, rng: np.random.Generator) -> Any:
+    """ASE's velocity Verlet (NVE) or Langevin dynamics for ``cfg``."""
+    from ase.md.langevin import Langevin
+    from ase.md.verlet import VelocityVerlet
+    from ase.units import fs
+
+    if cfg.ensemble == "nve":
+        return VelocityVerlet(atoms, timestep=cfg.dt * fs)
+    return Langevin(
+        atoms,
+        timestep=cfg.dt * fs,
+        temperature_K=cfg.temperature,
+        friction=cfg.friction / fs,
+        fixcm=False,
+        rng=rng,
+    )
+
+
+def _steps(cfg: MDConfig, dyn: Any, output: _Output, start: int, rng: np.random.Generator) -> float:
+    """Run steps ``start + 1 .. cfg.steps``, recording every ``write_every``-th; return the
+    wall time in s."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=max(cfg.steps - start, 0), unit="step", disable=not cfg.progress)
+    t0 = time.perf_counter()
+    with open(output.trajectory, "a") as traj:
+        for step in range(start + 1, cfg.steps + 1):
+            dyn.run(1)
+            bar.update(1)
+            if step % cfg.write_every == 0:
+                row = output.record(dyn.atoms, step, rng, traj)
+                bar.set_postfix(T=f"{row['temperature_K']:.1f} K")
+    bar.close()
+    return time.perf_counter() - t0
+
+
+def _summary(
+    cfg: MDConfig, rows: list[dict[str, Any]], n_atoms: int, todo: int, wall: float
+) -> dict[str, Any]:
+    drift = None
+    totals = [(r["time_fs"], r["total"]) for r in rows if r["total"] not in (None, "")]
+    if cfg.ensemble == "nve" and len(totals) >= 2:
+        t, e = np.array(totals, dtype=float).T
+        drift = float(np.polyfit(t, e, 1)[0]) * 1e6 / n_atoms  # eV/fs -> eV/atom/ns
+    temps = [float(r["temperature_K"]) for r in rows]
+    return {
+        "steps": todo,
+        "total_steps": cfg.steps,
+        "frames": len(rows),
+        "wall_s": wall,
+        "atom_steps_per_s": n_atoms * todo / wall if wall > 0 else float("nan"),
+        "mean_temperature_K": float(np.mean(temps)),
+        "energy_drift_eV_per_atom_per_ns": drift,
+        "out": str(Path(cfg.out)),
+    }
+
+
 def run_md(config: MDConfig) -> dict[str, Any]:
     r"""Run MD with a trained model; write the trajectory, the log and a summary.
 
@@ -201,93 +300,20 @@ def run_md(config: MDConfig) -> dict[str, Any]:
         ``mean_temperature_K``, and ``energy_drift_eV_per_atom_per_ns`` (NVE with an energy
         model: slope of a straight-line fit of the total energy, else :obj:`None`).
     """
-    from ase.io import read, write
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import Stationary
-    from ase.md.verlet import VelocityVerlet
-    from ase.units import fs
-    from tqdm.auto import tqdm
+    from ase.io import read
 
     from uenn_geo.calculator import UENNCalculator
 
-    cfg = config
-    structure = Path(cfg.structure)
+    structure = Path(config.structure)
     if not structure.is_file():
         raise FileNotFoundError(f"no structure file at {structure}")
-    out = Path(cfg.out)
-    traj_path, log_path = out / "trajectory.extxyz", out / "log.csv"
     atoms = read(structure, index=-1)
-    calc = UENNCalculator(cfg.model, device=cfg.device, skin=cfg.skin)
-    atoms.calc = calc
-    rng = np.random.default_rng(cfg.seed)
-
-    if traj_path.exists() and not cfg.resume:
-        raise ValueError(f"{traj_path} exists; pass --resume to continue it or choose --out")
-    if cfg.resume and traj_path.exists():
-        start = _resume_state(out, atoms, cfg, rng)
-        rows = _read_log(log_path, start)
-        frames_kept = read(traj_path, index=":")
-        frames_kept = [f for f in frames_kept if int(f.info["step"]) <= start]
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        start, rows, frames_kept = 0, [], None
-        if cfg.temperature is not None:
-            _maxwell_boltzmann(atoms, cfg.temperature, rng)
-            Stationary(atoms)
-        frame, row = _frame(atoms, 0, cfg.dt, calc.has_energy)
-        atomic_write(traj_path, lambda f: write(f, frame, format="extxyz"), mode="w")
-        rows.append(row)
-        _write_log(log_path, rows)
-        _save_restart(out / "restart.npz", atoms, 0, rng)
-    if frames_kept is not None:  # drop frames written after the restart state, if any
-        atomic_write(traj_path, lambda f: write(f, frames_kept, format="extxyz"), mode="w")
-
-    if cfg.ensemble == "nve":
-        dyn = VelocityVerlet(atoms, timestep=cfg.dt * fs)
-    else:
-        dyn = Langevin(
-            atoms,
-            timestep=cfg.dt * fs,
-            temperature_K=cfg.temperature,
-            friction=cfg.friction / fs,
-            fixcm=False,
-            rng=rng,
-        )
-    todo = max(cfg.steps - start, 0)
-    bar = tqdm(total=todo, unit="step", disable=not cfg.progress)
-    t0 = time.perf_counter()
-    with open(traj_path, "a") as traj_file:
-        for step in range(start + 1, cfg.steps + 1):
-            dyn.run(1)
-            bar.update(1)
-            if step % cfg.write_every == 0:
-                frame, row = _frame(atoms, step, cfg.dt, calc.has_energy)
-                write(traj_file, frame, format="extxyz")
-                traj_file.flush()
-                rows.append(row)
-                _write_log(log_path, rows)
-                _save_restart(out / "restart.npz", atoms, step, rng)
-                bar.set_postfix(T=f"{row['temperature_K']:.1f} K")
-    bar.close()
-    wall = time.perf_counter() - t0
-
-    drift = None
-    totals = [(r["time_fs"], r["total"]) for r in rows if r["total"] not in (None, "")]
-    if cfg.ensemble == "nve" and len(totals) >= 2:
-        t, e = np.array(totals, dtype=float).T
-        drift = float(np.polyfit(t, e, 1)[0]) * 1e6 / len(atoms)  # eV/fs -> eV/atom/ns
-    temps = [float(r["temperature_K"]) for r in rows]
-    summary = {
-        "steps": todo,
-        "total_steps": cfg.steps,
-        "frames": len(rows),
-        "wall_s": wall,
-        "atom_steps_per_s": len(atoms) * todo / wall if wall > 0 else float("nan"),
-        "mean_temperature_K": float(np.mean(temps)),
-        "energy_drift_eV_per_atom_per_ns": drift,
-        "out": str(out),
-    }
-    return summary
+    atoms.calc = UENNCalculator(config.model, device=config.device, skin=config.skin)
+    rng = np.random.default_rng(config.seed)
+    output = _Output(Path(config.out), config.dt, atoms.calc.has_energy)
+    start = _start(config, output, atoms, rng)
+    wall = _steps(config, _integrator(config, atoms, rng), output, start, rng)
+    return _summary(config, output.rows, len(atoms), max(config.steps - start, 0), wall)
 
 
 def _format_summary(summary: dict[str, Any]) -> str:
@@ -304,53 +330,58 @@ def _format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def config_from_args(args: argparse.Namespace) -> MDConfig:
+    """The :class:`MDConfig` of parsed ``uenn-geo md`` options."""
+    options = {f.name: getattr(args, f.name) for f in fields(MDConfig) if f.name != "progress"}
+    return MDConfig(**options, progress=not args.no_progress)
+
+
 def run_command(args: argparse.Namespace) -> int:
-    config = MDConfig(
-        structure=args.structure,
-        model=args.model,
-        out=args.out,
-        ensemble=args.ensemble,
-        dt=args.dt,
-        steps=args.steps,
-        temperature=args.temperature,
-        friction=args.friction,
-        write_every=args.write_every,
-        seed=args.seed,
-        resume=args.resume,
-        device=args.device,
-        skin=args.skin,
-        progress=not args.no_progress,
-    )
-    print(_format_summary(run_md(config)))
+    print(_format_summary(run_md(config_from_args(args))))
     return 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Install ``uenn-geo md`` (an installer for :func:`uenn_geo.cli.build_parser`)."""
+    """Install ``uenn-geo md`` (an installer for :func:`uenn_geo.cli.build_parser`).
+
+    Every default is the one of :class:`MDConfig`, read from its fields.
+    """
+    default = {f.name: f.default for f in fields(MDConfig)}
     p = sub.add_parser(
         "md",
         help="molecular dynamics with a trained model (NVE or Langevin, via ASE)",
         description="Run MD from a structure file (anything ase.io.read reads) with a model "
         "written by uenn-geo; writes trajectory.extxyz and log.csv into --out.",
     )
+
+    def option(flag: str, text: str, **kwargs: Any) -> None:
+        """``--flag`` with the default of the field ``flag`` (dashes as underscores)."""
+        name = flag[2:].replace("-", "_")
+        p.add_argument(flag, default=default[name], help=f"{text} (default: %(default)s)", **kwargs)
+
     p.add_argument("structure", help="structure file (its last frame is used)")
     p.add_argument("--model", required=True, help="model file (model.pt)")
-    p.add_argument("--out", default="md", help="output directory (default: md)")
-    p.add_argument("--ensemble", choices=ENSEMBLES, default="nve")
-    p.add_argument("--dt", type=float, default=1.0, help="time step in fs (default: 1)")
-    p.add_argument("--steps", type=int, default=1000, help="total steps (default: 1000)")
-    p.add_argument(
+    option("--out", "output directory")
+    option("--ensemble", "NVE (velocity Verlet) or Langevin", choices=ENSEMBLES)
+    option("--dt", "time step in fs", type=float)
+    option("--steps", "total steps, counting those of a resumed run", type=int)
+    option(
         "--temperature",
+        "initial Maxwell-Boltzmann temperature and Langevin target in K; none: keep the "
+        "file's velocities",
         type=float,
-        default=None,
-        help="initial Maxwell-Boltzmann temperature and Langevin target, K",
     )
-    p.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
-    p.add_argument("--write-every", type=int, default=10, help="steps between frames")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue --out/trajectory.extxyz")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin, Angstrom")
+    option("--friction", "Langevin friction in 1/fs", type=float)
+    option("--write-every", "steps between frames and log rows", type=int)
+    option("--seed", "seed of the initial velocities and the Langevin noise", type=int)
+    option("--resume", "continue --out/trajectory.extxyz", action="store_true")
+    option("--device", "torch device of the model")
+    option("--skin", "neighbour-list skin in Angstrom", type=float)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        default=not default["progress"],
+        help="no progress bar",
+    )
     p.set_defaults(func=run_command)
