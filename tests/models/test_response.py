@@ -1,0 +1,62 @@
+import torch
+
+from uenn_geo.edges import build_edges
+from uenn_geo.models.response import energy_response
+
+F64 = torch.float64
+
+
+def pair_energy(pos, edges, batch, num_graphs):
+    """E = sum over pairs of (r - 1.5)^2 (each pair twice in the full list, halved)."""
+    r = edges.vectors(pos).norm(dim=1)
+    per_edge = 0.5 * (r - 1.5).square()
+    graph = batch[edges.index[0]]
+    return pos.new_zeros(num_graphs).index_add(0, graph, per_edge)
+
+
+def test_forces_are_minus_the_gradient():
+    gen = torch.Generator().manual_seed(0)
+    pos = torch.rand(6, 3, dtype=F64, generator=gen) * 3
+    batch = torch.tensor([0, 0, 0, 1, 1, 1])
+    edges = build_edges(pos, 2.5, batch=batch)
+    out = energy_response(lambda x, e: pair_energy(x, e, batch, 2), pos, edges, batch)
+    expected = torch.zeros_like(pos)
+    for i, j in edges.index.T.tolist():  # F_i = sum_j (r_ij - 1.5) r_ij / r_ij
+        d = pos[j] - pos[i]
+        expected[i] += 2 * (d.norm() - 1.5) * d / d.norm()
+    assert out["forces"].abs().max() > 1e-3
+    assert torch.allclose(out["forces"], expected, atol=1e-12)
+    assert out["energy"].shape == (2,) and not out["energy"].requires_grad
+    assert out["stress"] is None
+
+
+def test_stress_and_training_graph():
+    cell = torch.tensor([[3.0, 0.0, 0.0], [0.3, 2.8, 0.0], [0.2, -0.1, 3.1]], dtype=F64)
+    frac = torch.rand(4, 3, dtype=F64)
+    batch = torch.zeros(4, dtype=torch.long)
+
+    def energy_at(strain):
+        deform = torch.eye(3, dtype=F64) + strain
+        c = cell @ deform
+        edges = build_edges(frac @ c, 2.5, cell=c.unsqueeze(0))
+        return pair_energy(frac @ c, edges, batch, 1).item()
+
+    pos = frac @ cell
+    edges = build_edges(pos, 2.5, cell=cell.unsqueeze(0))
+    out = energy_response(
+        lambda x, e: pair_energy(x, e, batch, 1), pos, edges, batch, cell.unsqueeze(0)
+    )
+    h, volume = 1e-6, torch.linalg.det(cell).item()
+    for a, b in [(0, 0), (1, 2), (2, 2), (0, 1)]:
+        e = torch.zeros(3, 3, dtype=F64)
+        e[a, b] = e[b, a] = h if a == b else h / 2
+        fd = (energy_at(e) - energy_at(-e)) / (2 * h) / volume
+        assert abs(out["stress"][0, a, b].item() - fd) < 1e-6 * (1 + abs(fd)), (a, b)
+    assert out["stress"].abs().max() > 1e-3
+    # training keeps the graph, so that a force loss reaches what made the energy.
+    scale = torch.tensor(2.0, dtype=F64, requires_grad=True)
+    trained = energy_response(
+        lambda x, e: scale * pair_energy(x, e, batch, 1), pos, edges, batch, training=True
+    )
+    trained["forces"].square().sum().backward()
+    assert scale.grad is not None and scale.grad.abs() > 0
