@@ -1,5 +1,6 @@
 """``uenn-geo train`` on a user's extended-XYZ file, end to end (seconds)."""
 
+import dataclasses
 import json
 
 import pytest
@@ -7,8 +8,12 @@ import torch
 
 import uenn_geo
 from uenn_geo.cli import build_parser, main
+from uenn_geo.cli.train import TrainJob, job_from_args
 from uenn_geo.data import LJClusters, write_extxyz
-from uenn_geo.train import CastFloats, evaluate, load_dataset
+from uenn_geo.data.registry import load_dataset
+from uenn_geo.data.transforms import CastFloats
+from uenn_geo.files import read_csv
+from uenn_geo.train import TrainConfig, evaluate
 
 
 @pytest.fixture
@@ -47,7 +52,8 @@ def test_train_command_on_extxyz(tmp_path, xyz, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["structures"] == {"train": 20, "val": 2, "test": 2}
     assert metrics["epochs"] == 2
-    assert (out / "log.csv").is_file() and (out / "checkpoint.pt").is_file()
+    assert [int(r["epoch"]) for r in read_csv(out / "log.csv")] == [1, 2]
+    assert (out / "checkpoint.pt").is_file()
     model = uenn_geo.load_model(out / "model.pt")
     assert model.config["cutoff"] == 6.0 and model.config["num_blocks"] == 1
     # the saved model reproduces the reported validation error on the cached data set
@@ -67,3 +73,60 @@ def test_train_command_errors(tmp_path, capsys):
         build_parser().parse_args(["train"])  # --data is required
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--data", "x", "--model", "mace"])
+
+
+def test_train_defaults_are_the_dataclass_defaults():
+    args = build_parser().parse_args(["train", "--data", "x"])
+    job = job_from_args(args)
+    assert job == TrainJob(data="x")
+    for f in dataclasses.fields(TrainJob):
+        if f.name not in ("data", "model_kwargs"):
+            assert getattr(args, f.name) == f.default, f.name
+    # the training settings the job shares with TrainConfig have one default
+    config = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    assert job.lr == config["lr"] and job.seed == config["seed"]
+
+
+def test_train_help_prints_the_dataclass_defaults(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # no wrapped help texts
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    entries = capsys.readouterr().out.split("options:")[1].replace("\n   ", " ").splitlines()
+    lines = [" ".join(entry.split()) for entry in entries]  # one line per option
+    job = TrainJob(data="x")
+    for flag, value in [
+        ("--batch-size", job.batch_size),
+        ("--lr", job.lr),
+        ("--time-limit", job.time_limit),
+        ("--seed", job.seed),
+        ("--out", job.out),
+    ]:
+        (line,) = [line for line in lines if line.startswith(flag + " ")]
+        assert line.endswith(f"(default: {value})"), line
+
+
+def test_train_options_reach_the_job():
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--data",
+            "x",
+            "--restart",
+            "--no-progress",
+            "--cutoff",
+            "5",
+            "--model-kwargs",
+            '{"num_blocks": 1}',
+            "--lr",
+            "0.01",
+            "--batch-size",
+            "3",
+        ]
+    )
+    job = job_from_args(args)
+    assert not job.resume and not job.progress
+    assert job.model_kwargs == {"num_blocks": 1, "cutoff": 5.0}
+    assert job.lr == 0.01 and job.batch_size == 3
+    args = build_parser().parse_args(["train", "--data", "x", "--model-kwargs", "[1]"])
+    with pytest.raises(ValueError, match="JSON object"):
+        job_from_args(args)

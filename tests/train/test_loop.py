@@ -1,4 +1,3 @@
-import csv
 import dataclasses
 import math
 import shutil
@@ -9,6 +8,7 @@ import torch
 
 from uenn_geo.data.lj import lennard_jones
 from uenn_geo.data.paper import sample_paper_configurations
+from uenn_geo.files import read_csv
 from uenn_geo.models import PaperForceModel, load_model
 from uenn_geo.train import DenseForceData, TrainConfig, evaluate, train
 
@@ -36,7 +36,7 @@ def test_training_reduces_error_and_writes_files(setup, tmp_path):
     assert res.history[-1]["train_loss"] < 0.7 * res.history[0]["train_loss"]
     assert res.epochs == 25 and res.stop_reason == "max_epochs"
     assert res.best_val_rmse == pytest.approx(evaluate(model, va)["force_rmse"], rel=1e-5)
-    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    rows = read_csv(tmp_path / "log.csv")
     assert len(rows) == 25 and float(rows[-1]["step"]) == 25 * 16
     best = load_model(tmp_path / "model.pt")
     assert evaluate(best, va)["force_rmse"] == pytest.approx(res.best_val_rmse, rel=1e-5)

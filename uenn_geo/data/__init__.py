@@ -30,6 +30,8 @@ from uenn_geo.data.manakov import (
     random_manakov_states,
 )
 from uenn_geo.data.paper import PaperArgon, sample_paper_configurations, split_indices
+from uenn_geo.data.registry import DATASET_NAMES, load_dataset
+from uenn_geo.data.transforms import CastFloats
 
 __all__ = [
     "ARGON_NN_DISTANCE",
@@ -58,4 +60,7 @@ __all__ = [
     "PaperArgon",
     "sample_paper_configurations",
     "split_indices",
+    "DATASET_NAMES",
+    "load_dataset",
+    "CastFloats",
 ]

@@ -1,29 +1,16 @@
 """Training: the loop (Adam or FIRE, resumable checkpoints), losses and evaluation."""
 
-from uenn_geo.train.loop import (
-    DATASET_NAMES,
-    CastFloats,
-    DenseForceData,
-    TrainConfig,
-    TrainJob,
-    TrainResult,
-    evaluate,
-    force_loss,
-    load_dataset,
-    run_training,
-    train,
-)
+from uenn_geo.train.config import TrainConfig, TrainResult
+from uenn_geo.train.dense import DenseForceData
+from uenn_geo.train.loop import train
+from uenn_geo.train.loss import evaluate, force_loss, has_energy
 
 __all__ = [
     "TrainConfig",
     "TrainResult",
     "DenseForceData",
-    "CastFloats",
     "train",
     "evaluate",
     "force_loss",
-    "load_dataset",
-    "DATASET_NAMES",
-    "TrainJob",
-    "run_training",
+    "has_energy",
 ]

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from uenn_geo.data.lj import lennard_jones
+from uenn_geo.data.paper import sample_paper_configurations
+from uenn_geo.models import PaperForceModel
+from uenn_geo.train import DenseForceData, TrainConfig, train
+from uenn_geo.train.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+
+
+@pytest.fixture
+def run(tmp_path):
+    pos = sample_paper_configurations(32, generator=torch.Generator().manual_seed(0))
+    data = DenseForceData(pos.float(), lennard_jones(pos)[1].float())
+    model = PaperForceModel(hidden=[8])
+    model.fit_scales(data.pos, data.forces)
+    cfg = TrainConfig(max_epochs=1, batch_size=8, progress=False)
+    train(model, data, data, cfg, tmp_path)
+    return model, data, cfg, tmp_path
+
+
+def test_checkpoint_holds_the_state_of_the_run(run):
+    model, data, cfg, out = run
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["version"] == CHECKPOINT_VERSION
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 4 and len(ckpt["history"]) == 1
+    assert ckpt["train_config"]["batch_size"] == 8
+    assert ckpt["best_epoch"] == 1 and ckpt["ema"]["updates"] == 4
+
+
+def test_resume_rejects_a_foreign_file_and_another_version(run):
+    model, data, cfg, out = run
+    path = out / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=False)
+    torch.save({**ckpt, "version": CHECKPOINT_VERSION + 1}, path)
+    with pytest.raises(ValueError, match="checkpoint version"):
+        train(model, data, data, cfg, out)
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(ValueError, match="not a uenn-geo training checkpoint"):
+        train(model, data, data, cfg, out)
+    res = train(model, data, data, cfg, out, resume=False)  # starts afresh, overwrites
+    assert res.epochs == 1
+    assert torch.load(path, weights_only=False)["format"] == CHECKPOINT_FORMAT
+
+
+def test_resume_may_change_the_limits(run):
+    model, data, cfg, out = run
+    res = train(model, data, data, TrainConfig(max_epochs=3, batch_size=8, progress=False), out)
+    assert res.epochs == 3 and len(res.history) == 3
+    assert [r["epoch"] for r in res.history] == [1, 2, 3]

@@ -1,0 +1,92 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch_geometric.loader import DataLoader
+
+from uenn_geo.data import LJClusters
+from uenn_geo.data.lj import lennard_jones
+from uenn_geo.data.paper import sample_paper_configurations
+from uenn_geo.models import PaperForceModel, UENNForceField
+from uenn_geo.train import DenseForceData, evaluate, force_loss, has_energy
+
+
+@pytest.fixture(scope="module")
+def clusters(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clusters")
+    return LJClusters(str(root), num_configs=8, min_atoms=3, max_atoms=6, log=False)
+
+
+def _energy_model(clusters):
+    torch.manual_seed(0)
+    model = UENNForceField(
+        cutoff=6.0,
+        num_blocks=1,
+        hidden_channels=8,
+        mlp_channels=[8],
+        dtype="float64",
+        conservative=True,
+    )
+    model.fit_scales(clusters)
+    return model
+
+
+class _Old(nn.Module):
+    """A model from before the contract: says it has an energy with ``conservative``."""
+
+    def __init__(self, conservative):
+        super().__init__()
+        self.conservative = conservative
+
+
+class _New(nn.Module):
+    def __init__(self, energy):
+        super().__init__()
+        self.has_energy = energy
+        self.conservative = not energy  # the contract's attribute wins
+
+
+def test_has_energy_reads_the_contract_then_the_old_attribute():
+    assert has_energy(_New(True)) and not has_energy(_New(False))
+    assert has_energy(_Old(True)) and not has_energy(_Old(False))
+    assert not has_energy(nn.Linear(2, 2))
+
+
+def test_energy_term_of_the_loss(clusters):
+    model = _energy_model(clusters)
+    batch = next(iter(DataLoader(clusters, batch_size=len(clusters))))
+    out = model.energy_forces(batch)
+    atoms = torch.bincount(batch.batch).double()
+    e_term = ((out["energy"] - batch.energy) / (model.energy_scale * atoms)).square().mean()
+    f_term = ((out["forces"] - batch.forces) / model.force_scale).square().mean()
+    assert force_loss(model, batch).item() == pytest.approx(f_term.item(), rel=1e-10)
+    weighted = force_loss(model, batch, energy_weight=2.0).item()
+    assert weighted == pytest.approx(f_term.item() + 2.0 * e_term.item(), rel=1e-10)
+    assert e_term.item() > 0
+
+
+def test_energy_weight_needs_a_model_with_an_energy():
+    pos = sample_paper_configurations(4, generator=torch.Generator().manual_seed(0))
+    data = DenseForceData(pos.float(), lennard_jones(pos)[1].float())
+    model = PaperForceModel(hidden=[8])
+    model.fit_scales(data.pos, data.forces)
+    batch = next(data.batches(4))
+    assert force_loss(model, batch).item() > 0
+    with pytest.raises(ValueError, match="has_energy"):
+        force_loss(model, batch, energy_weight=1.0)
+
+
+def test_evaluate_matches_a_direct_computation():
+    pos = sample_paper_configurations(10, generator=torch.Generator().manual_seed(1))
+    data = DenseForceData(pos.float(), lennard_jones(pos)[1].float())
+    model = PaperForceModel(hidden=[8])
+    model.fit_scales(data.pos, data.forces)
+    diff = (model.forward_dense(data.pos) - data.forces).double().detach()
+    # batches of 3 over 10 structures: the last batch is partial
+    res = evaluate(model, data, batch_size=3)
+    assert res["components"] == diff.numel() == 10 * 4 * 3
+    assert res["force_rmse"] == pytest.approx(math.sqrt(diff.square().mean().item()), rel=1e-6)
+    assert res["force_mae"] == pytest.approx(diff.abs().mean().item(), rel=1e-6)
+    with pytest.raises(ValueError, match="empty"):
+        evaluate(model, DenseForceData(data.pos[:0], data.forces[:0]))

@@ -1,0 +1,139 @@
+r"""The training loss and the evaluation of force models.
+
+The loss is the mean squared force error (Ma & Chan, sec. 4, eq. 42) in units of the model's
+``force_scale``, so that it is of order one whatever the data; reported errors are in eV/A.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Data
+
+from uenn_geo.train.dense import batches
+
+__all__ = ["has_energy", "force_loss", "evaluate", "LossFunction"]
+
+log = logging.getLogger(__name__)
+
+
+def has_energy(model: nn.Module) -> bool:
+    """Whether ``model`` predicts an energy whose gradient gives its forces.
+
+    Reads the model contract's ``has_energy``; models from before the contract say so with
+    ``conservative``.
+    """
+    return bool(getattr(model, "has_energy", getattr(model, "conservative", False)))
+
+
+def _energy_force_loss(model: nn.Module, data: Data, energy_weight: float) -> Tensor:
+    if not has_energy(model):
+        raise ValueError(
+            "energy_weight > 0 needs a model with an energy (model.has_energy), e.g. "
+            "UENNForceField(conservative=True)"
+        )
+    out = model.energy_forces(data)
+    pred, energy = out["forces"], out["energy"]
+    target = data.forces.to(pred.dtype)
+    batch = getattr(data, "batch", None)
+    if batch is None:
+        batch = torch.zeros(pred.shape[0], dtype=torch.long, device=pred.device)
+    atoms = torch.bincount(batch, minlength=energy.shape[0]).to(energy.dtype)
+    ref = data.energy.reshape(-1).to(energy.dtype)
+    e_loss = ((energy - ref) / (model.energy_scale * atoms)).square().mean()
+    f_loss = ((pred - target) / model.force_scale).square().mean()
+    return f_loss + energy_weight * e_loss
+
+
+def force_loss(model: nn.Module, data: Data, energy_weight: float = 0.0) -> Tensor:
+    r"""Mean squared force error in units of ``model.force_scale`` (dimensionless).
+
+    With ``energy_weight`` :math:`w > 0` (models with ``has_energy``) it adds
+    :math:`w \langle ((E - E^\mathrm{ref}) / (s_E N_g))^2 \rangle` over the structures
+    :math:`g` (:math:`s_E` = ``model.energy_scale``, :math:`N_g` atoms).
+    """
+    if energy_weight > 0:
+        return _energy_force_loss(model, data, energy_weight)
+    pred = model(data)
+    target = data.forces.to(pred.dtype)
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"model returned forces of shape {tuple(pred.shape)}, data has {tuple(target.shape)}"
+        )
+    return ((pred - target) / model.force_scale).square().mean()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Any, batch_size: int = 4096) -> dict[str, float]:
+    """Force RMSE and MAE over all components (eV/A), the "force RMSD" of Ma & Chan."""
+    was_training = model.training
+    model.eval()
+    sq = ab = 0.0
+    count = 0
+    for batch in batches(data, batch_size):
+        diff = (model(batch).double() - batch.forces.double()).flatten()
+        sq += diff.square().sum().item()
+        ab += diff.abs().sum().item()
+        count += diff.numel()
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("cannot evaluate on an empty data set")
+    return {"force_rmse": math.sqrt(sq / count), "force_mae": ab / count, "components": count}
+
+
+class LossFunction:
+    """:func:`force_loss` of ``model``, through :func:`torch.compile` if asked and it works.
+
+    When a compiled step raises, the same step runs eagerly: if that raises too, the error
+    is the data's and propagates (compilation stays on); if it succeeds, compilation is what
+    failed (e.g. no C++ compiler), so it warns once and goes on eagerly.
+
+    Args:
+        model: the model being trained.
+        energy_weight: see :func:`force_loss`.
+        compile: try :func:`torch.compile`.
+    """
+
+    def __init__(self, model: nn.Module, energy_weight: float = 0.0, compile: bool = False):
+        self.model = model
+        self.energy_weight = energy_weight
+        self.compiled = torch.compile(self._eager) if compile else None
+        self.compiled_steps = 0
+
+    @property
+    def ran_compiled(self) -> bool:
+        """Whether steps ran compiled, and compilation is still on."""
+        return self.compiled is not None and self.compiled_steps > 0
+
+    def _eager(self, data: Data) -> Tensor:
+        return force_loss(self.model, data, self.energy_weight)
+
+    def backward(self, data: Data) -> Tensor:
+        """The loss of ``data``, its gradient accumulated into the parameters."""
+        if self.compiled is None:
+            loss = self._eager(data)
+            loss.backward()
+            return loss
+        try:
+            loss = self.compiled(data)
+            loss.backward()  # the backward graph may compile only here
+            self.compiled_steps += 1
+            return loss
+        except Exception as err:
+            self.model.zero_grad(set_to_none=True)
+            loss = self._eager(data)  # a data error raises here, with its own traceback
+            loss.backward()
+            self.compiled = None
+            log.debug("torch.compile failed", exc_info=err)
+            warnings.warn(
+                f"torch.compile failed ({type(err).__name__}: {str(err)[:300]}); training goes "
+                "on without it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return loss
