@@ -40,6 +40,7 @@ searched all at once with a padded distance matrix on the device of ``pos``
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -197,9 +198,30 @@ def radius_graph(
         >>> edge_index.tolist()
         [[0, 1], [1, 0]]
     """
-    import numpy as np
-    import vesin
+    _check_pos(pos)
+    r_cut = _check_cutoff(r_cut)
+    num_atoms, dim = pos.shape
+    cells = _as_cells(cell, pos)
+    if cells is not None and dim != 3:
+        raise ValueError(
+            f"periodic cells need 3-dimensional positions, got pos of shape {(num_atoms, dim)}"
+        )
+    batch_cpu, num_graphs = _graphs(batch, num_atoms, cells)
+    pbcs = _as_pbc(pbc, num_graphs, cells is not None)
+    cells_np = None if cells is None else cells.detach().cpu().to(torch.float64).numpy()
+    if cells_np is not None:
+        _check_lattices(cells_np, pbcs)
 
+    counts = torch.bincount(batch_cpu, minlength=num_graphs).tolist()
+    free = cells is None or not bool(pbcs.any())
+    if free and num_atoms > 0 and num_graphs * max(counts) ** 2 <= DENSE_PAIR_LIMIT:
+        edge_index, shifts_all = _dense_free(pos, batch_cpu, counts, r_cut)
+    else:
+        edge_index, shifts_all = _search(pos, r_cut, batch_cpu, counts, cells, cells_np, pbcs)
+    return (edge_index, shifts_all) if return_shifts else edge_index
+
+
+def _check_pos(pos: Tensor) -> None:
     if not isinstance(pos, Tensor):
         raise TypeError(f"pos must be a torch.Tensor, got {type(pos).__name__}")
     if pos.is_complex() or not pos.is_floating_point():
@@ -208,20 +230,19 @@ def radius_graph(
         raise ValueError(f"pos must have shape (N, n) with n >= 1, got {tuple(pos.shape)}")
     if not bool(torch.isfinite(pos).all()):
         raise ValueError("pos contains NaN or Inf entries")
+
+
+def _check_cutoff(r_cut: float) -> float:
     if isinstance(r_cut, bool) or not isinstance(r_cut, (int, float, Tensor)):
         raise TypeError(f"r_cut must be a number, got {type(r_cut).__name__}")
     r_cut = float(r_cut)
     if not (math.isfinite(r_cut) and r_cut > 0.0):
         raise ValueError(f"r_cut must be a finite number > 0, got {r_cut}")
+    return r_cut
 
-    num_atoms, dim = pos.shape
-    device = pos.device
-    cells = _as_cells(cell, pos)
-    if cells is not None and dim != 3:
-        raise ValueError(
-            f"periodic cells need 3-dimensional positions, got pos of shape {(num_atoms, dim)}"
-        )
 
+def _graphs(batch: Tensor | None, num_atoms: int, cells: Tensor | None) -> tuple[Tensor, int]:
+    """The batch vector on the CPU and the number of graphs, checked."""
     if batch is None:
         batch_cpu = torch.zeros(num_atoms, dtype=torch.long)
     else:
@@ -236,34 +257,43 @@ def radius_graph(
             raise ValueError(f"batch must be non-negative, got minimum {int(batch_cpu.min())}")
     num_from_batch = int(batch_cpu.max()) + 1 if num_atoms > 0 else 1
     if cells is None:
-        num_graphs = num_from_batch
-    else:
-        num_graphs = cells.shape[0]
-        if num_from_batch > num_graphs:
+        return batch_cpu, num_from_batch
+    if num_from_batch > cells.shape[0]:
+        raise ValueError(
+            f"batch refers to {num_from_batch} graphs but cell has {cells.shape[0]} cells"
+        )
+    return batch_cpu, cells.shape[0]
+
+
+def _check_lattices(cells_np: Any, pbcs: Tensor) -> None:
+    import numpy as np
+
+    for g in range(cells_np.shape[0]):
+        periodic = cells_np[g][pbcs[g].numpy()]
+        if periodic.shape[0] and np.linalg.matrix_rank(periodic) < periodic.shape[0]:
             raise ValueError(
-                f"batch refers to {num_from_batch} graphs but cell has {num_graphs} cells"
+                f"the periodic lattice vectors of graph {g} are linearly dependent: "
+                f"cell={cells_np[g].tolist()}, pbc={pbcs[g].tolist()}"
             )
-    pbcs = _as_pbc(pbc, num_graphs, cells is not None)
 
-    cells_np = None if cells is None else cells.detach().cpu().to(torch.float64).numpy()
-    if cells_np is not None:
-        for g in range(num_graphs):
-            periodic = cells_np[g][pbcs[g].numpy()]
-            if periodic.shape[0] and np.linalg.matrix_rank(periodic) < periodic.shape[0]:
-                raise ValueError(
-                    f"the periodic lattice vectors of graph {g} are linearly dependent: "
-                    f"cell={cells_np[g].tolist()}, pbc={pbcs[g].tolist()}"
-                )
 
-    counts = torch.bincount(batch_cpu, minlength=num_graphs).tolist()
-    free = cells is None or not bool(pbcs.any())
-    if free and num_atoms > 0 and num_graphs * max(counts) ** 2 <= DENSE_PAIR_LIMIT:
-        edge_index, shifts_all = _dense_free(pos, batch_cpu, counts, r_cut)
-        return (edge_index, shifts_all) if return_shifts else edge_index
+def _search(
+    pos: Tensor,
+    r_cut: float,
+    batch_cpu: Tensor,
+    counts: list[int],
+    cells: Tensor | None,
+    cells_np: Any,
+    pbcs: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """One vesin search per graph (a dense torch search for n > 3), offset to the batch."""
+    import numpy as np
+    import vesin
+
+    dim, device = pos.shape[1], pos.device
     pos_np = pos.detach().cpu().to(torch.float64).numpy()
     order = torch.argsort(batch_cpu, stable=True)
     nl = vesin.NeighborList(cutoff=r_cut, full_list=True, sorted=True)
-
     edges, shifts = [], []
     start = 0
     for g, count in enumerate(counts):
@@ -284,22 +314,15 @@ def radius_graph(
             # vesin returns uint64 indices (< 2**63): reinterpret them as int64 without a copy
             local = torch.from_numpy(np.stack([i.view(np.int64), j.view(np.int64)]))
             S = torch.from_numpy(S) if any(periodic) else None
-        edges.append(local if num_graphs == 1 else atoms[local])  # one graph: atoms = 0..N-1
-        if return_shifts:
-            if S is None:
-                shifts.append(torch.zeros(local.shape[1], dim, dtype=pos.dtype, device=device))
-            else:
-                shifts.append(S.to(device=device, dtype=pos.dtype) @ cells[g])
-
+        edges.append(local if len(counts) == 1 else atoms[local])  # one graph: 0..N-1
+        if S is None:
+            shifts.append(torch.zeros(local.shape[1], dim, dtype=pos.dtype, device=device))
+        else:
+            shifts.append(S.to(device=device, dtype=pos.dtype) @ cells[g])
     if not edges:
-        edge_index = torch.empty(2, 0, dtype=torch.long, device=device)
-        if not return_shifts:
-            return edge_index
-        return edge_index, torch.empty(0, dim, dtype=pos.dtype, device=device)
-    edge_index = torch.cat(edges, dim=1).to(device)
-    if not return_shifts:
-        return edge_index
-    return edge_index, torch.cat(shifts, dim=0)
+        empty = torch.empty(2, 0, dtype=torch.long, device=device)
+        return empty, torch.empty(0, dim, dtype=pos.dtype, device=device)
+    return torch.cat(edges, dim=1).to(device), torch.cat(shifts, dim=0)
 
 
 def edge_vectors(pos: Tensor, edge_index: Tensor, shifts: Tensor | None = None) -> Tensor:
