@@ -2,9 +2,9 @@ r"""Many-body copper (ASE's EMT): one graph block against stacked blocks against
 
 The effective-medium theory potential of copper (:class:`ase.calculators.emt.EMT`) is not a
 sum over pairs: the energy of an atom depends on the electron density its neighbours embed it
-in. A single vector graph layer sees each atom's neighbourhood through pair terms only; the
-issue's target is that stacked blocks beat one block, and that our model reaches half of
-SchNet's force RMSE at equal training time.
+in. A single vector graph layer sees each atom's neighbourhood through pair terms only, so
+the comparison asks whether stacked blocks beat one block, and how our model's force RMSE
+compares with SchNet's at equal training time.
 
 **Data** (cached under ``--root``, default ``datasets/emt_copper/``): Langevin MD with EMT at
 300, 600, 900, 1200 and 1500 K (4 fs steps, friction 0.02/fs, 50 steps of equilibration,
@@ -61,11 +61,10 @@ from lj_clusters_vs_schnet import (  # noqa: E402
     write_report,
 )
 
-from uenn_geo.data import ExtXYZDataset, write_extxyz  # noqa: E402
+from uenn_geo.data import CastFloats, ExtXYZDataset, write_extxyz  # noqa: E402
 from uenn_geo.data.paper import split_indices  # noqa: E402
 from uenn_geo.models import UENNForceField  # noqa: E402
 from uenn_geo.models.schnet import SchNetForceField  # noqa: E402
-from uenn_geo.train import CastFloats  # noqa: E402
 
 COPPER_Z = 29
 #: EMT's fcc lattice constant of copper is about 3.59 A; ASE's reference value is 3.61.

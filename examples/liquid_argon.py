@@ -31,20 +31,23 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Data
 
-from uenn_geo.data.lj import ARGON_MASS, ARGON_SIGMA, lennard_jones_pairs
+from uenn_geo.constants import ARGON_MASS, ARGON_SIGMA, RAHMAN_DENSITY
+from uenn_geo.data.lj import lennard_jones_pairs
+from uenn_geo.data.structures import argon_fcc
 from uenn_geo.dynamics import maxwell_boltzmann, temperature, velocity_verlet
+from uenn_geo.edges import build_edges
+from uenn_geo.files import atomic_write
 from uenn_geo.models import UENNForceField, save_model
-from uenn_geo.neighbors import radius_graph
+from uenn_geo.neighbors import RadiusGraph
 from uenn_geo.train import TrainConfig, train
 
 F64 = torch.float64
-NUM_CELLS = 6  # 6^3 fcc cells x 4 = 864 atoms
-DENSITY = 1.374  # g/cm^3
+NUM_ATOMS = 864  # 6^3 fcc cells x 4
+DENSITY = RAHMAN_DENSITY  # g/cm^3
 TEMPERATURE = 94.4  # K
 CUTOFF = 2.25 * ARGON_SIGMA  # 7.65 A
 DT = 1.0  # fs
 RAHMAN_D = 2.43e-5  # cm^2/s
-GRAMS_PER_U = 1.66053906660e-24
 
 #: Steps at dt = 1 fs (scaled by 1 fs / dt for other time steps) and training seconds.
 PRESETS = {
@@ -55,30 +58,29 @@ PRESETS = {
 
 def lattice() -> tuple[torch.Tensor, torch.Tensor]:
     """fcc positions (A) and the cubic cell for 864 atoms at Rahman's density."""
-    num = 4 * NUM_CELLS**3
-    volume = num * ARGON_MASS * GRAMS_PER_U / DENSITY * 1e24  # A^3
-    length = volume ** (1 / 3)
-    base = torch.tensor([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]], dtype=F64)
-    grid = torch.cartesian_prod(*[torch.arange(NUM_CELLS, dtype=F64)] * 3)
-    pos = ((grid[:, None, :] + base[None]) * (length / NUM_CELLS)).reshape(-1, 3)
-    return pos, torch.eye(3, dtype=F64) * length
+    return argon_fcc(NUM_ATOMS, density=DENSITY, displacement=0.0)
+
+
+def pair_distances(pos: torch.Tensor, cell: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """Distances (A) of every ordered pair within ``cutoff``, periodic images included."""
+    edges = build_edges(pos, cutoff, cell=cell.unsqueeze(0))
+    return edges.vectors(pos).norm(dim=1)
 
 
 def lj(pos: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    edge_index, shifts = radius_graph(pos, CUTOFF, cell=cell.unsqueeze(0))
-    energy, forces = lennard_jones_pairs(pos, edge_index, shifts, cutoff=CUTOFF, check=False)
+    edges = build_edges(pos, CUTOFF, cell=cell.unsqueeze(0))
+    energy, forces = lennard_jones_pairs(pos, edges.index, edges.shifts, cutoff=CUTOFF, check=False)
     return energy[0], forces
 
 
 def model_forces(model: UENNForceField, cell: torch.Tensor):
-    z = None
-    dtype = model.force_scale.dtype
+    """The MD force function of ``model`` (with its energy for a conservative model)."""
+    cell = cell.to(model.dtype).unsqueeze(0)
 
     def forces(pos: torch.Tensor):
-        x = pos.to(dtype)
-        edge_index, shifts = radius_graph(x, model.cutoff, cell=cell.to(dtype).unsqueeze(0))
-        data = Data(pos=x, z=z, edge_index=edge_index, shifts=shifts)
-        out = model.energy_forces(data)
+        x = pos.to(model.dtype)
+        edges = build_edges(x, model.cutoff, cell=cell)
+        out = model.energy_forces(Data(pos=x), edges)
         if out["energy"] is None:
             return out["forces"].detach().to(F64)
         return out["energy"][0].detach().to(F64), out["forces"].detach().to(F64)
@@ -93,9 +95,7 @@ def rdf(frames: torch.Tensor, cell: torch.Tensor, r_max: float = 10.0, dr: float
     bins = int(r_max / dr)
     hist = torch.zeros(bins, dtype=F64)
     for pos in frames:
-        edge_index, shifts = radius_graph(pos, r_max, cell=cell.unsqueeze(0))
-        r = (pos[edge_index[1]] - pos[edge_index[0]] + shifts).norm(dim=1)
-        hist += torch.histc(r, bins=bins, min=0.0, max=r_max)
+        hist += torch.histc(pair_distances(pos, cell, r_max), bins=bins, min=0.0, max=r_max)
     edges = torch.arange(bins + 1, dtype=F64) * dr
     shell = 4.0 / 3.0 * math.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
     g = hist / (frames.shape[0] * num * (num / volume) * shell)
@@ -152,9 +152,8 @@ def analyse(name, traj, cell, masses, lj_energy_fn):
     exact_total = torch.stack([lj_energy_fn(p) for p in traj.positions]) + traj.kinetic_energy
     closest = 4.0  # A, the search radius
     for x in traj.positions:
-        edge_index, shifts = radius_graph(x, closest, cell=cell.unsqueeze(0))
-        if edge_index.shape[1]:
-            r_pair = (x[edge_index[1]] - x[edge_index[0]] + shifts).norm(dim=1)
+        r_pair = pair_distances(x, cell, closest)
+        if r_pair.numel():
             closest = min(closest, r_pair.min().item())
     d_value, d_error = diffusion(traj.positions, traj.time)
     row = {
@@ -174,126 +173,103 @@ def analyse(name, traj, cell, masses, lj_energy_fn):
     return row, (r, g)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short runs (a few minutes)")
-    parser.add_argument("--out", default="runs/liquid_argon")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dt", type=float, default=DT, help="time step in fs (default: 1)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    dt = args.dt
-    p = dict(PRESETS["quick" if args.quick else "default"])
-    for key in ("equil", "ref", "record", "md"):
-        p[key] = max(1, round(p[key] * DT / dt))
-    p["dt_fs"] = dt
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(args.seed)
-    t_start = time.perf_counter()
+def reference_md(pos, cell, masses, p, dt, gen):
+    """Exact LJ: melt and equilibrate with velocity rescaling, then NVE with recording.
 
-    pos, cell = lattice()
-    num = pos.shape[0]
-    masses = torch.full((num,), ARGON_MASS, dtype=F64)
+    Returns the equilibrated positions and velocities and the recorded NVE trajectory."""
     exact = lambda x: lj(x, cell)  # noqa: E731
-    lj_energy = lambda x: lj(x, cell)[0]  # noqa: E731
-    print(f"{num} atoms, box {cell[0, 0]:.3f} A, {DENSITY} g/cm^3, {TEMPERATURE} K, dt {dt} fs")
-
-    # 1. Exact LJ: melt and equilibrate with velocity rescaling, then NVE with recording.
     vel = maxwell_boltzmann(masses, 2 * TEMPERATURE, generator=gen)
     for _ in range(p["equil"] // 20):
         traj = velocity_verlet(pos, vel, masses, exact, dt, 20, record_every=20)
         pos, vel = traj.positions[-1], traj.velocities[-1]
         vel = vel * (TEMPERATURE / temperature(vel, masses)).sqrt()
-    start_pos, start_vel = pos.clone(), vel.clone()
     ref = velocity_verlet(pos, vel, masses, exact, dt, p["ref"], record_every=p["record"])
-    print(f"exact LJ MD done ({time.perf_counter() - t_start:.0f} s)")
+    return pos.clone(), vel.clone(), ref
 
-    # 2. Training frames: every recorded frame with its forces and energy.
-    graphs = []
-    for x, f, e in zip(ref.positions, ref.forces, ref.potential_energy, strict=True):
-        x32 = x.float()
-        edge_index, shifts = radius_graph(x32, CUTOFF, cell=cell.float().unsqueeze(0))
-        graphs.append(
+
+def training_graphs(ref, cell) -> list[Data]:
+    """Every recorded frame with its forces, energy and neighbour list (float32)."""
+    neighbours = RadiusGraph(CUTOFF)
+    return [
+        neighbours(
             Data(
-                pos=x32,
+                pos=x.float(),
                 forces=f.float(),
                 energy=e.float().view(1),
-                edge_index=edge_index,
-                shifts=shifts,
+                cell=cell.float().unsqueeze(0),
             )
         )
-    # Every fourth frame to train, a few others held out (cheap epochs).
-    train_set, val_set = graphs[0::4], graphs[2::20]
-    rows, curves = [], {}
-    row, curves["exact LJ"] = analyse("exact LJ", ref, cell, masses, lj_energy)
-    rows.append(row)
+        for x, f, e in zip(ref.positions, ref.forces, ref.potential_energy, strict=True)
+    ]
 
-    for mode in ("direct", "conservative"):
-        model = UENNForceField(
-            cutoff=CUTOFF,
-            num_basis=32,
-            hidden_channels=16,
-            mlp_channels=[32],
-            num_blocks=2,
-            interaction_channels=4,
-            r_min=2.5,
-            dtype="float32",
-            conservative=mode == "conservative",
-        )
-        model.fit_scales(train_set)
-        config = TrainConfig(
-            lr=5e-3,
-            lr_final=0.05,
-            batch_size=2,
-            time_limit=p["train_s"],
-            eval_batch_size=4,
-            ema_decay=0.99,
-            progress=False,
-            seed=args.seed,
-        )
-        result = train(model, train_set, val_set, config)
-        model.eval()
-        save_model(model, out / f"{mode}.pt")
-        # The direct model runs with its net-force removal on (as trained) and off.
-        variants = (
-            [(mode, True)]
-            if mode == "conservative"
-            else [
-                ("direct", True),
-                ("direct, net F kept", False),
-            ]
-        )
-        for name, remove in variants:
-            model.remove_net_force = remove
-            traj = velocity_verlet(
-                start_pos,
-                start_vel,
-                masses,
-                model_forces(model, cell),
-                dt,
-                p["md"],
-                record_every=p["record"],
-            )
-            row, curves[name] = analyse(name, traj, cell, masses, lj_energy)
-            row["val_force_rmse_eV_A"] = result.best_val_rmse
-            row["train_steps"] = result.steps
-            row["remove_net_force"] = remove if mode == "direct" else None
-            rows.append(row)
-            print(
-                f"{name}: val force RMSE {result.best_val_rmse:.2e} eV/A after {result.steps} "
-                f"steps; MD done ({time.perf_counter() - t_start:.0f} s)"
-            )
 
+def train_model(mode: str, train_set, val_set, p, seed: int):
+    """A small force field of ``mode`` (direct or conservative), trained for p["train_s"]."""
+    model = UENNForceField(
+        cutoff=CUTOFF,
+        num_basis=32,
+        hidden_channels=16,
+        mlp_channels=[32],
+        num_blocks=2,
+        interaction_channels=4,
+        r_min=2.5,
+        dtype="float32",
+        conservative=mode == "conservative",
+    )
+    model.fit_scales(train_set)
+    config = TrainConfig(
+        lr=5e-3,
+        lr_final=0.05,
+        batch_size=2,
+        time_limit=p["train_s"],
+        eval_batch_size=4,
+        ema_decay=0.99,
+        progress=False,
+        seed=seed,
+    )
+    result = train(model, train_set, val_set, config)
+    return model.eval(), result
+
+
+def learned_rows(mode, model, result, start, masses, cell, p, dt, curves, t_start):
+    """MD with a learned model from the equilibrated state; the direct model runs with its
+    net-force removal on (as trained) and off."""
+    variants = [(mode, True)]
+    if mode == "direct":
+        variants.append(("direct, net F kept", False))
+    lj_energy = lambda x: lj(x, cell)[0]  # noqa: E731
+    rows = []
+    for name, remove in variants:
+        model.remove_net_force = remove
+        traj = velocity_verlet(
+            *start, masses, model_forces(model, cell), dt, p["md"], record_every=p["record"]
+        )
+        row, curves[name] = analyse(name, traj, cell, masses, lj_energy)
+        row["val_force_rmse_eV_A"] = result.best_val_rmse
+        row["train_steps"] = result.steps
+        row["remove_net_force"] = remove if mode == "direct" else None
+        rows.append(row)
+        print(
+            f"{name}: val force RMSE {result.best_val_rmse:.2e} eV/A after {result.steps} "
+            f"steps; MD done ({time.perf_counter() - t_start:.0f} s)"
+        )
+    return rows
+
+
+def compare(rows) -> None:
+    """Add each row's figures relative to exact-LJ MD of the same run (the first row)."""
     rows[0]["val_force_rmse_eV_A"] = 0.0
-    for r in rows:  # against exact-LJ MD of the same run
-        r["gr_peak_height_vs_lj"] = r["gr_peak_height"] / rows[0]["gr_peak_height"] - 1
-        r["D_vs_lj"] = r["D_cm2_s"] / rows[0]["D_cm2_s"] - 1
-        r["D_vs_lj_err"] = math.hypot(r["D_err_cm2_s"], rows[0]["D_err_cm2_s"]) / rows[0]["D_cm2_s"]
+    lj_row = rows[0]
+    for r in rows:
+        r["gr_peak_height_vs_lj"] = r["gr_peak_height"] / lj_row["gr_peak_height"] - 1
+        r["D_vs_lj"] = r["D_cm2_s"] / lj_row["D_cm2_s"] - 1
+        r["D_vs_lj_err"] = math.hypot(r["D_err_cm2_s"], lj_row["D_err_cm2_s"]) / lj_row["D_cm2_s"]
         r["drift_lj_eV_atom_10ps"] = r["drift_lj_eV_atom_ns"] * 0.01
         own = r["drift_own_eV_atom_ns"]
         r["drift_own_eV_atom_10ps"] = own * 0.01 if own is not None else None
+
+
+def print_table(rows, p, dt) -> None:
     header = (
         f"{'model':<20}{'min r A':>8}"
         f"{'g(r) peak A':>12}{'height':>9}{'vs LJ':>8}{'D 1e-5 cm2/s':>14}{'vs LJ':>8}"
@@ -317,10 +293,9 @@ def main(argv=None) -> None:
     print("(min r: closest pair in the run; drifts in eV/atom/ns, LJ+K = exact LJ energy plus")
     print(" kinetic energy along the run, own = the model's energy; force RMSE: held-out frames,")
     print(f" eV/A; dt {dt} fs, {p['md'] * dt / 1000:.1f} ps per run)")
-    seconds = time.perf_counter() - t_start
-    report = {"preset": p, "threads": args.threads, "seconds": seconds, "rows": rows}
-    (out / "results.json").write_text(json.dumps(report, indent=2))
 
+
+def plot(curves, num: int, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -334,7 +309,56 @@ def main(argv=None) -> None:
     ax.set_title(f"Liquid argon, {num} atoms, {TEMPERATURE} K, {DENSITY} g/cm$^3$")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "gr.png", dpi=120)
+    atomic_write(out / "gr.png", lambda f: fig.savefig(f, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (a few minutes)")
+    parser.add_argument("--out", default="runs/liquid_argon")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dt", type=float, default=DT, help="time step in fs (default: 1)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    dt = args.dt
+    p = dict(PRESETS["quick" if args.quick else "default"])
+    for key in ("equil", "ref", "record", "md"):
+        p[key] = max(1, round(p[key] * DT / dt))
+    p["dt_fs"] = dt
+    out = Path(args.out)
+    gen = torch.Generator().manual_seed(args.seed)
+    t_start = time.perf_counter()
+
+    pos, cell = lattice()
+    num = pos.shape[0]
+    masses = torch.full((num,), ARGON_MASS, dtype=F64)
+    print(f"{num} atoms, box {cell[0, 0]:.3f} A, {DENSITY} g/cm^3, {TEMPERATURE} K, dt {dt} fs")
+    *start, ref = reference_md(pos, cell, masses, p, dt, gen)
+    print(f"exact LJ MD done ({time.perf_counter() - t_start:.0f} s)")
+
+    graphs = training_graphs(ref, cell)
+    # Every fourth frame to train, a few others held out (cheap epochs).
+    train_set, val_set = graphs[0::4], graphs[2::20]
+    curves = {}
+    row, curves["exact LJ"] = analyse("exact LJ", ref, cell, masses, lambda x: lj(x, cell)[0])
+    rows = [row]
+    for mode in ("direct", "conservative"):
+        model, result = train_model(mode, train_set, val_set, p, args.seed)
+        save_model(model, out / f"{mode}.pt")
+        rows += learned_rows(mode, model, result, start, masses, cell, p, dt, curves, t_start)
+
+    compare(rows)
+    print_table(rows, p, dt)
+    seconds = time.perf_counter() - t_start
+    report = {"preset": p, "threads": args.threads, "seconds": seconds, "rows": rows}
+    atomic_write(out / "results.json", lambda f: json.dump(report, f, indent=2), mode="w")
+    plot(curves, num, out)
     print(f"\nwrote {out}/results.json and {out}/gr.png ({time.perf_counter() - t_start:.0f} s)")
 
 

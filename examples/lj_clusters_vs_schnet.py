@@ -16,7 +16,7 @@ the weights (0.999), the best epoch by validation force RMSE kept: the defaults 
 :class:`~uenn_geo.train.TrainConfig`, untuned for either model. Batch size: 16 clusters for
 both (the ``uenn-geo train`` default); on one thread both models process about the same
 atoms per second at 16 and at 64 clusters per step, so the smaller batch gives 4x the steps
-for the same time. Float32 for both (:class:`~uenn_geo.train.CastFloats`).
+for the same time. Float32 for both (:class:`~uenn_geo.data.CastFloats`).
 
 The table gives the force RMSE (eV/A) on the held-out test clusters and on larger clusters of
 56-79 atoms that no model saw (``LJClusters(min_atoms=56, max_atoms=79, seed=1,
@@ -48,10 +48,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from uenn_geo.data import LJClusters
+from uenn_geo.data import CastFloats, LJClusters
 from uenn_geo.files import atomic_write
 from uenn_geo.models import SchNetForceField, UENNForceField
-from uenn_geo.train import CastFloats, TrainConfig, evaluate, train
+from uenn_geo.train import TrainConfig, evaluate, train
 
 DTYPE = torch.float32
 

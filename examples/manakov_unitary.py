@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +47,7 @@ from uenn_geo.data.manakov import (
     manakov_step,
     manakov_trajectory,
 )
+from uenn_geo.files import atomic_write
 from uenn_geo.nn import EquivariantMLP
 from uenn_geo.testing import haar_unitary
 
@@ -366,18 +365,6 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates the file private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save(results: dict, out: Path) -> None:
     import matplotlib
 
@@ -386,7 +373,7 @@ def save(results: dict, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=1)
-    _atomic_write(out / "results.json", lambda p: Path(p).write_text(text))
+    atomic_write(out / "results.json", lambda f: f.write(text), mode="w")
 
     runs = results["runs"]
     color = {"identity": "k", "unitary": "C0", "orthogonal": "C1", "mlp": "C2"}
@@ -404,7 +391,7 @@ def save(results: dict, out: Path) -> None:
     axes[1, 0].set_ylabel("relative drift of total norm")
     axes[0, 0].legend()
     fig.tight_layout()
-    _atomic_write(out / "manakov_rollout.png", lambda p: fig.savefig(p, dpi=110))
+    atomic_write(out / "manakov_rollout.png", lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
 
     names = [m for m in next(iter(runs.values())) if m != "identity"]
@@ -425,7 +412,7 @@ def save(results: dict, out: Path) -> None:
     ax.set_ylabel("one-step relative error")
     ax.legend(fontsize=7, ncol=2, loc="upper left")
     fig.tight_layout()
-    _atomic_write(out / "manakov_errors.png", lambda p: fig.savefig(p, dpi=110))
+    atomic_write(out / "manakov_errors.png", lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
 
 

@@ -1,22 +1,29 @@
 import argparse
 import json
 import math
+import shutil
 
 import pytest
 import torch
 
 from uenn_geo.cli.bench import add_parser
-from uenn_geo.data.lj import ARGON_MASS
+from uenn_geo.experiments import bench
 from uenn_geo.experiments.bench import (
     BENCH_MODELS,
-    RAHMAN_DENSITY,
     BenchConfig,
-    PeriodicInteractionGraph,
+    BenchSystem,
     argon_fcc,
     format_table,
     run_bench,
 )
-from uenn_geo.neighbors import radius_graph
+from uenn_geo.experiments.bench.report import RATES, ratios, scaling
+from uenn_geo.experiments.bench.runners import UENNCompiledRunner
+
+EAGER = ("uenn", "schnet", "schnet32", "lj")
+needs_compiler = pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None,
+    reason="inductor needs a C++ compiler (a failed compilation is tested without one)",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,46 +32,45 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def test_argon_fcc_density_and_spacing():
-    pos, cell = argon_fcc(864, displacement=0.0)
-    assert pos.shape == (864, 3) and cell.shape == (3, 3)
-    volume = float(torch.linalg.det(cell))  # Angstrom^3
-    density = 864 * ARGON_MASS / 6.02214076e23 / (volume * 1e-24)  # g/cm^3
-    assert density == pytest.approx(RAHMAN_DENSITY, rel=1e-12)
-    # nearest neighbours of an fcc lattice sit at a / sqrt(2), 12 of them
-    edge_index, shifts = radius_graph(pos, 4.5, cell=cell)
-    a = float(cell[0, 0]) / 6
-    r = (pos[edge_index[1]] - pos[edge_index[0]] + shifts).norm(dim=-1)
-    assert r.min().item() == pytest.approx(a / math.sqrt(2), rel=1e-9)
-    assert edge_index.shape[1] == 12 * 864
-    # 10,368 = 4 * 12 * 12 * 18 is not a cube: the most cubic box is used
-    _, cell = argon_fcc(10368)
-    assert sorted(round(float(x) / a) for x in cell.diagonal()) == [12, 12, 18]
+def _system(num_atoms=32, cutoff=6.0, dtype=torch.float64, seed=0) -> BenchSystem:
+    pos, cell = argon_fcc(num_atoms, seed=seed)
+    return BenchSystem(
+        pos=pos.to(dtype),
+        cell=cell.to(dtype).unsqueeze(0),
+        pbc=torch.ones(1, 3, dtype=torch.bool),
+        z=torch.full((num_atoms,), 18),
+        cutoff=cutoff,
+    )
 
 
-def test_argon_fcc_rejects_bad_sizes():
-    with pytest.raises(ValueError, match="multiple of 4"):
-        argon_fcc(30)
-    with pytest.raises(ValueError, match="int >= 4"):
-        argon_fcc(2)
+@pytest.mark.parametrize("name", EAGER)
+def test_runner_with_given_and_own_edges(name):
+    system = _system()
+    runner = BENCH_MODELS[name](system)
+    given = runner.forces(runner.prepare(system.neighbors()))
+    assert given.shape == (32, 3) and given.dtype == torch.float64
+    assert given.abs().max() > 0 and torch.isfinite(given).all()
+    torch.testing.assert_close(runner.forces(None), given, rtol=1e-10, atol=1e-12)
 
 
-def test_schnet_graph_uses_periodic_images():
-    pos, cell = argon_fcc(32, seed=1)
-    graph = PeriodicInteractionGraph(10.2, cell.unsqueeze(0))
-    edge_index, weight = graph(pos, torch.zeros(32, dtype=torch.long))
-    # the box (11.6 A) is narrower than 2 r_c: most neighbours are images, all within r_c
-    assert edge_index.shape[1] > 32 * 31
-    assert float(weight.max()) < 10.2 and float(weight.min()) > 2.5
-    graph.use((edge_index[:, :5], torch.zeros(5, 3, dtype=pos.dtype)))
-    fixed, _ = graph(pos, torch.zeros(32, dtype=torch.long))
-    assert fixed.shape == (2, 5)
+def test_schnet32_drops_the_far_neighbours():
+    # 10.2 A in this box: every atom has far more than 32 neighbours (periodic images)
+    system = _system(cutoff=10.2)
+    assert system.neighbors().num_edges > 32 * 32 * 2
+    torch.manual_seed(0)
+    full = BENCH_MODELS["schnet"](system)
+    torch.manual_seed(0)
+    nearest = BENCH_MODELS["schnet32"](system)
+    assert nearest.model.max_num_neighbors == 32 and full.model.max_num_neighbors is None
+    assert torch.equal(full.model.schnet.lin1.weight, nearest.model.schnet.lin1.weight)
+    assert not torch.allclose(full.forces(None), nearest.forces(None), atol=1e-6)
 
 
 def test_quick_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = _parser().parse_args(
         ["bench", "--quick", "--dtypes", "float32", "--threads", "1", "--out", str(out)]
+        + ["--models", *EAGER]
     )
     assert args.func(args) == 0
     report = json.loads(out.read_text())
@@ -72,19 +78,61 @@ def test_quick_cli_writes_json(tmp_path, capsys):
     assert report["config"]["sizes"] == [32] and report["config"]["repeats"] == 2
     assert isinstance(report["machine"]["torch_scatter"], bool)
     assert report["machine"]["torch_threads"] == 1
-    assert {r["model"] for r in report["results"]} == set(BENCH_MODELS)
+    assert [r["model"] for r in report["results"]] == list(EAGER)
     for row in report["results"]:
         assert row["status"] == "ok" and row["edges"] > 0
-        for key in ("rate_model", "rate_total", "rate_model_cpu", "rate_total_cpu"):
+        for key in RATES:
             assert row[key] > 0 and math.isfinite(row[key])
         assert row["time_total_s"] > 0 and row["peak_memory_mib"] >= 0
-    assert [r["model"] for r in report["ratios"]] == ["uenn", "uenn_compiled"]
-    for ratio in report["ratios"]:
-        assert ratio["uenn_over_schnet_total"] > 0 and ratio["lj_over_uenn_total"] > 0
-    (compiled,) = [r for r in report["results"] if r["model"] == "uenn_compiled"]
-    assert compiled["compile_s"] > 0
+    assert [r["model"] for r in report["ratios"]] == ["uenn"]
+    (ratio,) = report["ratios"]
+    assert ratio["uenn_over_schnet_total"] > 0 and ratio["lj_over_uenn_total"] > 0
     printed = capsys.readouterr().out
-    assert "schnet" in printed and "uenn/schnet" in printed
+    assert "uenn/schnet speed" in printed and "lj/uenn speed" in printed
+    assert f"wrote {out}" in printed
+
+
+def _row(model, atoms, rate, status="ok"):
+    t = atoms / rate
+    return {
+        "model": model,
+        "device": "cpu",
+        "dtype": "float32",
+        "atoms": atoms,
+        "edges": 86 * atoms,
+        "status": status,
+        **{k: rate for k in RATES},
+        "time_model_s": t,
+        "cpu_time_model_s": 2 * t,
+        "time_total_s": t,
+        "time_neighbors_s": 0.001,
+        "peak_memory_mib": 1.0,
+    }
+
+
+def test_ratios_scaling_and_table():
+    results = [
+        _row("uenn", 32, 2000.0),
+        _row("schnet32", 32, 100.0),
+        _row("lj", 32, 6000.0),
+        # t ~ N^1.5: the rate falls as N^-0.5
+        _row("uenn", 128, 2000.0 / 2.0),
+        {**_row("schnet", 128, 1.0), "status": "skipped", "reason": "too big"},
+    ]
+    (first, second) = ratios(results)
+    assert first["atoms"] == 32 and first["uenn_over_schnet32_total"] == pytest.approx(20.0)
+    assert first["target_10x_schnet32"] and "uenn_over_schnet_total" not in first
+    assert first["lj_over_uenn_model"] == pytest.approx(3.0) and first["target_within_5x_lj"]
+    assert second["atoms"] == 128 and set(second) == {"device", "dtype", "atoms", "model"}
+    (fit,) = scaling(results)
+    assert fit["model"] == "uenn" and fit["atoms"] == [32, 128]
+    assert fit["exponent"] == pytest.approx(1.5) and fit["exponent_cpu"] == pytest.approx(1.5)
+    machine = {"torch_threads": 1, "torch_scatter": False, "freed_memory_kept": True}
+    machine |= {"load_average_start": [1.0, 1.0, 1.0], "load_average_end": None}
+    report = {"config": {"cutoff": 10.2}, "machine": machine, "results": results}
+    table = format_table(report | {"ratios": [first, second], "scaling": [fit]})
+    assert "uenn/schnet32 speed 20.00, 20.00, 20.00, 20.00" in table
+    assert "skipped: too big" in table and "t ~ N^1.50 (wall)" in table
 
 
 def test_memory_guard_skips_larger_boxes():
@@ -107,6 +155,8 @@ def test_memory_guard_skips_larger_boxes():
         ({"sizes": (30,)}, "multiples of 4"),
         ({"dtypes": ("float16",)}, "dtypes must be among"),
         ({"repeats": 0}, "repeats >= 1"),
+        ({"threads": 0}, "threads must be >= 1"),
+        ({"memory_fraction": 0.0}, "memory_fraction"),
     ],
 )
 def test_bad_config(kwargs, match):
@@ -114,45 +164,49 @@ def test_bad_config(kwargs, match):
         run_bench(BenchConfig(**kwargs))
 
 
+@pytest.mark.slow
+@needs_compiler
 def test_compiled_runner_gives_the_eager_forces():
-    from uenn_geo.experiments.bench import _System
-
-    pos, cell = argon_fcc(32)
-    system = _System(
-        pos=pos.float(),
-        cell=cell.float().unsqueeze(0),
-        pbc=torch.ones(1, 3, dtype=torch.bool),
-        z=torch.full((32,), 18),
-        cutoff=6.0,
-    )
+    system = _system(dtype=torch.float32)
     torch.manual_seed(0)
-    eager = BENCH_MODELS["uenn"](system, 6.0)
+    eager = BENCH_MODELS["uenn"](system)
     torch.manual_seed(0)
-    compiled = BENCH_MODELS["uenn_compiled"](system, 6.0)
+    compiled = BENCH_MODELS["uenn_compiled"](system)
     edges = system.neighbors()
     ref = eager.forces(eager.prepare(edges))
     assert ref.abs().max() > 0
     for prepared in (compiled.prepare(edges), None):  # given and own neighbour list
-        assert torch.allclose(compiled.forces(prepared), ref, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(compiled.forces(prepared), ref, rtol=1e-4, atol=1e-6)
     # another number of edges: the same compiled graph (dynamic shapes), the right forces
     system.pos = system.pos + 0.3 * torch.randn_like(system.pos)
     edges = system.neighbors()
-    assert torch.allclose(
-        compiled.forces(compiled.prepare(edges)), eager.forces(eager.prepare(edges)), atol=1e-5
+    torch.testing.assert_close(
+        compiled.forces(compiled.prepare(edges)),
+        eager.forces(eager.prepare(edges)),
+        rtol=1e-4,
+        atol=1e-5,
     )
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_quick_run_compiles():
+    config = BenchConfig(sizes=(32,), dtypes=("float32",), models=("uenn_compiled",), repeats=1)
+    report = run_bench(config)
+    (row,) = report["results"]
+    assert row["status"] == "ok" and row["compile_s"] > 0 and row["rate_total"] > 0
+    assert [r["model"] for r in report["ratios"]] == ["uenn_compiled"]
 
 
 def test_failed_compilation_is_a_skipped_row(monkeypatch):
-    from uenn_geo.experiments import bench
-
     def broken(*args, **kwargs):
         raise RuntimeError("no compiler here")
 
-    monkeypatch.setattr(bench._UENNCompiledRunner, "forces", broken)
+    monkeypatch.setattr(UENNCompiledRunner, "forces", broken)
     config = BenchConfig(
         sizes=(32,), dtypes=("float32",), models=("uenn_compiled", "lj"), repeats=1, warmup=0
     )
-    rows = {r["model"]: r for r in run_bench(config)["results"]}
+    rows = {r["model"]: r for r in bench.run_bench(config)["results"]}
     assert rows["uenn_compiled"]["status"] == "skipped"
     assert "no compiler here" in rows["uenn_compiled"]["reason"]
     assert rows["lj"]["status"] == "ok"

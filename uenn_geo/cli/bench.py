@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from uenn_geo.dtypes import REAL_DTYPES
 from uenn_geo.experiments.bench import (
     BENCH_MODELS,
     QUICK_SIZES,
@@ -55,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dtypes",
         nargs="+",
-        choices=["float32", "float64"],
+        choices=list(REAL_DTYPES),
         default=None,
         help="(default: float32 float64)",
     )

@@ -31,6 +31,7 @@ from uenn_geo.data.manakov import (
 )
 from uenn_geo.data.paper import PaperArgon, sample_paper_configurations, split_indices
 from uenn_geo.data.registry import DATASET_NAMES, load_dataset
+from uenn_geo.data.structures import argon_fcc, box_cells, fcc_box, fcc_lattice
 from uenn_geo.data.transforms import CastFloats
 
 __all__ = [
@@ -63,4 +64,8 @@ __all__ = [
     "DATASET_NAMES",
     "load_dataset",
     "CastFloats",
+    "argon_fcc",
+    "box_cells",
+    "fcc_box",
+    "fcc_lattice",
 ]

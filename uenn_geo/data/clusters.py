@@ -30,10 +30,12 @@ from uenn_geo.constants import (
 )
 from uenn_geo.data.lj import lennard_jones
 from uenn_geo.data.paper import split_indices
+from uenn_geo.data.structures import fcc_sites
 from uenn_geo.dynamics import maxwell_boltzmann, temperature, velocity_verlet
 from uenn_geo.files import atomic_save
 from uenn_geo.group import random_rotations
 
+# ``fcc_sites`` lives in uenn_geo.data.structures and is re-exported here.
 __all__ = [
     "ARGON_NN_DISTANCE",
     "ClusterSample",
@@ -42,76 +44,11 @@ __all__ = [
     "LJClusters",
 ]
 
-#: Nearest-neighbour distance of the initial fcc clusters, the pair minimum
-
 # The thermalisation half of a run rescales the velocities every this many steps.
 _RESCALE_EVERY = 20
 # Largest number of pairs (configurations times pairs per configuration) integrated in one
 # batch: bigger batches fall out of the CPU caches and run slower per pair.
 _MAX_BATCH_PAIRS = 60_000
-
-_FCC_BASIS = ((0.0, 0.0, 0.0), (0.0, 0.5, 0.5), (0.5, 0.0, 0.5), (0.5, 0.5, 0.0))
-
-
-def fcc_sites(
-    num_atoms: int,
-    nn_distance: float = ARGON_NN_DISTANCE,
-    center: Tensor | None = None,
-    dtype: torch.dtype = torch.float64,
-) -> Tensor:
-    r"""The :obj:`num_atoms` sites of an fcc lattice closest to a point.
-
-    .. math::
-        \mathbf{r} = a\,(\mathbf{n} + \mathbf{b}), \qquad \mathbf{n} \in \mathbb{Z}^3,\
-        \mathbf{b} \in \{(0,0,0), (0,\tfrac12,\tfrac12), (\tfrac12,0,\tfrac12),
-        (\tfrac12,\tfrac12,0)\}, \qquad a = \sqrt{2}\, d_{\mathrm{nn}}
-
-    sorted by their distance to :obj:`center` (a lattice site sits at the origin). Ties, which
-    only occur for special centres such as the origin, are broken by a fixed enumeration order,
-    so the result is deterministic.
-
-    Args:
-        num_atoms (int): Number of sites :math:`N \ge 1`.
-        nn_distance (float, optional): Nearest-neighbour distance :math:`d_{\mathrm{nn}}` in
-            Angstrom. (default: :obj:`ARGON_NN_DISTANCE`)
-        center (torch.Tensor, optional): Points to gather around, :math:`(3)` or :math:`(B, 3)`
-            in Angstrom. (default: the origin)
-        dtype (torch.dtype, optional): Floating dtype. (default: :obj:`torch.float64`)
-
-    Shapes:
-        :math:`(N, 3)`, or :math:`(B, N, 3)` for :math:`B` centres
-
-    Example:
-        >>> sites = fcc_sites(13)  # the centred cuboctahedron
-        >>> bool(sites[0].eq(0).all()), round(sites[1:].norm(dim=-1).max().item(), 6)
-        (True, 3.816371)
-    """
-    if num_atoms < 1:
-        raise ValueError(f"Expected num_atoms >= 1, got {num_atoms}")
-    if not nn_distance > 0:
-        raise ValueError(f"Expected nn_distance > 0 (Angstrom), got {nn_distance}")
-    a = math.sqrt(2.0) * nn_distance
-    if center is None:
-        center = torch.zeros(3, dtype=dtype)
-    center = torch.as_tensor(center, dtype=dtype)
-    if center.shape[-1:] != (3,) or center.dim() > 2:
-        raise ValueError(f"Expected center of shape (3,) or (B, 3), got {tuple(center.shape)}")
-    offset = torch.floor(center / a) * a  # lattice translation taking the centre into [0, a)^3
-    local = (center - offset).unsqueeze(-2)
-    basis = torch.tensor(_FCC_BASIS, dtype=dtype)
-    # Cells -k..k span [-k a, (k + 1) a]^3, which holds every site closer than k a to a point
-    # of [0, a)^3: the choice is exact once the N-th distance is below k a.
-    k = math.ceil(0.5 * num_atoms ** (1.0 / 3.0)) + 1
-    while True:
-        r = torch.arange(-k, k + 1, dtype=dtype)
-        cells = torch.stack(torch.meshgrid(r, r, r, indexing="ij"), dim=-1).reshape(-1, 1, 3)
-        sites = ((cells + basis) * a).reshape(-1, 3)
-        dist = (sites - local).norm(dim=-1)
-        order = torch.argsort(dist, dim=-1, stable=True)[..., :num_atoms]
-        if bool((dist.gather(-1, order[..., -1:]) < k * a).all()):
-            break
-        k += 1
-    return sites[order] + offset.unsqueeze(-2)
 
 
 def _pair_extremes(pos: Tensor) -> tuple[Tensor, Tensor]:
