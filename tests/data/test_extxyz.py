@@ -122,7 +122,7 @@ def test_default_root_and_cache_invalidation(tmp_path, monkeypatch):
     first = ExtXYZDataset(path, log=False)
     assert os.path.samefile(first.root, tmp_path / "datasets" / "extxyz" / "train")
     sha = file_sha1(path)
-    assert first.processed_file_names == f"train_{sha[:12]}_eauto_fauto_dmin0.5.pt"
+    assert first.processed_file_names == f"train_{sha[:12]}_v2_eauto_fauto_sauto_dmin0.5.pt"
     assert os.path.exists(first.processed_paths[0])
 
     def boom(*args, **kwargs):
@@ -239,3 +239,51 @@ def test_repr(tmp_path):
     path = write(tmp_path / "lj.xyz", frames()[:1])
     ds = ExtXYZDataset(path, root=str(tmp_path / "d"), log=False)
     assert repr(ds) == f"ExtXYZDataset(1, path={path!r})"
+
+
+def test_key_conventions_stress_and_config_type(tmp_path):
+    # Calculator results (ASE >= 3.23), info/arrays entries and REF_-style names.
+    import ase
+    import ase.io
+    import numpy as np
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(0)
+    cell = np.eye(3) * 6.0
+    frames = []
+    for k in range(3):
+        atoms = ase.Atoms("Cu4", positions=rng.uniform(0, 6, (4, 3)), cell=cell, pbc=True)
+        atoms.info["config_type"] = "bulk" if k else "surface"
+        atoms.info["REF_energy"] = -10.0 - k
+        atoms.info["REF_stress"] = [0.1 * k, 0.2, 0.3, 0.01, 0.02, 0.03]  # Voigt
+        atoms.arrays["REF_forces"] = rng.normal(size=(4, 3))
+        atoms.calc = SinglePointCalculator(
+            atoms, energy=-1.0, forces=np.zeros((4, 3)), stress=np.full(6, 0.5)
+        )
+        frames.append(atoms)
+    path = tmp_path / "keys.extxyz"
+    ase.io.write(path, frames, format="extxyz")
+    ref = read_frames(path, "REF_energy", "REF_forces", stress_key="REF_stress", min_distance=0)
+    calc = read_frames(path, min_distance=0)
+    assert [d.config_type for d in ref] == ["surface", "bulk", "bulk"]
+    assert ref[2].energy.item() == -12.0 and calc[2].energy.item() == -1.0
+    assert torch.allclose(ref[1].forces, torch.tensor(frames[1].arrays["REF_forces"]))
+    assert torch.equal(calc[1].forces, torch.zeros(4, 3, dtype=torch.float64))
+    full = ref[1].stress[0]
+    assert full.shape == (3, 3) and full[0, 0].item() == pytest.approx(0.1)
+    assert full[1, 2].item() == full[2, 1].item() == pytest.approx(0.01)  # yz
+    assert torch.allclose(calc[0].stress, torch.full((1, 3, 3), 0.5, dtype=torch.float64))
+    assert all(d.stress_weight.item() == 1.0 for d in ref)
+    with pytest.raises(ValueError, match="no forces found .*--forces-key"):
+        read_frames(path, forces_key="nope", min_distance=0)
+
+
+def test_unreadable_files_are_named(tmp_path):
+    empty = tmp_path / "empty.xyz"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="empty.xyz"):
+        read_frames(empty)
+    broken = tmp_path / "broken.xyz"
+    broken.write_text("2\nProperties=species:S:1:pos:R:3\nH 0 0 0\n")
+    with pytest.raises(ValueError, match="broken.xyz"):
+        read_frames(broken)

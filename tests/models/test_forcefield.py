@@ -523,3 +523,39 @@ def test_models_saved_before_the_pair_term_load_without_it(tmp_path):
     assert loaded.pair_weight is None and loaded.config["pair_term"] is False
     data = cluster(5)
     assert torch.equal(loaded(data), model(data))
+
+
+def test_e0s_are_the_isolated_atoms_energies():
+    e0s = {1: -13.568422383046626, 8: -2035.5709809589698}
+    model = make_model(atomic_numbers=[1, 8], conservative=True, e0s=e0s)
+    for z, e0 in e0s.items():
+        alone = Data(pos=torch.randn(1, 3, dtype=F64), z=torch.tensor([z]))
+        assert model.energy_forces(alone)["energy"].item() == e0  # exactly, in float64
+    # the network still contributes to structures with neighbours, and the E0s stay fixed
+    data = cluster(5, [1, 8, 8, 1, 1])
+    energy = model.energy_forces(data)["energy"].item()
+    assert abs(energy - (3 * e0s[1] + 2 * e0s[8])) > 1e-6
+    data.forces, data.energy = torch.randn(5, 3, dtype=F64), torch.tensor([energy + 1.0])
+    model.fit_scales([data])
+    assert model.energy_shift.tolist() == [e0s[1], e0s[8]]
+    with pytest.raises(ValueError, match="need a model with an energy"):
+        make_model(atomic_numbers=[1, 8], e0s=e0s)
+    with pytest.raises(ValueError, match="one energy per species"):
+        make_model(atomic_numbers=[1, 8], conservative=True, e0s={1: -1.0})
+
+
+def test_refit_energy_shift_puts_the_energies_right():
+    from uenn_geo.models.scales import refit_energy_shift
+
+    model = make_model(atomic_numbers=[1, 8], conservative=True)
+    graphs = [cluster(n, ([1, 8] * 3)[:n]) for n in (3, 4, 5, 6)]
+    true_shift = torch.tensor([-13.6, -2041.8], dtype=F64)
+    for g in graphs:  # references: the model's energy with other per-species shifts
+        g.forces = torch.zeros(g.num_nodes, 3, dtype=F64)
+        species = model.species_index(g.z, g.num_nodes)
+        extra = (true_shift - model.energy_shift)[species].sum()
+        g.energy = model.energy_forces(g)["energy"].detach() + extra
+    refit_energy_shift(model, graphs)
+    assert torch.allclose(model.energy_shift, true_shift, atol=1e-8)
+    for g in graphs:
+        assert torch.allclose(model.energy_forces(g)["energy"], g.energy, atol=1e-8)

@@ -24,9 +24,9 @@ def _threads(args: argparse.Namespace) -> None:
 
 def _subcommands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """One installer per subcommand module; each adds one parser with ``func`` set."""
-    from uenn_geo.cli import bench, md, paper, train
+    from uenn_geo.cli import bench, eval, md, paper, train
 
-    return [paper.add_parser, train.add_parser, bench.add_parser, md.add_parser]
+    return [paper.add_parser, train.add_parser, eval.add_parser, bench.add_parser, md.add_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

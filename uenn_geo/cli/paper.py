@@ -6,7 +6,9 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
-    from uenn_geo.experiments.paper.run import preset_config, run_paper
+    from uenn_geo.experiments.paper.config import PRESETS, preset_config
+    from uenn_geo.experiments.paper.published import PAPER_RESULTS
+    from uenn_geo.experiments.paper.run import run_paper
 
     preset = "full" if args.full else "default"
     overrides = {
@@ -16,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
         "num_configs": args.num_configs,
         "seed": args.seed,
         "optimizer": args.optimizer,
+        "max_steps": args.max_steps,
         "time_limit": args.time_limit,
         "md_steps": args.md_steps,
         "fire_compare_time": args.fire_compare_time,
@@ -26,13 +29,12 @@ def run(args: argparse.Namespace) -> int:
         "symmetrize": args.symmetrize,
     }
     if args.faithful:
-        from uenn_geo.experiments.paper.run import PRESETS
-
         overrides = {**PRESETS["faithful"], **{k: v for k, v in overrides.items() if v is not None}}
     config = preset_config(preset, **overrides)
     metrics = run_paper(config)
+    paper = PAPER_RESULTS["test_force_rmsd"]
     print(f"\nreport: {config.out}/report.md")
-    print(f"test force RMSD: {metrics['test_force_rmsd']:.3e} eV/A (paper: 1.18e-03)")
+    print(f"test force RMSD: {metrics['test_force_rmsd']:.3e} eV/A (paper: {paper:.2e})")
     for step, value in metrics["md"]["position_rmsd_at"].items():
         energy = metrics["md"]["energy_rmsd_at"][step]
         print(f"MD step {step}: position RMSD {value:.3e} A, energy RMSD {energy:.3e} eV")
@@ -40,37 +42,80 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from uenn_geo.experiments.paper.config import preset_default as default
     from uenn_geo.models import MODELS
 
+    steps, guard = default("max_steps"), default("time_limit")
     p = sub.add_parser(
         "paper",
         help="reproduce the paper's argon experiment (data, training, test, MD, report)",
         description="Generate the paper's data (cached under --root), train, evaluate, run "
         "the MD test and write report.md, metrics.json, model.pt and Figs. 2-7 into --out. "
-        "The default preset takes under 15 minutes on a 2-core CPU.",
+        f"The default preset trains for {steps:,} steps (stopping at {guard:g} s of training "
+        "at the latest); docs/reproduction.md gives its results and run times.",
     )
-    p.add_argument("--out", default=None, help="output directory (default: runs/paper)")
-    p.add_argument("--root", default=None, help="data root (default: datasets)")
+    p.add_argument("--out", default=None, help=f"output directory (default: {default('out')})")
+    p.add_argument("--root", default=None, help=f"data root (default: {default('root')})")
     p.add_argument(
-        "--model", choices=sorted(MODELS), default=None, help="force model (default: paper)"
+        "--model",
+        choices=sorted(MODELS),
+        default=None,
+        help=f"force model (default: {default('model')})",
     )
-    p.add_argument("--full", action="store_true", help="the long preset (about 2 hours)")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help=f"the long preset: {default('max_steps', 'full'):,} training steps",
+    )
     p.add_argument(
         "--faithful",
         action="store_true",
         help="the paper's protocol: fixed 60,000 training configurations, no net-force removal",
     )
-    p.add_argument("--optimizer", choices=["adam", "fire"], default=None)
-    p.add_argument("--time-limit", type=float, default=None, help="training seconds")
-    p.add_argument("--num-configs", type=int, default=None, help="data set size (default: 100000)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--md-steps", type=int, default=None, help="MD steps (default: 10000)")
+    p.add_argument(
+        "--optimizer",
+        choices=["adam", "fire"],
+        default=None,
+        help=f"(default: {default('optimizer')})",
+    )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help=f"training steps (default: {steps:,}; with --full {default('max_steps', 'full'):,})",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="seconds of training: a wall-clock budget that replaces the step budget unless "
+        f"--max-steps is given too (default: a guard of {guard:g} s beside the step budget)",
+    )
+    p.add_argument(
+        "--num-configs",
+        type=int,
+        default=None,
+        help=f"data set size (default: {default('num_configs')})",
+    )
+    p.add_argument("--seed", type=int, default=None, help=f"(default: {default('seed')})")
+    p.add_argument(
+        "--md-steps", type=int, default=None, help=f"MD steps (default: {default('md_steps')})"
+    )
     p.add_argument(
         "--fire-compare-time",
         type=float,
         default=None,
-        help="seconds of FIRE runs shown beside Adam (0 to skip)",
+        help="seconds of FIRE runs shown beside Adam, 0 to skip "
+        f"(default: {default('fire_compare_time'):g})",
     )
+    _add_run_options(p)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
+    p.set_defaults(func=run)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options of the report, resumption and the model's evaluation."""
     p.add_argument(
         "--compare",
         nargs="+",
@@ -94,6 +139,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="torch.compile the training step (default: on for the paper network with Adam; "
         "needs a C++ compiler, and falls back to eager mode without one)",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)

@@ -1,236 +1,205 @@
-"""``uenn-geo train``: train a force model on a structure file or a built-in data set.
+"""``uenn-geo train``: train a force model on DFT (or any) structure files or a built-in set.
 
-:func:`run_training` is the whole command as one Python call (a :class:`TrainJob` in,
-metrics out); :func:`add_parser` installs the subcommand, every default read from
-:class:`TrainJob`.
+:func:`run_training` is the whole command as one Python call (a :class:`TrainJob` in, metrics
+out); :func:`add_parser` installs the subcommand, every default read from :class:`TrainJob`;
+``--config FILE.yaml`` may hold any option (see :mod:`uenn_geo.cli.options`). The data, the
+model and the errors are prepared by :mod:`uenn_geo.cli.train_job`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
-from torch import nn
-
-from uenn_geo.data.registry import DATASET_NAMES, load_dataset
-from uenn_geo.data.transforms import CastFloats
-from uenn_geo.files import atomic_write
-from uenn_geo.models import MODELS, save_model
-from uenn_geo.train import DenseForceData, TrainConfig, TrainResult, evaluate, train
+from uenn_geo.cli.options import defaults_of, resolve
+from uenn_geo.data.registry import DATASET_NAMES
+from uenn_geo.models import MODELS
+from uenn_geo.train import TrainConfig
 
 __all__ = ["TrainJob", "run_training", "job_from_args", "add_parser"]
 
-_CONFIG_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+_CONFIG_DEFAULTS = defaults_of(TrainConfig)
 
 
 @dataclass(frozen=True)
 class TrainJob:
     """Settings of ``uenn-geo train`` (:func:`run_training`).
 
-    Args:
-        data: a structure file with forces (extended XYZ or anything ASE reads) or a built-in
-            data set (:data:`~uenn_geo.data.registry.DATASET_NAMES`).
-        out: output directory (default: ``"runs/train"``).
-        root: folder of the processed-data cache (default: ``"datasets"``).
+    Data (one of ``data`` and ``train_file``):
+        data: a structure file (extended XYZ or anything ASE reads) or a built-in data set
+            (:data:`~uenn_geo.data.registry.DATASET_NAMES`), split into training, validation
+            and test sets.
+        train_file: the training structures; ``valid_file`` or ``val_fraction`` of them
+            validate, and ``test_files`` test.
+        valid_file: the validation structures.
+        test_files: files evaluated at the end, one table each.
+        energy_key, forces_key, stress_key: where the references are, e.g. ``REF_energy``
+            (default: ASE's calculator results, then ``info``/``arrays``).
+        config_type_weights: loss weight per ``config_type`` (others: 1).
+        e0s: isolated-atom energies (:func:`uenn_geo.data.e0s.resolve_e0s`): ``"isolated"``,
+            ``"average"``, a file, or a JSON mapping; default: the training file's
+            isolated-atom frames if any.
+
+    Model:
         model: a name of :data:`uenn_geo.models.MODELS` (default: ``"graph"``).
-        model_kwargs: keyword arguments of the model (default: none; the graph model gets
-            the atomic numbers of the data).
-        time_limit: seconds of training (default: :obj:`600.0`).
-        max_epochs: epoch limit (default: :obj:`None`).
-        batch_size: structures per step (default: :obj:`16`); evaluation uses 4 times as many.
-        lr: Adam's initial learning rate (default: that of :class:`~uenn_geo.train.TrainConfig`).
-        val_fraction, test_fraction: the shares of the structures held out for validation and
-            testing (default: :obj:`0.1` each).
-        seed: seed of the split, the model's initial weights and the training
-            (default: that of :class:`~uenn_geo.train.TrainConfig`).
-        resume: continue from ``out/checkpoint.pt`` if present (default: :obj:`True`).
-        progress: show a progress bar (default: :obj:`True`).
+        cutoff: Angstrom (default: 5.0 for files, the model's own for built-in sets).
+        dtype: ``"float32"`` (default) or ``"float64"``.
+        direct: predict forces directly, without an energy (default: the model has an
+            energy whenever the data has energies).
+        model_kwargs: further keyword arguments of the model.
+
+    Training (see :class:`~uenn_geo.train.TrainConfig`):
+        energy_weight: weight of the per-atom energy term (default: 1 when the model has an
+            energy and the data energies, else 0); stress_weight likewise (default 0).
+        stage_two: fraction of the budget after which the energy weight becomes
+            ``stage_two_energy_weight`` (default: one stage).
+        time_limit, max_epochs, batch_size, lr, seed: as in TrainConfig.
+        val_fraction, test_fraction: shares of ``data`` held out (``test_fraction`` of a
+            ``train_file`` only when given).
+        out, root, resume, progress: output folder, processed-data cache, continue from
+            ``out/checkpoint.pt``, show progress.
     """
 
-    data: str
+    data: str | None = None
+    train_file: str | None = None
+    valid_file: str | None = None
+    test_files: tuple[str, ...] = ()
+    energy_key: str | None = None
+    forces_key: str | None = None
+    stress_key: str | None = None
+    config_type_weights: dict[str, float] = field(default_factory=dict)
+    e0s: str | dict[str, float] | None = None
     out: str = "runs/train"
     root: str = "datasets"
     model: str = "graph"
+    cutoff: float | None = None
+    dtype: str | None = None
+    direct: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    energy_weight: float | None = None
+    stress_weight: float = 0.0
+    stage_two: float | None = None
+    stage_two_energy_weight: float = _CONFIG_DEFAULTS["stage_two_energy_weight"]
     time_limit: float | None = 600.0
     max_epochs: int | None = None
     batch_size: int = 16
     lr: float = _CONFIG_DEFAULTS["lr"]
     val_fraction: float = 0.1
-    test_fraction: float = 0.1
+    test_fraction: float | None = None
     seed: int = _CONFIG_DEFAULTS["seed"]
     resume: bool = True
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
-            raise ValueError("val_fraction must lie in (0, 1) and test_fraction in [0, 1)")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError("val_fraction + test_fraction must be < 1")
+        if (self.data is None) == (self.train_file is None):
+            raise ValueError("give exactly one of --data and --train-file")
+        if self.model not in MODELS:
+            raise ValueError(f"--model must be one of {sorted(MODELS)}, got {self.model!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"--val-fraction must lie in (0, 1), got {self.val_fraction}")
+        test = self.test_fraction or 0.0
+        if not 0 <= test < 1 or self.val_fraction + test >= 1:
+            raise ValueError("--test-fraction must lie in [0, 1) and leave training data")
+        for name in ("time_limit", "max_epochs", "batch_size", "lr", "cutoff"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if self.time_limit is None and self.max_epochs is None:
+            raise ValueError("give --time-limit or --max-epochs")
+        object.__setattr__(self, "test_files", tuple(self.test_files))
+        if not isinstance(self.model_kwargs, dict):
+            raise ValueError(f"--model-kwargs must be a JSON object, got {self.model_kwargs!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as plain values (what ``config.yaml`` holds)."""
+        out = asdict(self)
+        out["test_files"] = list(self.test_files)
+        return out
 
 
 def run_training(job: TrainJob) -> dict[str, Any]:
-    """Train a model on ``job.data``; writes ``model.pt``, ``log.csv`` and ``metrics.json``.
+    """Train a model as ``job`` says; writes ``model.pt``, ``checkpoint.pt``, ``log.csv``,
+    ``config.yaml`` and ``metrics.json`` into ``job.out``.
 
     Returns:
-        The metrics (also in ``metrics.json``): structures per split, the model and its
-        configuration, the best validation force RMSE (eV/A), epochs, steps, seconds, the
-        stop reason and, with a test split, the test errors of :func:`~uenn_geo.train.evaluate`.
+        The metrics (also in ``metrics.json``): structures per set, the model and its
+        configuration, the training summary and the error tables
+        (:func:`uenn_geo.train.metrics.error_table`) of the validation and test sets.
     """
-    if job.model not in MODELS:
-        raise ValueError(f"model must be one of {sorted(MODELS)}, got {job.model!r}")
-    dataset = load_dataset(job.data, job.root)
-    if len(dataset) < 3:
-        raise ValueError(f"{job.data} holds {len(dataset)} structures; at least 3 are needed")
-    model = _build_model(job, dataset)
-    dataset.transform = CastFloats(model.dtype)
-    train_set, val_set, test_set = _split(dataset, job)
-    _fit_scales(model, job.model, train_set)
-    cfg = _train_config(job)
-    out = Path(job.out)
-    meta = {"data": job.data, "job": asdict(job)}
-    result = train(model, train_set, val_set, cfg, out, resume=job.resume, metadata=meta)
-    save_model(model, out / "model.pt", metadata=meta)
-    metrics = _metrics(job, model, result, (train_set, val_set, test_set))
-    if test_set is not None:
-        metrics["test"] = evaluate(model, test_set, cfg.eval_batch_size)
-    atomic_write(out / "metrics.json", lambda f: json.dump(metrics, f, indent=1), mode="w")
-    return metrics
+    from uenn_geo.cli.train_job import run_job
 
-
-def _build_model(job: TrainJob, dataset: Any) -> nn.Module:
-    kwargs = dict(job.model_kwargs)
-    if job.model == "graph" and "atomic_numbers" not in kwargs:
-        kwargs["atomic_numbers"] = sorted({int(z) for z in dataset._data.z.unique().tolist()})
-    torch.manual_seed(job.seed)
-    return MODELS[job.model](**kwargs)
-
-
-def _split(dataset: Any, job: TrainJob) -> tuple[Any, Any, Any | None]:
-    """Train, validation and test sets (the last :obj:`None` without a test share)."""
-    n = len(dataset)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(job.seed))
-    n_val = max(1, round(job.val_fraction * n))
-    n_test = round(job.test_fraction * n)
-    val_set = dataset[perm[:n_val]]
-    test_set = dataset[perm[n_val : n_val + n_test]] if n_test else None
-    return dataset[perm[n_val + n_test :]], val_set, test_set
-
-
-def _fit_scales(model: nn.Module, name: str, train_set: Any) -> None:
-    if name == "paper":  # the paper's model takes structures of equal size, dense
-        pos = torch.stack([d.pos for d in train_set])
-        forces = torch.stack([d.forces for d in train_set])
-        model.fit_scales(DenseForceData(pos, forces))
-    else:
-        model.fit_scales(train_set)
-
-
-def _train_config(job: TrainJob) -> TrainConfig:
-    return TrainConfig(
-        lr=job.lr,
-        batch_size=job.batch_size,
-        time_limit=job.time_limit,
-        max_epochs=job.max_epochs,
-        seed=job.seed,
-        eval_batch_size=4 * job.batch_size,
-        progress=job.progress,
-    )
-
-
-def _metrics(
-    job: TrainJob, model: nn.Module, result: TrainResult, sets: tuple[Any, Any, Any | None]
-) -> dict[str, Any]:
-    train_set, val_set, test_set = sets
-    return {
-        "data": job.data,
-        "structures": {
-            "train": len(train_set),
-            "val": len(val_set),
-            "test": len(test_set) if test_set is not None else 0,
-        },
-        "model": job.model,
-        "model_config": model.config,
-        "best_val_force_rmse": result.best_val_rmse,
-        "epochs": result.epochs,
-        "steps": result.steps,
-        "seconds": result.elapsed,
-        "stop_reason": result.stop_reason,
-    }
+    return run_job(job)
 
 
 def job_from_args(args: argparse.Namespace) -> TrainJob:
-    """The :class:`TrainJob` of parsed ``uenn-geo train`` options (``--cutoff`` goes into the
-    model's keyword arguments)."""
-    model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
-    if not isinstance(model_kwargs, dict):
-        raise ValueError(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
-    if args.cutoff is not None:
-        model_kwargs["cutoff"] = args.cutoff
-    options = {f.name: getattr(args, f.name) for f in fields(TrainJob) if f.name != "model_kwargs"}
-    return TrainJob(**options, model_kwargs=model_kwargs)
+    """The :class:`TrainJob` of parsed options: defaults, then ``--config``, then flags."""
+    return resolve(TrainJob, args)
 
 
 def run(args: argparse.Namespace) -> int:
     job = job_from_args(args)
     metrics = run_training(job)
     print(f"\nmodel: {job.out}/model.pt   metrics: {job.out}/metrics.json")
-    print(f"best validation force RMSE: {metrics['best_val_force_rmse']:.3e} eV/A")
-    if "test" in metrics:
-        print(f"test force RMSE: {metrics['test']['force_rmse']:.3e} eV/A")
+    print(metrics["table"])
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Install ``uenn-geo train`` (an installer for :func:`uenn_geo.cli.build_parser`).
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from err
 
-    Every default comes from :class:`TrainJob`.
-    """
-    default = {f.name: f.default for f in fields(TrainJob)}
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Install ``uenn-geo train``; every default comes from :class:`TrainJob`."""
+    d = defaults_of(TrainJob)
     p = sub.add_parser(
         "train",
-        help="train a force model on an extended-XYZ file or a built-in data set",
-        description="Train on forces; writes model.pt (loadable with uenn_geo.load_model), "
-        "checkpoint.pt (resumable), log.csv and metrics.json into --out.",
+        help="train a force model on structure files (DFT energies, forces, stress)",
+        description="Train on forces (and energies and stresses where the data has them); "
+        "writes model.pt (uenn_geo.load_model), checkpoint.pt (resumable), log.csv, "
+        "config.yaml and metrics.json into --out. Options combine as: defaults, then "
+        "--config FILE.yaml, then the flags given.",
+        argument_default=argparse.SUPPRESS,
     )
-    p.add_argument(
-        "--data",
-        required=True,
-        help=f"extended-XYZ (or ASE-readable) file with forces, or one of {list(DATASET_NAMES)}",
-    )
-    p.add_argument("--out", default=default["out"], help="output directory (default: %(default)s)")
-    p.add_argument(
-        "--root", default=default["root"], help="processed-data cache (default: %(default)s)"
-    )
-    p.add_argument(
-        "--model", choices=sorted(MODELS), default=default["model"], help="(default: %(default)s)"
-    )
-    p.add_argument("--cutoff", type=float, default=None, help="graph model cutoff in Angstrom")
-    p.add_argument("--model-kwargs", default=None, help="JSON, e.g. '{\"num_blocks\": 3}'")
-    _number(p, "--time-limit", float, default["time_limit"], "seconds of training")
-    _number(p, "--max-epochs", int, default["max_epochs"], "epoch limit")
-    _number(p, "--batch-size", int, default["batch_size"], "structures per step")
-    _number(p, "--lr", float, default["lr"], "Adam learning rate")
-    _number(p, "--val-fraction", float, default["val_fraction"], "share held out for validation")
-    _number(p, "--test-fraction", float, default["test_fraction"], "share held out for testing")
-    _number(p, "--seed", int, default["seed"], "seed of the split, weights and training")
-    p.add_argument(
-        "--restart",
-        dest="resume",
-        action="store_false",
-        default=default["resume"],
-        help="ignore an existing checkpoint in --out",
-    )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument(
-        "--no-progress", dest="progress", action="store_false", default=default["progress"]
-    )
+    p.add_argument("--config", default=None, help="YAML file of options (their long names)")
+    group = p.add_argument_group("data")
+    group.add_argument("--data", help=f"a structure file or one of {list(DATASET_NAMES)}")
+    group.add_argument("--train-file", help="training structures (extended XYZ, ...)")
+    group.add_argument("--valid-file", help="validation structures")
+    group.add_argument("--test-file", dest="test_files", action="append", help="repeatable")
+    for key in ("energy", "forces", "stress"):
+        group.add_argument(f"--{key}-key", help=f"name of the {key} (e.g. REF_{key})")
+    group.add_argument("--config-type-weights", type=_json, help="JSON {config_type: weight}")
+    group.add_argument("--E0s", dest="e0s", help="isolated | average | FILE | JSON {Z: eV}")
+    group = p.add_argument_group("model")
+    group.add_argument("--model", choices=sorted(MODELS), help=f"(default: {d['model']})")
+    group.add_argument("--cutoff", type=float, help="Angstrom (default: 5 for files)")
+    group.add_argument("--dtype", choices=["float32", "float64"], help="(default: float32)")
+    group.add_argument("--direct", action="store_true", help="forces without an energy")
+    group.add_argument("--model-kwargs", type=_json, help="JSON, e.g. '{\"num_blocks\": 3}'")
+    group = p.add_argument_group("training")
+    for flag, kind, text in [
+        ("--energy-weight", float, "per-atom energy term (default: 1 with energies)"),
+        ("--stress-weight", float, f"(default: {d['stress_weight']})"),
+        ("--stage-two", float, "budget fraction where stage two starts (default: none)"),
+        ("--stage-two-energy-weight", float, f"(default: {d['stage_two_energy_weight']})"),
+        ("--time-limit", float, f"seconds (default: {d['time_limit']})"),
+        ("--max-epochs", int, "(default: none)"),
+        ("--batch-size", int, f"structures per step (default: {d['batch_size']})"),
+        ("--lr", float, f"Adam's learning rate (default: {d['lr']})"),
+        ("--val-fraction", float, f"(default: {d['val_fraction']})"),
+        ("--test-fraction", float, "(default: 0.1 of --data)"),
+        ("--seed", int, f"(default: {d['seed']})"),
+    ]:
+        group.add_argument(flag, type=kind, help=text)
+    group.add_argument("--valid-fraction", dest="val_fraction", type=float, help="same")
+    p.add_argument("--out", help=f"output folder (default: {d['out']})")
+    p.add_argument("--root", help=f"processed-data cache (default: {d['root']})")
+    p.add_argument("--restart", dest="resume", action="store_false", help="ignore checkpoints")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=run)
-
-
-def _number(p: argparse.ArgumentParser, flag: str, kind: type, default: Any, text: str) -> None:
-    p.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)s)")

@@ -18,11 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch_geometric.data import Data, InMemoryDataset
 
 from uenn_geo.files import atomic_save, atomic_write
 
-__all__ = ["ExtXYZDataset", "read_frames", "write_extxyz", "file_sha1"]
+__all__ = [
+    "ExtXYZDataset",
+    "read_frames",
+    "write_extxyz",
+    "file_sha1",
+    "ISOLATED_ATOM_TYPES",
+]
 
 
 def file_sha1(path: str | os.PathLike) -> str:
@@ -34,37 +41,104 @@ def file_sha1(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+#: Version of the processed files (part of their names): bumped when the graphs change.
+CACHE_VERSION = 2
+
+#: ``config_type`` of the frames that hold isolated atoms (their energies are the E0s).
+ISOLATED_ATOM_TYPES = ("IsolatedAtom", "isolated_atom")
+
+
 def _results(atoms: Any) -> dict:
     calc = atoms.calc
     return dict(getattr(calc, "results", {}) or {}) if calc is not None else {}
 
 
-def _get_energy(atoms: Any, key: str | None) -> Any:
-    results = _results(atoms)
+def _lookup(atoms: Any, key: str | None, default: str, table: str) -> Any:
+    """A quantity where ASE >= 3.23 puts it (calculator results) or in ``info``/``arrays``;
+    an explicit ``key`` (e.g. ``REF_energy``) is looked up in ``info``/``arrays`` first."""
+    results, stored = _results(atoms), getattr(atoms, table)
     if key is None:
-        return results.get("energy", atoms.info.get("energy"))
-    return atoms.info.get(key, results.get(key))
+        return results.get(default, stored.get(default))
+    return stored.get(key, results.get(key))
 
 
-def _get_forces(atoms: Any, key: str | None) -> Any:
-    results = _results(atoms)
-    if key is None:
-        return results.get("forces", atoms.arrays.get("forces"))
-    return atoms.arrays.get(key, results.get(key))
+def _full_stress(value: Any, here: str) -> Tensor:
+    import numpy as np
+    from ase.stress import voigt_6_to_full_3x3_stress
+
+    value = np.asarray(value, dtype=np.float64).reshape(-1)
+    if value.shape == (6,):
+        value = voigt_6_to_full_3x3_stress(value)
+    elif value.shape != (9,):
+        raise ValueError(f"{here}: expected a stress of 6 (Voigt) or 9 values, got {value.size}")
+    return torch.as_tensor(value).reshape(1, 3, 3)
+
+
+def _check_finite(here: str, **values: Tensor) -> None:
+    for name, value in values.items():
+        if not bool(torch.isfinite(value).all()):
+            bad = (~torch.isfinite(value)).nonzero()[0].tolist()
+            raise ValueError(f"{here}: non-finite {name} (NaN or inf) at index {bad}")
+
+
+def _check_distances(pos: Tensor, cell: Tensor, pbc: Tensor, here: str, dmin: float) -> None:
+    from uenn_geo.neighbors import radius_graph
+
+    if dmin <= 0 or (pos.shape[0] < 2 and not bool(pbc.any())):
+        return
+    try:
+        edge_index, shifts = radius_graph(pos, dmin, cell=cell, pbc=pbc)
+    except ValueError as err:  # e.g. a degenerate cell in a periodic direction
+        raise ValueError(f"{here}: {err}") from err
+    if edge_index.shape[1] > 0:
+        i, j = edge_index[:, 0].tolist()
+        d = (pos[j] - pos[i] + shifts[0]).norm().item()
+        image = " (periodic images)" if bool(shifts[0].ne(0).any()) else ""
+        raise ValueError(
+            f"{here}: atoms {i} and {j} are {d:.4g} Angstrom apart{image}, closer than "
+            f"min_distance={dmin}"
+        )
+
+
+def _forces_of(atoms: Any, key: str | None, here: str) -> Tensor:
+    import numpy as np
+
+    n = len(atoms)
+    forces = _lookup(atoms, key, "forces", "arrays")
+    if forces is None:
+        if n == 1:  # an isolated atom feels no force
+            return torch.zeros(1, 3, dtype=torch.float64)
+        looked = "calculator results and arrays 'forces'" if key is None else repr(key)
+        raise ValueError(
+            f"{here}: no forces found (looked for {looked}); name the key with --forces-key"
+        )
+    forces = torch.as_tensor(np.asarray(forces, dtype=np.float64))
+    if forces.shape != (n, 3):
+        raise ValueError(
+            f"{here}: expected forces of shape ({n}, 3) for {n} atoms, got {tuple(forces.shape)}"
+        )
+    return forces
+
+
+def _energy_of(atoms: Any, key: str | None, here: str) -> Tensor | None:
+    import numpy as np
+
+    energy = _lookup(atoms, key, "energy", "info")
+    if energy is None:
+        return None
+    energy = torch.as_tensor(np.asarray(energy, dtype=np.float64)).reshape(-1)
+    if energy.shape != (1,):
+        raise ValueError(f"{here}: expected one energy, got shape {tuple(energy.shape)}")
+    if not math.isfinite(energy.item()):
+        raise ValueError(f"{here}: non-finite energy {energy.item()}")
+    return energy
 
 
 def _frame_to_data(
-    atoms: Any,
-    frame: int,
-    where: str,
-    energy_key: str | None,
-    forces_key: str | None,
-    min_distance: float,
-) -> tuple[Data, bool]:
-    r"""One checked ASE frame as a ``Data`` (with ``energy`` if found) and whether it had one."""
+    atoms: Any, frame: int, where: str, keys: dict[str, str | None], min_distance: float
+) -> Data:
+    r"""One checked ASE frame as a ``Data`` (``energy`` and ``stress`` when found)."""
     import numpy as np
-
-    from uenn_geo.neighbors import radius_graph
 
     here = f"{where}, frame {frame}"
     n = len(atoms)
@@ -73,39 +147,9 @@ def _frame_to_data(
     pos = torch.as_tensor(np.asarray(atoms.positions, dtype=np.float64))
     cell = torch.as_tensor(np.asarray(atoms.cell.array, dtype=np.float64)).reshape(1, 3, 3)
     pbc = torch.as_tensor(np.asarray(atoms.pbc, dtype=bool)).reshape(1, 3)
-    forces = _get_forces(atoms, forces_key)
-    if forces is None:
-        looked = "calculator results and arrays 'forces'" if forces_key is None else forces_key
-        raise ValueError(f"{here}: no forces found (looked for {looked})")
-    forces = torch.as_tensor(np.asarray(forces, dtype=np.float64))
-    if forces.shape != (n, 3):
-        raise ValueError(
-            f"{here}: expected forces of shape ({n}, 3) for {n} atoms, got {tuple(forces.shape)}"
-        )
-    for name, value in (("positions", pos), ("forces", forces), ("cell", cell)):
-        if not bool(torch.isfinite(value).all()):
-            bad = (~torch.isfinite(value)).nonzero()[0].tolist()
-            raise ValueError(f"{here}: non-finite {name} (NaN or inf) at index {bad}")
-    energy = _get_energy(atoms, energy_key)
-    if energy is not None:
-        energy = torch.as_tensor(np.asarray(energy, dtype=np.float64)).reshape(-1)
-        if energy.shape != (1,):
-            raise ValueError(f"{here}: expected one energy, got shape {tuple(energy.shape)}")
-        if not math.isfinite(energy.item()):
-            raise ValueError(f"{here}: non-finite energy {energy.item()}")
-    if min_distance > 0 and (n > 1 or bool(pbc.any())):
-        try:
-            edge_index, shifts = radius_graph(pos, min_distance, cell=cell, pbc=pbc)
-        except ValueError as err:  # e.g. a degenerate cell in a periodic direction
-            raise ValueError(f"{here}: {err}") from err
-        if edge_index.shape[1] > 0:
-            i, j = edge_index[:, 0].tolist()
-            d = (pos[j] - pos[i] + shifts[0]).norm().item()
-            image = " (periodic images)" if bool(shifts[0].ne(0).any()) else ""
-            raise ValueError(
-                f"{here}: atoms {i} and {j} are {d:.4g} Angstrom apart{image}, closer than "
-                f"min_distance={min_distance}"
-            )
+    forces = _forces_of(atoms, keys["forces"], here)
+    _check_finite(here, positions=pos, forces=forces, cell=cell)
+    _check_distances(pos, cell, pbc, here, min_distance)
     data = Data(
         pos=pos,
         z=torch.as_tensor(np.asarray(atoms.numbers), dtype=torch.long),
@@ -113,10 +157,16 @@ def _frame_to_data(
         cell=cell,
         pbc=pbc,
         num_atoms=torch.tensor([n]),
+        config_type=str(atoms.info.get("config_type", "Default")),
     )
+    energy = _energy_of(atoms, keys["energy"], here)
     if energy is not None:
         data.energy = energy
-    return data, energy is not None
+    stress = _lookup(atoms, keys["stress"], "stress", "info")
+    if stress is not None:
+        data.stress = _full_stress(stress, here)
+        _check_finite(here, stress=data.stress)
+    return data
 
 
 def read_frames(
@@ -125,6 +175,7 @@ def read_frames(
     forces_key: str | None = None,
     min_distance: float = 0.5,
     format: str | None = None,
+    stress_key: str | None = None,
 ) -> list[Data]:
     r"""Read and check every frame of an ASE-readable file as PyG ``Data`` objects.
 
@@ -140,6 +191,9 @@ def read_frames(
         min_distance (float, optional): Smallest allowed distance between two atoms (or
             periodic images) in Angstrom; :obj:`0` disables the check. (default: :obj:`0.5`)
         format (str, optional): ASE format name. (default: :obj:`None`, from the file name)
+        stress_key (str, optional): Key of the stress (eV/A\ :sup:`3`, 6 Voigt or 9 values)
+            in ``atoms.info``. (default: :obj:`None`, the calculator's ``"stress"``, then
+            ``info["stress"]``)
 
     Returns:
         list[Data]: one graph per frame, with ``energy`` on every graph or on none.
@@ -149,23 +203,39 @@ def read_frames(
     if not min_distance >= 0:
         raise ValueError(f"Expected min_distance >= 0 (Angstrom), got {min_distance}")
     where = os.fspath(path)
-    frames = ase.io.read(where, index=":", format=format)
-    data_list, has_energy = [], []
-    for frame, atoms in enumerate(frames):
-        data, found = _frame_to_data(atoms, frame, where, energy_key, forces_key, min_distance)
-        data_list.append(data)
-        has_energy.append(found)
+    keys = {"energy": energy_key, "forces": forces_key, "stress": stress_key}
+    try:
+        frames = ase.io.read(where, index=":", format=format)
+    except Exception as err:  # ASE raises many kinds for a malformed file
+        kind = format or "a structure file"
+        raise ValueError(f"{where}: cannot be read as {kind}: {err}") from err
+    data_list = [_frame_to_data(a, k, where, keys, min_distance) for k, a in enumerate(frames)]
     if not data_list:
         raise ValueError(f"{where}: no frames")
-    if any(has_energy) and not all(has_energy):
-        missing = has_energy.index(False)
-        present = has_energy.index(True)
-        key = "energy" if energy_key is None else energy_key
-        raise ValueError(
-            f"{where}, frame {missing}: no energy ({key!r}) although frame {present} has one; "
-            f"energies must be given for all frames or for none"
-        )
+    _check_all_or_none(data_list, where, "energy", energy_key or "energy")
+    _fill_stress(data_list)
     return data_list
+
+
+def _check_all_or_none(data_list: list[Data], where: str, name: str, key: str) -> None:
+    has = [getattr(d, name, None) is not None for d in data_list]
+    if any(has) and not all(has):
+        missing, present = has.index(False), has.index(True)
+        raise ValueError(
+            f"{where}, frame {missing}: no {name} ({key!r}) although frame {present} has one; "
+            f"{name} must be given for all frames or for none"
+        )
+
+
+def _fill_stress(data_list: list[Data]) -> None:
+    """Frames without a stress beside frames with one get zeros and ``stress_weight`` 0."""
+    if not any(getattr(d, "stress", None) is not None for d in data_list):
+        return
+    for d in data_list:
+        known = getattr(d, "stress", None) is not None
+        if not known:
+            d.stress = torch.zeros(1, 3, 3, dtype=torch.float64)
+        d.stress_weight = torch.tensor([1.0 if known else 0.0], dtype=torch.float64)
 
 
 class ExtXYZDataset(InMemoryDataset):
@@ -188,7 +258,11 @@ class ExtXYZDataset(InMemoryDataset):
     that ASE attaches when a file has ``energy=...`` and a ``forces`` column; read from the
     stored results, so constraints such as fixed atoms do not zero any force), falling back to
     ``atoms.info["energy"]`` and ``atoms.arrays["forces"]``; :obj:`energy_key` and
-    :obj:`forces_key` select other entries (e.g. ``"REF_energy"``, ``"REF_forces"``). ASE's
+    :obj:`forces_key` select other entries (e.g. ``"REF_energy"``, ``"REF_forces"``), as
+    :obj:`stress_key` does for the stress (``stress`` :math:`(1, 3, 3)` in eV/A\ :sup:`3`,
+    ASE's sign, with ``stress_weight`` :math:`(1)` 0 on frames that lack one). Each graph keeps
+    its ``config_type`` (``"Default"`` when the frame has none). A single-atom frame without
+    forces (an isolated atom) gets zero forces. ASE's
     units are eV and Angstrom, so no conversion is done.
 
     Each frame is checked; a :class:`ValueError` naming the file and the 0-based frame index is
@@ -216,6 +290,8 @@ class ExtXYZDataset(InMemoryDataset):
         min_distance (float, optional): Smallest allowed distance between atoms in Angstrom;
             :obj:`0` disables the check. (default: :obj:`0.5`)
         format (str, optional): ASE format name. (default: :obj:`None`, from the file name)
+        stress_key (str, optional): Key of the stress in ``atoms.info``. (default:
+            :obj:`None`, the calculator's ``"stress"``, then ``info["stress"]``)
         transform, pre_transform, pre_filter, log, force_reload: As in
             :class:`~torch_geometric.data.InMemoryDataset`.
 
@@ -234,6 +310,7 @@ class ExtXYZDataset(InMemoryDataset):
         forces_key: str | None = None,
         min_distance: float = 0.5,
         format: str | None = None,
+        stress_key: str | None = None,
         transform: Callable | None = None,
         pre_transform: Callable | None = None,
         pre_filter: Callable | None = None,
@@ -248,6 +325,7 @@ class ExtXYZDataset(InMemoryDataset):
         self.stem = Path(self.path).stem
         self.energy_key = energy_key
         self.forces_key = forces_key
+        self.stress_key = stress_key
         self.min_distance = float(min_distance)
         self.format = format
         self.sha1 = file_sha1(self.path)
@@ -264,8 +342,9 @@ class ExtXYZDataset(InMemoryDataset):
     def processed_file_names(self) -> str:
         fmt = "" if self.format is None else f"_fmt{self.format}"
         return (
-            f"{self.stem}_{self.sha1[:12]}_e{self.energy_key or 'auto'}"
-            f"_f{self.forces_key or 'auto'}_dmin{self.min_distance!r}{fmt}.pt"
+            f"{self.stem}_{self.sha1[:12]}_v{CACHE_VERSION}_e{self.energy_key or 'auto'}"
+            f"_f{self.forces_key or 'auto'}_s{self.stress_key or 'auto'}"
+            f"_dmin{self.min_distance!r}{fmt}.pt"
         )
 
     def download(self) -> None:
@@ -273,7 +352,12 @@ class ExtXYZDataset(InMemoryDataset):
 
     def process(self) -> None:
         data_list = read_frames(
-            self.path, self.energy_key, self.forces_key, self.min_distance, self.format
+            self.path,
+            self.energy_key,
+            self.forces_key,
+            self.min_distance,
+            self.format,
+            self.stress_key,
         )
         if self.pre_filter is not None:
             data_list = [d for d in data_list if self.pre_filter(d)]

@@ -36,20 +36,35 @@ _DATASETS: dict[str, Callable[[Path], InMemoryDataset]] = {
 DATASET_NAMES = tuple(_DATASETS)
 
 
-def load_dataset(spec: str | Path, root: str | Path = "datasets") -> InMemoryDataset:
+def load_dataset(
+    spec: str | Path,
+    root: str | Path = "datasets",
+    energy_key: str | None = None,
+    forces_key: str | None = None,
+    stress_key: str | None = None,
+) -> InMemoryDataset:
     """A data set from a structure file or a built-in name (one of :data:`DATASET_NAMES`).
 
     Args:
         spec: an extended-XYZ (or other ASE-readable) file with forces, or a built-in name.
         root: folder of the processed-data cache; a file's data go to
             ``root/extxyz/<file stem>``, a built-in set's to its own subfolder.
+        energy_key, forces_key, stress_key: where a file keeps its references
+            (:class:`~uenn_geo.data.ExtXYZDataset`).
 
     Raises:
         ValueError: ``spec`` is neither an existing file nor a built-in name.
     """
     path = Path(spec)
     if path.is_file():
-        return ExtXYZDataset(str(path), root=str(Path(root) / "extxyz" / path.stem), log=False)
+        return ExtXYZDataset(
+            str(path),
+            root=str(Path(root) / "extxyz" / path.stem),
+            energy_key=energy_key,
+            forces_key=forces_key,
+            stress_key=stress_key,
+            log=False,
+        )
     if str(spec) not in _DATASETS:
         raise ValueError(
             f"--data {str(spec)!r} is neither a file nor a built-in data set; built-in: "

@@ -51,6 +51,17 @@ def _checked_config(**cfg: Any) -> dict[str, Any]:
             f"interaction_channels={cfg['interaction_channels']}, "
             f"mlp_channels={cfg['mlp_channels']}"
         )
+    e0s = cfg["e0s"]
+    if e0s is not None:
+        if not cfg["conservative"]:
+            raise ValueError(
+                "e0s (isolated-atom energies) need a model with an energy: conservative=True"
+            )
+        if sorted(int(z) for z in e0s) != sorted(numbers):
+            raise ValueError(
+                f"e0s must give one energy per species {sorted(numbers)}, got atomic numbers "
+                f"{sorted(int(z) for z in e0s)}"
+            )
     if not isinstance(cfg["activation"], str):
         raise ValueError(
             f"activation must be a name (the config is JSON), got "
@@ -197,7 +208,7 @@ class UENNForceField(ForceModel):
         (torch.Size([1]), torch.Size([4, 3]))
     """
 
-    legacy_config: dict[str, Any] = {"pair_term": False, "interaction_basis": None}
+    legacy_config: dict[str, Any] = {"pair_term": False, "interaction_basis": None, "e0s": None}
 
     def __init__(
         self,
@@ -215,6 +226,7 @@ class UENNForceField(ForceModel):
         dtype: str | torch.dtype | None = None,
         conservative: bool = False,
         pair_term: bool = True,
+        e0s: dict[int | str, float] | None = None,
     ) -> None:
         super().__init__()
         dtype = resolve_dtype(dtype)
@@ -233,6 +245,7 @@ class UENNForceField(ForceModel):
             dtype=dtype_name(dtype),
             conservative=bool(conservative),
             pair_term=bool(pair_term),
+            e0s=None if e0s is None else {str(int(z)): float(e) for z, e in e0s.items()},
         )
         self.cutoff = float(cutoff)
         self.num_species = len(atomic_numbers)
@@ -252,7 +265,10 @@ class UENNForceField(ForceModel):
         self.register_buffer("force_scale", torch.tensor(1.0, dtype=dtype))
         if self.conservative:
             self.register_buffer("energy_scale", torch.tensor(1.0, dtype=dtype))
-            self.register_buffer("energy_shift", torch.zeros(species, dtype=dtype))
+            shift = torch.zeros(species, dtype=dtype)
+            if cfg["e0s"] is not None:
+                shift = torch.tensor([cfg["e0s"][str(z)] for z in numbers], dtype=dtype)
+            self.register_buffer("energy_shift", shift)
         pair_weight = None
         if cfg["pair_term"]:
             # c_{(b, d), s}: the pair term's weights, fitted in closed form by fit_pair.
@@ -348,8 +364,9 @@ class UENNForceField(ForceModel):
             compute_stress (bool): also return the stress (default: :obj:`False`).
 
         Returns:
-            ``{"energy": (B) eV or None, "forces": (N, 3) eV/A, "stress": (B, 3, 3) eV/A^3
-            or None}``; the stress follows ASE's sign (positive under tension).
+            dict: ``energy`` :obj:`(B)` in eV, ``forces`` :obj:`(N, 3)` in eV/A and ``stress``
+            :obj:`(B, 3, 3)` in eV/A\ :sup:`3` (ASE's sign, positive under tension), each
+            :obj:`None` where not computed.
         """
         pos, species, edges, batch, num_graphs = self._inputs(data, edges)
         if not self.conservative:
@@ -400,10 +417,23 @@ class UENNForceField(ForceModel):
         n = pos.shape[1]
         h, sums = self._features(pos, species, edges)
         invariants = torch.cat([h[:, :n, :].square().sum(dim=1), h[:, n, :]], dim=-1)
-        atomic = self.energy_readout(invariants).squeeze(-1) * self.energy_scale
+        atomic = self.energy_readout(invariants).squeeze(-1)
+        if self.config["e0s"] is not None:
+            atomic = atomic - self._isolated_readout(pos)[species]
+        atomic = atomic * self.energy_scale
         if self.pair_weight is not None:
             atomic = atomic + 0.5 * self._pair_readout(sums[:, n : n + 1, :], species)[:, 0]
         return atomic + self.energy_shift[species]
+
+    def _isolated_readout(self, like: Tensor) -> Tensor:
+        r"""The energy readout :math:`\epsilon(h^\circ_z)` of one atom of each species alone."""
+        species = torch.arange(self.num_species, device=like.device)
+        pos = like.new_zeros(self.num_species, like.shape[1])
+        alone = Edges(species.new_zeros(2, 0), None, self.cutoff)
+        h, _ = self._features(pos, species, alone)
+        n = pos.shape[1]
+        invariants = torch.cat([h[:, :n, :].square().sum(dim=1), h[:, n, :]], dim=-1)
+        return self.energy_readout(invariants).squeeze(-1)
 
     def compute_forces(
         self,
@@ -496,7 +526,7 @@ class UENNForceField(ForceModel):
         self.force_scale.fill_(scale)
         if self.conservative:
             self.energy_scale.fill_(scale)
-            if shift is not None:
+            if shift is not None and self.config["e0s"] is None:
                 self.energy_shift.copy_(shift.to(self.energy_shift))
         return scale
 

@@ -81,9 +81,10 @@ def energy_response(
     forces = -grads[0] if grads[0] is not None else torch.zeros_like(pos)
     stress = None
     if cell is not None:
-        volume = torch.linalg.det(cell).abs()
+        volume = torch.linalg.det(cell).abs().view(-1, 1, 1)
         d_strain = grads[1] if grads[1] is not None else torch.zeros_like(cell)
-        stress = d_strain / volume.view(-1, 1, 1)
+        # A structure without a cell (zero volume, e.g. a molecule in a mixed batch): zero.
+        stress = torch.where(volume > 0, d_strain / volume.clamp_min(1e-300), 0.0)
     if not training:
         energy = energy.detach()
         stress = stress.detach() if stress is not None else None

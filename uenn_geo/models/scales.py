@@ -64,3 +64,48 @@ def fit_force_energy_scales(
     shift = torch.zeros(num_species, dtype=torch.float64)
     shift[present] = mu
     return scale, shift
+
+
+@torch.no_grad()
+def refit_energy_shift(model: Any, graphs: Iterable[Any], batch_size: int = 64) -> Tensor:
+    r"""Refit a model's per-species energy shifts :math:`\mu_z` to the energies of ``graphs``.
+
+    Forces do not see a constant per atom, so after training on forces the energies are
+    right up to :math:`\sum_z n_{gz} \delta_z`; this solves for :math:`\mu_z` in least
+    squares, :math:`E_g \approx E_g^{\text{model}} - \sum_z n_{gz} (\mu_z^{\text{old}} -
+    \mu_z)`, and stores it in ``model.energy_shift``. Species absent from ``graphs`` keep
+    their shift.
+
+    Args:
+        model: a model with an energy and an ``energy_shift`` buffer per species
+            (:class:`~uenn_geo.models.UENNForceField` with ``conservative=True``).
+        graphs: graphs with ``pos``, ``z`` and ``energy`` (eV).
+
+    Returns:
+        The new shifts (eV per atom).
+    """
+    from torch_geometric.loader import DataLoader
+
+    shift = model.energy_shift
+    num = shift.shape[0]
+    rows, targets = [], []
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in DataLoader(graphs, batch_size=batch_size):
+            energy = model.energy_forces(batch)["energy"].double()
+            species = model.species_index(batch.z, batch.num_nodes)
+            counts = torch.zeros(batch.num_graphs, num, dtype=torch.float64)
+            counts.index_put_((batch.batch, species), torch.ones_like(species).double(), True)
+            rows.append(counts)
+            # what the shifts must add: E_ref - (E_model - sum_z n_z mu_z)
+            targets.append(batch.energy.reshape(-1).double() - energy + counts @ shift.double())
+    finally:
+        model.train(was_training)
+    a, b = torch.cat(rows), torch.cat(targets).unsqueeze(1)
+    present = a.sum(0) > 0
+    solution = torch.linalg.lstsq(a[:, present], b, driver="gelsd").solution.squeeze(1)
+    new = shift.detach().double().clone()
+    new[present] = solution
+    shift.copy_(new.to(shift))
+    return new

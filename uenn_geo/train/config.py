@@ -34,7 +34,12 @@ class TrainConfig:
         energy_weight: weight of the energy term of the loss (models with an energy,
             ``model.has_energy``, on graphs carrying ``energy`` in eV); 0 trains on forces
             only.
-        progress: show a progress bar.
+        stress_weight: weight of the stress term of the loss (graphs carrying ``stress``).
+        stage_two: the fraction of the budget after which "stage two" begins (as in MACE):
+            the energy weight becomes ``stage_two_energy_weight``. :obj:`None` (default):
+            one stage.
+        stage_two_energy_weight: the energy weight of stage two.
+        progress: show a progress bar and a line per validation.
         compile: run the training loss (forward and backward) through :func:`torch.compile`
             (Adam only). Inductor generates C++ for the CPU, so this needs a C++ compiler;
             if compilation fails, training warns once and goes on eagerly. It helps most
@@ -58,6 +63,9 @@ class TrainConfig:
     fire: dict[str, float] = field(default_factory=dict)
     ema_decay: float | None = 0.999
     energy_weight: float = 0.0
+    stress_weight: float = 0.0
+    stage_two: float | None = None
+    stage_two_energy_weight: float = 10.0
     progress: bool = True
     compile: bool = False
 
@@ -74,6 +82,11 @@ class TrainConfig:
             raise ValueError(f"batch_size must be positive or None, got {self.batch_size}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        for name in ("energy_weight", "stress_weight", "stage_two_energy_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.stage_two is not None and not 0.0 < self.stage_two < 1.0:
+            raise ValueError(f"stage_two must lie in (0, 1) or be None, got {self.stage_two}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in (0, 1) or be None, got {self.ema_decay}")
 

@@ -24,7 +24,8 @@ from uenn_geo.models import model_record, save_model
 from uenn_geo.train.checkpoint import load_checkpoint, save_checkpoint
 from uenn_geo.train.config import TrainConfig, TrainResult
 from uenn_geo.train.dense import batches
-from uenn_geo.train.loss import LossFunction, evaluate
+from uenn_geo.train.loss import LossFunction, evaluate, has_energy
+from uenn_geo.train.metrics import ALL, error_table
 
 __all__ = ["train"]
 
@@ -91,7 +92,7 @@ def train(
         run.record(train_time, train_loss, val)
         stop_reason = run.limit_reached()
         run.save()
-        progress.update(run.state, train_loss, val)
+        progress.update(run.state, train_loss, val, run.val_metrics, run.lr)
     progress.close()
     return run.finish(stop_reason or "done")
 
@@ -142,8 +143,14 @@ class _Run:
             else None
         )
         self.ema = _EMA(model, config.ema_decay) if config.ema_decay is not None and adam else None
-        self.loss_fn = LossFunction(model, config.energy_weight, config.compile and adam)
+        self.loss_fn = LossFunction(
+            model, config.energy_weight, config.compile and adam, config.stress_weight
+        )
         self.state = _State(best_state=_copy_state(model))
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0].get("lr", float("nan")))
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -185,11 +192,15 @@ class _Run:
         cosine = cfg.optimizer == "adam" and cfg.schedule == "cosine"
         self.model.train()
         loss_sum, loss_count = 0.0, 0
-        for batch in batches(data, cfg.batch_size, True, self.gen):
+        per_epoch = math.ceil(len(data) / (cfg.batch_size or len(data)))
+        for k, batch in enumerate(batches(data, cfg.batch_size, True, self.gen)):
+            epoch = s.epoch + k / per_epoch
+            frac = _progress_fraction(cfg, epoch, s.step, s.elapsed + _since(t0))
             if cosine:
-                frac = _progress_fraction(cfg, s.epoch, s.step, s.elapsed + _since(t0))
                 for group in self.optimizer.param_groups:
                     group["lr"] = _cosine_lr(cfg, frac)
+            if cfg.stage_two is not None and frac >= cfg.stage_two:
+                self.loss_fn.energy_weight = cfg.stage_two_energy_weight
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn.backward(batch)
             if not torch.isfinite(loss):
@@ -214,7 +225,8 @@ class _Run:
         s = self.state
         if self.ema is not None:
             self.ema.swap()
-        val = evaluate(self.model, val_data, self.config.eval_batch_size)["force_rmse"]
+        self.val_metrics = _validation(self.model, val_data, self.config)
+        val = self.val_metrics["score"]
         s.epoch += 1
         s.elapsed += _since(t0)
         if self.plateau is not None:
@@ -242,8 +254,11 @@ class _Run:
             "epoch_time_s": round(train_time, 4),
             "lr": group.get("lr", float("nan")),
             "train_loss": train_loss,
-            "val_force_rmse": val,
+            "val_force_rmse": self.val_metrics["force_rmse"],
         }
+        if "energy_rmse_per_atom" in self.val_metrics:
+            row["val_energy_rmse_per_atom"] = self.val_metrics["energy_rmse_per_atom"]
+            row["val_score"] = val
         if self.config.optimizer == "fire":
             row["fire_dt"] = group["dt"]
         s.history.append(row)
@@ -269,8 +284,9 @@ class _Run:
         """Load the best weights into the model; the result."""
         s = self.state
         self.model.load_state_dict(s.best_state)
+        best = s.history[s.best_epoch - 1] if s.best_epoch > 0 else {}
         return TrainResult(
-            best_val_rmse=s.best_val,
+            best_val_rmse=best.get("val_force_rmse", s.best_val),
             best_epoch=s.best_epoch,
             epochs=s.epoch,
             steps=s.step,
@@ -297,14 +313,25 @@ class _Progress:
         else:
             self.bar = tqdm(total=config.max_epochs, unit="epoch", disable=off, initial=state.epoch)
 
-    def update(self, state: _State, train_loss: float, val: float) -> None:
+    def update(
+        self, state: _State, train_loss: float, val: float, metrics: dict, lr: float
+    ) -> None:
         if self.limit is not None:
             shown = min(round(state.elapsed), round(self.limit))
             self.bar.update(shown - self.shown)
             self.shown = shown
         else:
             self.bar.update(1)
-        self.bar.set_postfix(loss=f"{train_loss:.3e}", val_rmse=f"{val:.3e}")
+        self.bar.set_postfix(loss=f"{train_loss:.3e}", val=f"{val:.3e}")
+        if self.bar.disable:
+            return
+        line = f"epoch {state.epoch:4d}  loss {train_loss:.3e}"
+        if "energy_rmse_per_atom" in metrics:
+            line += f"  E {1e3 * metrics['energy_rmse_per_atom']:.2f} meV/atom"
+        line += f"  F {1e3 * metrics['force_rmse']:.1f} meV/A"
+        if "force_rel_rmse" in metrics:
+            line += f" ({metrics['force_rel_rmse']:.1f} %)"
+        self.bar.write(line + f"  lr {lr:.2e}  {state.elapsed:.0f} s")
 
     def close(self) -> None:
         self.bar.close()
@@ -342,6 +369,29 @@ class _EMA:
         self.updates = state["updates"]
 
 
+def _validation(model: nn.Module, data: Any, cfg: TrainConfig) -> dict[str, float]:
+    """Validation errors (eV/A, eV/atom) and the score that picks the best model: the force
+    RMSE, or with an energy term the loss's own mix of force and per-atom energy errors."""
+    if cfg.energy_weight <= 0 or not has_energy(model) or not _has_energies(data):
+        rmse = evaluate(model, data, cfg.eval_batch_size)["force_rmse"]
+        return {"force_rmse": rmse, "score": rmse}
+    row = error_table(model, data, cfg.eval_batch_size)[ALL]
+    force, energy = row["force_rmse"] / 1e3, row["energy_rmse_per_atom"] / 1e3
+    scale = float(model.force_scale)
+    score = math.sqrt((force / scale) ** 2 + cfg.energy_weight * (energy / scale) ** 2) * scale
+    return {
+        "force_rmse": force,
+        "energy_rmse_per_atom": energy,
+        "force_rel_rmse": row["force_rel_rmse"],
+        "score": score,
+    }
+
+
+def _has_energies(data: Any) -> bool:
+    first = data[0] if len(data) else None
+    return first is not None and getattr(first, "energy", None) is not None
+
+
 def _since(t0: float) -> float:
     return time.perf_counter() - t0
 
@@ -355,12 +405,14 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def _progress_fraction(cfg: TrainConfig, epoch: float, step: int, elapsed: float) -> float:
+    """How far the run is, for the schedules: by epochs and steps when either is limited
+    (the time limit is then only a guard, so runs are reproducible), else by time."""
     fractions = [0.0]
     if cfg.max_epochs:
         fractions.append(epoch / cfg.max_epochs)
     if cfg.max_steps:
         fractions.append(step / cfg.max_steps)
-    if cfg.time_limit:
+    if cfg.time_limit and not (cfg.max_epochs or cfg.max_steps):
         fractions.append(elapsed / cfg.time_limit)
     return min(1.0, max(fractions))
 

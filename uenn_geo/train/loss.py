@@ -31,34 +31,67 @@ def has_energy(model: nn.Module) -> bool:
     return bool(getattr(model, "has_energy", getattr(model, "conservative", False)))
 
 
-def _energy_force_loss(model: nn.Module, data: Data, energy_weight: float) -> Tensor:
-    if not has_energy(model):
+def _graph_weights(data: Data, num_graphs: int, like: Tensor) -> Tensor:
+    """Per-structure loss weights (``data.weight``, e.g. from ``config_type``), or ones."""
+    weight = getattr(data, "weight", None)
+    if weight is None:
+        return like.new_ones(num_graphs)
+    return weight.reshape(-1).to(like)
+
+
+def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
+    return (values * weights).sum() / weights.sum().clamp_min(1e-300)
+
+
+def _full_loss(model: nn.Module, data: Data, energy_weight: float, stress_weight: float) -> Tensor:
+    """Forces, per-atom energies and stresses, weighted per structure."""
+    if (energy_weight > 0 or stress_weight > 0) and not has_energy(model):
         raise ValueError(
-            "energy_weight > 0 needs a model with an energy (model.has_energy), e.g. "
-            "UENNForceField(conservative=True)"
+            "energy_weight or stress_weight > 0 needs a model with an energy "
+            "(model.has_energy), e.g. UENNForceField(conservative=True)"
         )
-    out = model.energy_forces(data)
+    want_stress = stress_weight > 0 and getattr(data, "stress", None) is not None
+    if energy_weight > 0 or want_stress:
+        out = model.energy_forces(data, compute_stress=want_stress)
+    else:
+        out = {"forces": model(data), "energy": None, "stress": None}
     pred, energy = out["forces"], out["energy"]
-    target = data.forces.to(pred.dtype)
     batch = getattr(data, "batch", None)
     if batch is None:
         batch = torch.zeros(pred.shape[0], dtype=torch.long, device=pred.device)
-    atoms = torch.bincount(batch, minlength=energy.shape[0]).to(energy.dtype)
-    ref = data.energy.reshape(-1).to(energy.dtype)
-    e_loss = ((energy - ref) / (model.energy_scale * atoms)).square().mean()
-    f_loss = ((pred - target) / model.force_scale).square().mean()
-    return f_loss + energy_weight * e_loss
+    num_graphs = int(batch.max()) + 1 if batch.numel() else 1
+    w = _graph_weights(data, num_graphs, pred)
+    f_err = ((pred - data.forces.to(pred.dtype)) / model.force_scale).square().sum(dim=1)
+    loss = _weighted_mean(f_err, w[batch]) / 3
+    if energy is not None and energy_weight > 0 and getattr(data, "energy", None) is not None:
+        atoms = torch.bincount(batch, minlength=energy.shape[0]).to(energy.dtype)
+        ref = data.energy.reshape(-1).to(energy.dtype)
+        e_err = ((energy - ref) / (model.energy_scale * atoms)).square()
+        loss = loss + energy_weight * _weighted_mean(e_err, w)
+    if want_stress:
+        mask = getattr(data, "stress_weight", None)
+        mask = w if mask is None else w * mask.reshape(-1).to(w)
+        ref = data.stress.reshape(-1, 3, 3).to(energy.dtype)
+        s_err = ((out["stress"] - ref) / model.force_scale).square().sum(dim=(1, 2)) / 9
+        loss = loss + stress_weight * _weighted_mean(s_err, mask)
+    return loss
 
 
-def force_loss(model: nn.Module, data: Data, energy_weight: float = 0.0) -> Tensor:
-    r"""Mean squared force error in units of ``model.force_scale`` (dimensionless).
+def force_loss(
+    model: nn.Module, data: Data, energy_weight: float = 0.0, stress_weight: float = 0.0
+) -> Tensor:
+    r"""The training loss: mean squared force error in units of ``model.force_scale``.
 
-    With ``energy_weight`` :math:`w > 0` (models with ``has_energy``) it adds
-    :math:`w \langle ((E - E^\mathrm{ref}) / (s_E N_g))^2 \rangle` over the structures
-    :math:`g` (:math:`s_E` = ``model.energy_scale``, :math:`N_g` atoms).
+    With ``energy_weight`` :math:`w_E > 0` (models with ``has_energy``, graphs with
+    ``energy``) it adds :math:`w_E \langle ((E - E^\mathrm{ref}) / (s_E N_g))^2 \rangle`
+    over the structures :math:`g` (per-atom energies; :math:`s_E` = ``model.energy_scale``),
+    and with ``stress_weight`` :math:`w_\sigma > 0` the mean squared stress error in units of
+    ``force_scale`` per A\ :sup:`2` (graphs with ``stress``; ``stress_weight`` 0 on a graph
+    masks it). Graphs with ``weight`` (per structure, e.g. from ``config_type``) count with
+    that weight in every term.
     """
-    if energy_weight > 0:
-        return _energy_force_loss(model, data, energy_weight)
+    if energy_weight > 0 or stress_weight > 0 or getattr(data, "weight", None) is not None:
+        return _full_loss(model, data, energy_weight, stress_weight)
     pred = model(data)
     target = data.forces.to(pred.dtype)
     if pred.shape != target.shape:
@@ -99,9 +132,16 @@ class LossFunction:
         compile: try :func:`torch.compile`.
     """
 
-    def __init__(self, model: nn.Module, energy_weight: float = 0.0, compile: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        energy_weight: float = 0.0,
+        compile: bool = False,
+        stress_weight: float = 0.0,
+    ):
         self.model = model
         self.energy_weight = energy_weight
+        self.stress_weight = stress_weight
         self.compiled = torch.compile(self._eager) if compile else None
         self.compiled_steps = 0
 
@@ -111,7 +151,7 @@ class LossFunction:
         return self.compiled is not None and self.compiled_steps > 0
 
     def _eager(self, data: Data) -> Tensor:
-        return force_loss(self.model, data, self.energy_weight)
+        return force_loss(self.model, data, self.energy_weight, self.stress_weight)
 
     def backward(self, data: Data) -> Tensor:
         """The loss of ``data``, its gradient accumulated into the parameters."""

@@ -1,0 +1,141 @@
+"""``uenn-geo train`` on DFT-style files: keys, E0s, YAML config, tables (small slices of
+rMD17 ethanol from ../shared/data)."""
+
+import json
+from pathlib import Path
+
+import ase.io
+import pytest
+import torch
+from torch_geometric.data import Data
+
+import uenn_geo
+from uenn_geo.cli import build_parser, main
+from uenn_geo.cli.train import TrainJob, job_from_args
+
+ETHANOL = Path(__file__).parents[2] / ".." / "shared" / "data" / "ethanol"
+SMALL = {"num_blocks": 1, "hidden_channels": 4, "mlp_channels": [6], "num_basis": 6}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """24 training frames with the isolated atoms among them, 6 test frames."""
+    if not (ETHANOL / "train.xyz").is_file():
+        pytest.skip(f"the shared data set is not at {ETHANOL}")
+    root = tmp_path_factory.mktemp("ethanol")
+    isolated = ase.io.read(ETHANOL / "isolated_atoms.xyz", ":")
+    frames = ase.io.read(ETHANOL / "train.xyz", ":24")
+    for k, atoms in enumerate(frames):
+        atoms.info["config_type"] = "MD" if k % 2 else "Other"
+    ase.io.write(root / "train.xyz", isolated + frames, format="extxyz")
+    ase.io.write(root / "test.xyz", ase.io.read(ETHANOL / "test.xyz", ":6"), format="extxyz")
+    return root
+
+
+def args(files, out, *extra):
+    return [
+        "train",
+        "--train-file",
+        str(files / "train.xyz"),
+        "--test-file",
+        str(files / "test.xyz"),
+        "--out",
+        str(out),
+        "--root",
+        str(files / "cache"),
+        "--max-epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--model-kwargs",
+        json.dumps(SMALL),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_dft_file_with_isolated_atoms_and_test_file(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(args(files, out)) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    # the 3 isolated atoms are E0s, not training structures; 10 % of 24 validate
+    assert metrics["structures"] == {"train": 22, "val": 2, "test": 6}
+    model = uenn_geo.load_model(out / "model.pt")
+    assert model.has_energy and model.cutoff == 5.0  # defaults for molecules with energies
+    # the model predicts the isolated atoms' energies exactly (the E0s of the file)
+    for atoms in ase.io.read(ETHANOL / "isolated_atoms.xyz", ":"):
+        data = Data(pos=torch.zeros(1, 3), z=torch.tensor(atoms.numbers))
+        e = model.energy_forces(data)["energy"].item()
+        assert e == pytest.approx(atoms.get_potential_energy(), abs=2e-4)  # float32 ulp
+    test = metrics["errors"]["test"]["all"]
+    assert {"energy_rmse_per_atom", "energy_mae", "force_rmse", "force_rmse_worst"} <= set(test)
+    # per config_type rows on the validation set when it holds several types
+    table = capsys.readouterr().out
+    assert "| test |" in table and "F RMSE meV/A" in table and "E MAE meV/atom" in table
+    # the resolved configuration is saved beside the model
+    assert "train_file" in (out / "config.yaml").read_text()
+
+
+def test_yaml_config_and_flags_give_identical_runs(files, tmp_path):
+    flags = ["--seed", "3", "--lr", "0.004", "--E0s", "average"]
+    assert main(args(files, tmp_path / "a", *flags)) == 0
+    config = tmp_path / "config.yaml"
+    config.write_text("seed: 3\nlr: 0.004\nE0s: average\n".replace("E0s", "e0s"))
+    assert main(args(files, tmp_path / "b", "--config", str(config))) == 0
+    a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_config_file_order_and_unknown_keys(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("data: x.xyz\nbatch-size: 5\nlr: 0.01\n")
+    job = job_from_args(build_parser().parse_args(["train", "--config", str(config)]))
+    assert (job.data, job.batch_size, job.lr) == ("x.xyz", 5, 0.01)
+    parsed = build_parser().parse_args(["train", "--config", str(config), "--lr", "0.02"])
+    assert job_from_args(parsed).lr == 0.02  # the flag wins over the file
+    assert job_from_args(parsed).time_limit == TrainJob(data="x").time_limit  # the default
+    config.write_text("data: x.xyz\nlearning_rate: 0.01\n")
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option(s) ['learning_rate']" in err and "'lr'" in err
+
+
+def test_bad_options_are_named(files, tmp_path, capsys):
+    assert main(["train", "--data", "a.xyz", "--train-file", "b.xyz"]) == 2
+    assert "exactly one of --data and --train-file" in capsys.readouterr().err
+    bad = args(files, tmp_path / "r", "--E0s", "nonsense")
+    assert main(bad) == 2
+    assert "--E0s 'nonsense' is none of" in capsys.readouterr().err
+    bad = args(files, tmp_path / "r", "--model-kwargs", '{"hiden_channels": 3}')
+    assert main(bad) == 2
+    assert "hiden_channels" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--data", "x", "--model-kwargs", "{bad"])
+
+
+def test_config_type_weights_and_direct_mode(files, tmp_path):
+    weights = json.dumps({"MD": 2.0, "Other": 0.5})
+    out = tmp_path / "w"
+    assert main(args(files, out, "--config-type-weights", weights, "--direct")) == 0
+    model = uenn_geo.load_model(out / "model.pt")
+    assert not model.has_energy
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "energy_rmse" not in metrics["errors"]["test"]["all"]
+
+
+def test_eval_command(files, tmp_path, capsys):
+    out = tmp_path / "e"
+    assert main(args(files, out)) == 0
+    capsys.readouterr()
+    report = tmp_path / "eval.json"
+    command = ["eval", "--model", str(out / "model.pt"), "--file", str(files / "train.xyz")]
+    assert main([*command, "--out", str(report)]) == 0
+    printed = capsys.readouterr().out
+    tables = json.loads(report.read_text())["train"]
+    assert set(tables) == {"all", "IsolatedAtom", "MD", "Other"} or set(tables) >= {"MD", "Other"}
+    assert tables["all"]["structures"] == 24 + 4  # and the four isolated atoms
+    assert "| train / MD |" in printed
+    # isolated atoms: energies exact, no force error (the model has the E0s)
+    if "isolated_atom" in tables:
+        assert tables["isolated_atom"]["energy_mae"] < 1e-2

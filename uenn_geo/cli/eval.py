@@ -1,0 +1,94 @@
+"""``uenn-geo eval``: the error table of a trained model on structure files.
+
+The same table as at the end of ``uenn-geo train`` (:func:`uenn_geo.train.metrics.error_table`):
+energy RMSE and MAE per atom and per structure, force RMSE and MAE, the worst structure's force
+RMSE and stress errors where the file has them, for all structures and per ``config_type``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from uenn_geo.cli.options import defaults_of, resolve
+from uenn_geo.files import atomic_write
+
+__all__ = ["EvalJob", "run_eval", "add_parser"]
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """Settings of ``uenn-geo eval``.
+
+    Args:
+        model: a model file written by uenn-geo (``model.pt``).
+        files: structure files with reference forces (and energies, stresses).
+        energy_key, forces_key, stress_key: where the references are (as for training).
+        batch_size: structures per evaluation batch (default: 64).
+        out: also write the tables as JSON to this file (default: none).
+    """
+
+    model: str
+    files: tuple[str, ...] = ()
+    energy_key: str | None = None
+    forces_key: str | None = None
+    stress_key: str | None = None
+    batch_size: int = 64
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "files", tuple(self.files))
+        if not self.files:
+            raise ValueError("give at least one --file")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+def run_eval(job: EvalJob) -> dict[str, dict[str, Any]]:
+    """``{file stem: error table}`` of ``job.model`` on each of ``job.files`` (meV units)."""
+    from uenn_geo.data.extxyz import read_frames
+    from uenn_geo.data.transforms import CastFloats
+    from uenn_geo.models import load_model
+    from uenn_geo.train.metrics import error_table
+
+    model = load_model(job.model)
+    cast = CastFloats(model.dtype)
+    tables = {}
+    for path in job.files:
+        frames = read_frames(
+            path, job.energy_key, job.forces_key, min_distance=0.0, stress_key=job.stress_key
+        )
+        tables[Path(path).stem] = error_table(model, [cast(f) for f in frames], job.batch_size)
+    if job.out is not None:
+        atomic_write(job.out, lambda f: json.dump(tables, f, indent=1), mode="w")
+    return tables
+
+
+def run(args: argparse.Namespace) -> int:
+    from uenn_geo.train.metrics import format_table
+
+    print(format_table(run_eval(resolve(EvalJob, args))))
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Install ``uenn-geo eval``; every default comes from :class:`EvalJob`."""
+    d = defaults_of(EvalJob)
+    p = sub.add_parser(
+        "eval",
+        help="errors of a trained model on structure files (meV/atom, meV/A tables)",
+        description="Evaluate a model on files with reference forces (and energies and "
+        "stresses): one table row per file and per config_type.",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--model", required=True, help="model file (model.pt)")
+    p.add_argument("--file", dest="files", nargs="+", required=True, help="structure files")
+    for key in ("energy", "forces", "stress"):
+        p.add_argument(f"--{key}-key", help=f"name of the {key} (e.g. REF_{key})")
+    p.add_argument("--batch-size", type=int, help=f"(default: {d['batch_size']})")
+    p.add_argument("--out", help="write the tables as JSON here")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.set_defaults(func=run)
