@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from uenn_geo.data.lj import ARGON_EPSILON, ARGON_MASS, ARGON_SIGMA, lennard_jones
+from uenn_geo.data.paper import paper_md_initial_positions
 from uenn_geo.dynamics import (
     AMU_A2_PER_FS2,
     BOLTZMANN,
     Trajectory,
     kinetic_energy,
     maxwell_boltzmann,
-    paper_md_initial_positions,
     temperature,
     velocity_verlet,
 )
@@ -27,13 +27,6 @@ def test_unit_constants():
     assert AMU_A2_PER_FS2 == pytest.approx(1 / units.fs**2, rel=1e-14)
     assert AMU_A2_PER_FS2 == pytest.approx(103.6426965, rel=1e-9)
     assert BOLTZMANN == pytest.approx(units.kB, rel=1e-14)
-
-
-def test_paper_initial_positions():
-    pos = paper_md_initial_positions()
-    assert pos.shape == (4, 3) and pos.dtype == torch.float64
-    assert pos[2].tolist() == [0.1, 2.5, 0.0]
-    assert paper_md_initial_positions(dtype=torch.float32).dtype == torch.float32
 
 
 def test_kinetic_energy_and_temperature():

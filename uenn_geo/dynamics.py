@@ -22,7 +22,6 @@ __all__ = [
     "temperature",
     "maxwell_boltzmann",
     "velocity_verlet",
-    "paper_md_initial_positions",
 ]
 
 #: Boltzmann constant in eV/K (CODATA 2018, exact).
@@ -336,21 +335,4 @@ def velocity_verlet(
         potential_energy=potential,
         masses=m,
         dt=float(dt),
-    )
-
-
-def paper_md_initial_positions(
-    dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
-) -> Tensor:
-    r"""Initial positions of the paper's MD test (section 4), in Angstrom.
-
-    Atoms at (3, 0, 0.1), (-3, -0.1, 0), (0.1, 2.5, 0) and (0, -2.5, -0.1).
-
-    Shapes:
-        :math:`(4, 3)`
-    """
-    return torch.tensor(
-        [[3.0, 0.0, 0.1], [-3.0, -0.1, 0.0], [0.1, 2.5, 0.0], [0.0, -2.5, -0.1]],
-        dtype=dtype,
-        device=device,
     )

@@ -7,7 +7,12 @@ from torch_geometric.loader import DataLoader
 
 import uenn_geo.data.paper as paper
 from uenn_geo.data.lj import lennard_jones
-from uenn_geo.data.paper import PaperArgon, sample_paper_configurations, split_indices
+from uenn_geo.data.paper import (
+    PaperArgon,
+    paper_md_initial_positions,
+    sample_paper_configurations,
+    split_indices,
+)
 
 N = 500
 
@@ -154,3 +159,10 @@ def test_repr_and_errors(dataset, tmp_path):
     assert repr(dataset) == "PaperArgon(500, seed=0, r_min=2.8, sigma=3.0)"
     with pytest.raises(ValueError, match="num_configs"):
         PaperArgon(str(tmp_path), num_configs=1)
+
+
+def test_paper_md_initial_positions():
+    pos = paper_md_initial_positions()
+    assert pos.shape == (4, 3) and pos.dtype == torch.float64
+    assert pos.tolist() == [[3.0, 0.0, 0.1], [-3.0, -0.1, 0.0], [0.1, 2.5, 0.0], [0.0, -2.5, -0.1]]
+    assert paper_md_initial_positions(dtype=torch.float32).dtype == torch.float32

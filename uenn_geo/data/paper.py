@@ -1,6 +1,6 @@
 r"""The paper's data set: random 4-atom argon clusters with exact Lennard-Jones forces.
 
-Section 4 of the paper: 100,000 configurations of 4 argon atoms, each coordinate drawn from
+Ma & Chan, sec. 4: 100,000 configurations of 4 argon atoms, each coordinate drawn from
 :math:`\mathcal{N}(0, 3\,\mathrm{\AA})`, a configuration rejected (and redrawn) if any pair is
 closer than :math:`r_{\min} = 2.8` Angstrom; targets are the exact Lennard-Jones forces; split
 60 % / 20 % / 20 % into training, validation and test sets.
@@ -19,7 +19,12 @@ from torch_geometric.data import Data, InMemoryDataset
 from uenn_geo.data.lj import ARGON_Z, lennard_jones
 from uenn_geo.files import atomic_save
 
-__all__ = ["sample_paper_configurations", "split_indices", "PaperArgon"]
+__all__ = [
+    "sample_paper_configurations",
+    "split_indices",
+    "PaperArgon",
+    "paper_md_initial_positions",
+]
 
 
 def _min_pair_distance(pos: Tensor) -> Tensor:
@@ -36,7 +41,7 @@ def sample_paper_configurations(
     dtype: torch.dtype = torch.float64,
     max_rounds: int = 1000,
 ) -> Tensor:
-    r"""Random atom clusters by rejection sampling (section 4 of the paper).
+    r"""Random atom clusters by rejection sampling (Ma & Chan, sec. 4).
 
     .. math::
         r_{i\alpha} \sim \mathcal{N}(0, \sigma^2), \qquad
@@ -141,7 +146,7 @@ def split_indices(
 
 
 class PaperArgon(InMemoryDataset):
-    r"""The paper's argon data set (section 4): 4-atom clusters with Lennard-Jones forces.
+    r"""The paper's argon data set (Ma & Chan, sec. 4): 4-atom clusters with Lennard-Jones forces.
 
     Configurations come from :func:`sample_paper_configurations` with a generator seeded by
     :obj:`seed`; energies and forces from :func:`~uenn_geo.data.lj.lennard_jones` (argon,
@@ -297,3 +302,20 @@ class PaperArgon(InMemoryDataset):
             f"{self.__class__.__name__}({len(self)}, seed={self.seed}, r_min={self.r_min}, "
             f"sigma={self.sigma})"
         )
+
+
+def paper_md_initial_positions(
+    dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+) -> Tensor:
+    r"""Initial positions of the paper's MD test (Ma & Chan, sec. 4), in Angstrom.
+
+    Atoms at (3, 0, 0.1), (-3, -0.1, 0), (0.1, 2.5, 0) and (0, -2.5, -0.1).
+
+    Shapes:
+        :math:`(4, 3)`
+    """
+    return torch.tensor(
+        [[3.0, 0.0, 0.1], [-3.0, -0.1, 0.0], [0.1, 2.5, 0.0], [0.0, -2.5, -0.1]],
+        dtype=dtype,
+        device=device,
+    )

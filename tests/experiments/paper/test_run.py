@@ -9,8 +9,10 @@ import torch
 import uenn_geo
 from uenn_geo.cli import main
 from uenn_geo.data.lj import lennard_jones
-from uenn_geo.dynamics import paper_md_initial_positions
-from uenn_geo.experiments.paper.run import PAPER_ADAM_LR, preset_config, run_md_test
+from uenn_geo.data.paper import paper_md_initial_positions
+from uenn_geo.experiments.paper.config import PAPER_ADAM_LR, PaperConfig, preset_config
+from uenn_geo.experiments.paper.md import run_md_test
+from uenn_geo.experiments.paper.published import PAPER_RESULTS
 
 
 @pytest.mark.slow
@@ -58,10 +60,12 @@ def test_paper_command_end_to_end(tmp_path, capsys):
     assert metrics["config"]["compile"] is None  # the default: compiled where a compiler is
     assert metrics["train"]["compiled"] == (shutil.which("g++") is not None)
     report = (out / "report.md").read_text()
-    assert "| Test force RMSD (eV/A) | 0.00118 |" in report
+    assert f"| Test force RMSD (eV/A) | {PAPER_RESULTS['test_force_rmsd']} |" in report
     model = uenn_geo.load_model(out / "model.pt")
     assert model.metadata["experiment"] == "paper"
+    assert metrics["config"]["max_steps"] is None  # --time-limit alone: a wall-clock budget
     assert "test force RMSD" in capsys.readouterr().out
+    assert metrics["train"]["stop_reason"] == "time_limit"
     # cached data is reused by a second run (same file name)
     files = list((root / "paper_argon" / "processed").glob("paper_n400_*.pt"))
     assert len(files) == 1
@@ -102,7 +106,7 @@ def test_md_test_with_exact_forces_has_zero_error():
 
 
 def test_jacobian_asymmetry_sees_a_curl():
-    from uenn_geo.experiments.paper.run import jacobian_asymmetry
+    from uenn_geo.experiments.paper.md import jacobian_asymmetry
 
     class Swirl(torch.nn.Module):
         # F = omega x (r - centroid) - r: J = A (x) P - I, with A antisymmetric (the curl) and
@@ -137,15 +141,7 @@ def test_resumed_run_keeps_its_learning_rate(tmp_path):
 
 
 def test_paper_command_passes_its_switches(monkeypatch, tmp_path):
-    import uenn_geo.experiments.paper.run as paper
-
-    seen = []
-
-    def fake_run(config):
-        seen.append(config)
-        return {"test_force_rmsd": 0.0, "md": {"position_rmsd_at": {}, "energy_rmsd_at": {}}}
-
-    monkeypatch.setattr(paper, "run_paper", fake_run)
+    seen = _fake_run_paper(monkeypatch)
     out = str(tmp_path / "x")
     assert main(["paper", "--out", out, "--no-compile", "--no-symmetrize"]) == 0
     assert main(["paper", "--out", out, "--compile"]) == 0
@@ -154,21 +150,48 @@ def test_paper_command_passes_its_switches(monkeypatch, tmp_path):
     assert [c.symmetrize for c in seen] == [False, True, False]  # faithful: the paper's model
 
 
+def _fake_run_paper(monkeypatch, test_force_rmsd=0.0):
+    """Replace run_paper by a recorder of the configs it is called with."""
+    import uenn_geo.experiments.paper.run as paper
+
+    seen = []
+
+    def fake_run(config):
+        seen.append(config)
+        md = {"position_rmsd_at": {}, "energy_rmsd_at": {}}
+        return {"test_force_rmsd": test_force_rmsd, "md": md}
+
+    monkeypatch.setattr(paper, "run_paper", fake_run)
+    return seen
+
+
 def test_presets_and_errors():
     cfg = preset_config("full", out="x")
-    assert cfg.time_limit > 3600 and cfg.out == "x"
+    assert cfg.max_steps > preset_config("default").max_steps and cfg.out == "x"
     with pytest.raises(ValueError, match="unknown preset"):
         preset_config("huge")
     with pytest.raises(ValueError, match="sampling"):
         preset_config("default", sampling="bogus")
-    assert main(["paper", "--model", "paper", "--num-configs", "1", "--out", "/nonexistent/x"]) == 2
+    with pytest.raises(ValueError, match="training budget"):
+        PaperConfig(max_steps=None, time_limit=None)
+
+
+def test_bad_size_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "x"
+    assert main(["paper", "--num-configs", "1", "--out", str(out), "--no-progress"]) == 2
+    assert "num_configs must be >= 5 (a 60/20/20 split), got 1" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_learning_rate_defaults():
-    from uenn_geo.experiments.paper.run import PAPER_ADAM_LR, PAPER_ADAM_LR_LONG, learning_rate
+    from uenn_geo.experiments.paper.config import PAPER_ADAM_LR_LONG, learning_rate
 
     assert learning_rate(preset_config("default")) == PAPER_ADAM_LR
     assert learning_rate(preset_config("full")) == PAPER_ADAM_LR_LONG < PAPER_ADAM_LR
     assert learning_rate(preset_config("default", model="graph")) == 2e-3
     assert learning_rate(preset_config("default", optimizer="fire")) == 2e-3
     assert learning_rate(preset_config("default", lr=3e-4)) == 3e-4
+    # the choice follows the step budget, or the time budget where there is none
+    assert learning_rate(preset_config("default", max_steps=500_000)) == PAPER_ADAM_LR_LONG
+    assert learning_rate(preset_config("default", time_limit=7200.0)) == PAPER_ADAM_LR_LONG
+    assert learning_rate(preset_config("default", time_limit=600.0)) == PAPER_ADAM_LR

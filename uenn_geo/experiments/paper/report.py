@@ -1,10 +1,16 @@
-"""Figures and the markdown report of the paper experiment (matching the paper's Figs. 2-7)."""
+"""Figures and the markdown report of the paper experiment (Ma & Chan, sec. 4, Figs. 2-7).
+
+The report depends on a run only through its numbers (the ``metrics`` dictionary that also
+goes into ``metrics.json``), never on the code that ran it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from uenn_geo.experiments.paper.published import PAPER_RESULTS, paper_md_energy_claim
+from uenn_geo.experiments.paper.summary import run_label
 from uenn_geo.files import atomic_write
 
 __all__ = ["write_paper_report", "paper_figures"]
@@ -39,8 +45,14 @@ def _save(fig, path: Path) -> None:
 def paper_figures(out: Path, metrics: dict[str, Any], md: dict[str, Any], parity: dict) -> None:
     """Write the six PNG figures into ``out``."""
     plt = _pyplot()
-    hist = metrics["train"]["history"]
+    _fig_loss(plt, out, metrics)
+    _fig_parity(plt, out, metrics, parity)
+    _fig_md(plt, out, md)
 
+
+def _fig_loss(plt, out: Path, metrics: dict[str, Any]) -> None:
+    """Fig. 2: training loss per epoch, validation error over time (FIRE runs beside)."""
+    hist = metrics["train"]["history"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax1.semilogy([h["epoch"] for h in hist], [h["train_loss"] for h in hist], label="train")
     ax1.set_xlabel("epoch")
@@ -62,6 +74,9 @@ def paper_figures(out: Path, metrics: dict[str, Any], md: dict[str, Any], parity
     _save(fig, out / "fig2_loss.png")
     plt.close(fig)
 
+
+def _fig_parity(plt, out: Path, metrics: dict[str, Any], parity: dict) -> None:
+    """Fig. 3: predicted against exact test force components."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot(parity["exact"], parity["predicted"], ".", ms=1, alpha=0.4)
     lim = max(abs(min(parity["exact"])), abs(max(parity["exact"])))
@@ -72,7 +87,11 @@ def paper_figures(out: Path, metrics: dict[str, Any], md: dict[str, Any], parity
     _save(fig, out / "fig3_parity.png")
     plt.close(fig)
 
+
+def _fig_md(plt, out: Path, md: dict[str, Any]) -> None:
+    """Figs. 4-7: the MD test's position and energy RMSD, atom 1's x and sample 1's energy."""
     steps = list(range(len(md["position_rmsd"])))
+    claim, claim_step = PAPER_RESULTS["md_energy_rmsd"], PAPER_RESULTS["md_energy_rmsd_step"]
     for name, key, ylabel in (
         ("fig4_position_rmsd.png", "position_rmsd", "position RMSD (A)"),
         ("fig6_energy_rmsd.png", "energy_rmsd", "total-energy RMSD (eV)"),
@@ -82,7 +101,8 @@ def paper_figures(out: Path, metrics: dict[str, Any], md: dict[str, Any], parity
         ax.set_xlabel("MD step (1 fs)")
         ax.set_ylabel(ylabel)
         if key == "energy_rmsd":
-            ax.axhline(4e-4, color="k", ls="--", lw=0.8, label="paper: 4e-4 eV at 4000")
+            label = f"paper: {claim:g} eV at {claim_step}"
+            ax.axhline(claim, color="k", ls="--", lw=0.8, label=label)
             ax.legend(fontsize=8)
         _save(fig, out / name)
         plt.close(fig)
@@ -111,11 +131,8 @@ def _fmt(x: Any) -> str:
 
 def _comparison_table(metrics: dict[str, Any]) -> list[str]:
     """The paper's figures, the compared runs and this run side by side (markdown lines)."""
-    cfg = metrics["config"]
-    from uenn_geo.experiments.paper.run import run_label
-
     this = {
-        "label": "this run: " + run_label(cfg),
+        "label": "this run: " + run_label(metrics["config"]),
         "test_force_rmsd": metrics["test_force_rmsd"],
         "train_force_rmsd": metrics["train_force_rmsd"],
         "train_seconds": metrics["train"]["seconds"],
@@ -131,12 +148,7 @@ def _comparison_table(metrics: dict[str, Any]) -> list[str]:
         ("Training time (s)", None, "train_seconds"),
         ("Training steps", paper["training_steps"], "training_steps"),
     ]
-    lines = [
-        "## Side by side",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
+    lines = ["## Side by side", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, p, key in rows:
         vals = [_fmt(round(r[key], 1) if key == "train_seconds" else r[key]) for r in runs]
         lines.append(f"| {name} | {_fmt(p)} | " + " | ".join(vals) + " |")
@@ -146,116 +158,133 @@ def _comparison_table(metrics: dict[str, Any]) -> list[str]:
         ("energy", "eV", "energy_rmsd_at"),
     ):
         for step in steps:
-            p = paper.get("md_energy_rmsd_4000") if kind == "energy" and step == "4000" else None
+            p = paper_md_energy_claim(step) if kind == "energy" else None
             vals = [_fmt(r["md"][key].get(step)) for r in runs]
             lines.append(
                 f"| MD {kind} RMSD at step {step} ({unit}) | {_fmt(p)} | " + " | ".join(vals) + " |"
             )
     vals = [_fmt(r["md"]["bounded"]) for r in runs]
     lines.append("| MD bounded | - | " + " | ".join(vals) + " |")
-    lines.append("")
-    lines.append(
-        "Compared runs: "
-        + "; ".join(f"`{r['dir']}` ({r['threads']} thread(s))" for r in metrics["compare"].values())
-        + "."
+    dirs = "; ".join(
+        f"`{r['dir']}` ({r['threads']} thread(s))" for r in metrics["compare"].values()
     )
-    lines.append("")
-    return lines
+    return [*lines, "", f"Compared runs: {dirs}.", ""]
+
+
+def _summary_rows(metrics: dict[str, Any], md_steps: int) -> list[tuple[str, Any, Any]]:
+    """(quantity, paper, this run) rows of the report's first table."""
+    cfg, tr, mdm, paper = metrics["config"], metrics["train"], metrics["md"], metrics["paper"]
+    net = metrics.get("test_force_rmsd_network")
+    compiled = ", torch.compile" if tr.get("compiled") else ""
+    rows = [
+        ("Test force RMSD (eV/A)", paper["test_force_rmsd"], metrics["test_force_rmsd"]),
+        ("Train force RMSD (eV/A)", None, metrics["train_force_rmsd"]),
+        *(
+            [("Test force RMSD, network before averaging (eV/A)", None, net)]
+            if net is not None
+            else []
+        ),
+        (
+            "Optimiser",
+            paper["optimizer"],
+            f"{cfg['optimizer']} (batch {cfg['batch_size']}, "
+            f"lr {tr.get('lr', float('nan')):g}{compiled})",
+        ),
+        ("Training steps", paper["training_steps"], tr["steps"]),
+        ("Training time (s)", None, round(tr["seconds"], 1)),
+        (
+            "Training data",
+            paper.get("training_data", "-"),
+            f"{cfg['sampling']} ({metrics['data']['train']}/epoch)",
+        ),
+    ]
+    for s, v in mdm["energy_rmsd_at"].items():
+        rows.append((f"MD energy RMSD at step {s} (eV)", paper_md_energy_claim(s), v))
+    for s, v in mdm["position_rmsd_at"].items():
+        rows.append((f"MD position RMSD at step {s} (A)", None, v))
+    rows.append((f"MD bounded for {md_steps} steps", None, mdm["bounded"]))
+    rows.append(("Force RMS on the exact MD states (eV/A)", None, mdm["md_states_force_rms"]))
+    rows.append(("Force RMSD on the exact MD states (eV/A)", None, mdm["md_states_force_rmsd"]))
+    if "md_states_jacobian_asymmetry" in mdm:
+        curl = "Curl of the forces on the MD states, norm(J - J^T) / norm(J + J^T)"
+        rows.append((curl, None, mdm["md_states_jacobian_asymmetry"]))
+    return rows
+
+
+def _changes_paragraph(metrics: dict[str, Any]) -> list[str]:
+    """What the online protocol changes from the paper's (empty for the faithful one)."""
+    cfg = metrics["config"]
+    if cfg["sampling"] != "online":
+        return []
+    averaged = (
+        "The trained network is averaged over the 24 orderings of the 4 identical "
+        "atoms (permutation symmetry; the network alone tells atoms apart by their "
+        "slot): test, MD and `model.pt` use the averaged model. "
+        if metrics.get("symmetrized")
+        else ""
+    )
+    return [
+        "Changed from the paper: the training set is drawn afresh from the paper's sampling "
+        "recipe every epoch (online sampling) instead of being a fixed 60,000 "
+        "configurations; validation and test are the paper's fixed 20 % splits. "
+        f"A fraction {cfg['augment']} of each epoch are compact thermal 4-atom clusters "
+        "(5-40 K, the regime of the MD test, which the paper's recipe almost never "
+        "samples: 0.1 % of its configurations have all pairs closer than 5 A). "
+        f"Net-force removal: {cfg['remove_net_force']}. "
+        + averaged
+        + "The faithful protocol is `uenn-geo paper --faithful`.",
+        "",
+    ]
+
+
+def _fire_table(metrics: dict[str, Any]) -> list[str]:
+    """Adam's run beside the short FIRE runs (empty where there were none)."""
+    if not metrics.get("fire"):
+        return []
+    cfg, tr = metrics["config"], metrics["train"]
+    lines = [
+        "## FIRE beside Adam",
+        "",
+        "| run | steps | s/step | best val RMSD (eV/A) |",
+        "|---|---|---|---|",
+        f"| Adam, batch {cfg['batch_size']} | {tr['steps']} | "
+        f"{tr['seconds_per_step']:.3g} | {_fmt(tr['best_val_force_rmsd'])} |",
+    ]
+    for name, run in metrics["fire"].items():
+        lines.append(
+            f"| {name.replace('_', ' ')} (batch {run['batch_size'] or 'all'}) | "
+            f"{run['steps']} | {run['seconds_per_step']:.3g} | "
+            f"{_fmt(run['best_val_force_rmsd'])} |"
+        )
+    return [*lines, ""]
 
 
 def write_paper_report(out: Path, metrics: dict[str, Any], md: dict, parity: dict) -> None:
     """Write the figures and ``report.md`` (the paper's numbers beside ours) into ``out``."""
     paper_figures(out, metrics, md, parity)
-    cfg = metrics["config"]
-    tr = metrics["train"]
-    mdm = metrics["md"]
-    rows = [
-        ("Test force RMSD (eV/A)", metrics["paper"]["test_force_rmsd"], metrics["test_force_rmsd"]),
-        ("Train force RMSD (eV/A)", None, metrics["train_force_rmsd"]),
-        *(
-            [("Test force RMSD, network before averaging (eV/A)", None, net)]
-            if (net := metrics.get("test_force_rmsd_network")) is not None
-            else []
-        ),
-        (
-            "Optimiser",
-            metrics["paper"]["optimizer"],
-            f"{cfg['optimizer']} (batch {cfg['batch_size']}, lr {tr.get('lr', float('nan')):g}"
-            f"{', torch.compile' if tr.get('compiled') else ''})",
-        ),
-        ("Training steps", metrics["paper"]["training_steps"], tr["steps"]),
-        ("Training time (s)", None, round(tr["seconds"], 1)),
-        ("Training data", "60,000 fixed", f"{cfg['sampling']} ({metrics['data']['train']}/epoch)"),
-    ]
-    for s, v in mdm["energy_rmsd_at"].items():
-        rows.append((f"MD energy RMSD at step {s} (eV)", 4e-4 if s == "4000" else None, v))
-    for s, v in mdm["position_rmsd_at"].items():
-        rows.append((f"MD position RMSD at step {s} (A)", None, v))
-    rows.append((f"MD bounded for {md['steps']} steps", None, mdm["bounded"]))
-    rows.append(("Force RMS on the exact MD states (eV/A)", None, mdm["md_states_force_rms"]))
-    rows.append(("Force RMSD on the exact MD states (eV/A)", None, mdm["md_states_force_rmsd"]))
-    if "md_states_jacobian_asymmetry" in mdm:
-        rows.append(
-            (
-                "Curl of the forces on the MD states, norm(J - J^T) / norm(J + J^T)",
-                None,
-                mdm["md_states_jacobian_asymmetry"],
-            )
-        )
+    cfg, data, machine = metrics["config"], metrics["data"], metrics["machine"]
     lines = [
         "# Reproduction of Ma & Chan, sec. 4: argon forces and dynamics",
         "",
-        f"Model `{cfg['model']}`, {metrics['data']['num_configs']} configurations "
+        f"Model `{cfg['model']}`, {data['num_configs']} configurations "
         f"(seed {cfg['seed']}, r_min {cfg['r_min']} A, sigma {cfg['sigma']} A), "
-        f"split {metrics['data']['train']}/{metrics['data']['val']}/{metrics['data']['test']}. "
-        f"Total wall time {metrics['total_seconds']:.0f} s on {metrics['machine']['threads']} "
-        f"thread(s) ({metrics['machine']['platform']}, torch {metrics['machine']['torch']}).",
+        f"split {data['train']}/{data['val']}/{data['test']}. "
+        f"Total wall time {metrics['total_seconds']:.0f} s on {machine['threads']} "
+        f"thread(s) ({machine['platform']}, torch {machine['torch']}).",
         "",
         "| quantity | paper | this run |",
         "|---|---|---|",
-        *[f"| {name} | {_fmt(p)} | {_fmt(o)} |" for name, p, o in rows],
+        *[
+            f"| {name} | {_fmt(p)} | {_fmt(o)} |"
+            for name, p, o in _summary_rows(metrics, md["steps"])
+        ],
+        "",
+        *_changes_paragraph(metrics),
+        *(_comparison_table(metrics) if metrics.get("compare") else []),
+        *_fire_table(metrics),
+        "## Figures",
+        "",
+        *[f"![{title}]({name})" for name, title in FIGURES.items()],
         "",
     ]
-    if cfg["sampling"] == "online":
-        lines += [
-            "Changed from the paper: the training set is drawn afresh from the paper's sampling "
-            "recipe every epoch (online sampling) instead of being a fixed 60,000 "
-            "configurations; validation and test are the paper's fixed 20 % splits. "
-            f"A fraction {cfg['augment']} of each epoch are compact thermal 4-atom clusters "
-            "(5-40 K, the regime of the MD test, which the paper's recipe almost never "
-            "samples: 0.1 % of its configurations have all pairs closer than 5 A). "
-            f"Net-force removal: {cfg['remove_net_force']}. "
-            + (
-                "The trained network is averaged over the 24 orderings of the 4 identical "
-                "atoms (permutation symmetry; the network alone tells atoms apart by their "
-                "slot): test, MD and `model.pt` use the averaged model. "
-                if metrics.get("symmetrized")
-                else ""
-            )
-            + "The faithful protocol is `uenn-geo paper --faithful`.",
-            "",
-        ]
-    if metrics.get("compare"):
-        lines += _comparison_table(metrics)
-    if metrics.get("fire"):
-        lines += [
-            "## FIRE beside Adam",
-            "",
-            "| run | steps | s/step | best val RMSD (eV/A) |",
-            "|---|---|---|---|",
-        ]
-        lines.append(
-            f"| Adam, batch {cfg['batch_size']} | {tr['steps']} | "
-            f"{tr['seconds_per_step']:.3g} | {_fmt(tr['best_val_force_rmsd'])} |"
-        )
-        for name, run in metrics["fire"].items():
-            lines.append(
-                f"| {name.replace('_', ' ')} (batch {run['batch_size'] or 'all'}) | "
-                f"{run['steps']} | {run['seconds_per_step']:.3g} | "
-                f"{_fmt(run['best_val_force_rmsd'])} |"
-            )
-        lines.append("")
-    lines += ["## Figures", ""]
-    lines += [f"![{title}]({name})" for name, title in FIGURES.items()]
-    lines.append("")
     atomic_write(out / "report.md", lambda f: f.write("\n".join(lines)), mode="w")
