@@ -1,11 +1,17 @@
 """The steps of ``uenn-geo train`` (:func:`uenn_geo.cli.train.run_training`): data sets, E0s,
-the model with defaults that fit the data, training, the energy refit and the error tables."""
+the model with defaults that fit the data, training, the energy refit and the error tables.
+
+The output directory is checked to be writable and locked for the run
+(:class:`uenn_geo.files.RunLock`), stale temporaries are swept, and the checkpoint records the
+run's identity (:func:`_identity`: data hashes, split, settings), which a resume must match."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +19,18 @@ import torch
 from torch import nn
 from torch_geometric.transforms import Compose
 
-from uenn_geo.cli.train import TrainJob
+from uenn_geo.cli.train_settings import TrainJob
 from uenn_geo.data.e0s import is_isolated_atom, isolated_atom_energies, resolve_e0s
+from uenn_geo.data.extxyz import file_sha1
+from uenn_geo.data.hdf5 import SETS, H5Frames, is_prepared
 from uenn_geo.data.registry import load_dataset
 from uenn_geo.data.transforms import CastFloats, ConfigTypeWeights
-from uenn_geo.files import atomic_write
+from uenn_geo.files import RunLock, atomic_write, check_output_dir, sweep_temporaries, write_json
 from uenn_geo.models import MODELS, save_model
-from uenn_geo.models.scales import refit_energy_shift
-from uenn_geo.train import DenseForceData, TrainConfig, train
+from uenn_geo.models.scales import refit_energy_shift, set_scales_from_statistics
+from uenn_geo.train import DenseForceData, TrainConfig, distributed, train
 from uenn_geo.train.loss import has_energy
-from uenn_geo.train.metrics import error_table, format_table
+from uenn_geo.train.metrics import format_table
 
 __all__ = ["run_job", "FILE_CUTOFF"]
 
@@ -38,28 +46,64 @@ class _Sets:
     tests: dict[str, Any] = field(default_factory=dict)
     isolated: dict[int, float] = field(default_factory=dict)
     from_file: bool = True
+    stats: dict[str, Any] | None = None  # a prepared (HDF5) training set's statistics
+
+
+#: Options that may change when a run is resumed (limits, display, where files are), besides
+#: the data files, which are identified by their hashes instead of their paths.
+_RESUMABLE_OPTIONS = frozenset(
+    {"out", "root", "resume", "progress", "time_limit", "max_epochs", "test_files"}
+    | {"data", "train_file", "valid_file"}
+    | {"device", "num_workers"}
+)
 
 
 def run_job(job: TrainJob) -> dict[str, Any]:
-    out = Path(job.out)
+    device = distributed.init_from_env(job.device)  # one of several ranks under torchrun
+    try:
+        if not distributed.is_main():  # rank 0 owns the directory and writes the files
+            metrics = _run_locked(replace(job, progress=False), Path(job.out), device)
+        else:
+            out = check_output_dir(job.out)
+            with RunLock(out, "train"):
+                sweep_temporaries(out)
+                metrics = _run_locked(job, out, device)
+    except BaseException:
+        distributed.teardown(wait=False)
+        raise
+    distributed.teardown()
+    return metrics
+
+
+def _run_locked(job: TrainJob, out: Path, device: Any = "cpu") -> dict[str, Any]:
     _print_config(job)
-    atomic_write(out / "config.yaml", lambda f: _dump_yaml(job.as_dict(), f), mode="w")
-    sets = _load_sets(job)
+    if distributed.is_main():
+        atomic_write(out / "config.yaml", lambda f: _dump_yaml(job.as_dict(), f), mode="w")
+    with distributed.main_first():  # rank 0 fills the processed-data cache
+        sets = _load_sets(job)
     energies = getattr(sets.train[0], "energy", None) is not None
     model = _build_model(job, sets, energies)
     transform = _transform(job, model)
     for data in (sets.train, sets.val, *sets.tests.values()):
         data.transform = transform
+    if sets.stats is None:  # a prepared set is not read at start (no pass over the data)
+        _warn_no_edges(model, sets.train)
     _fit_scales(model, job.model, sets.train)
+    model.to(device)
     cfg = _train_config(job, model, energies)
     meta = {"job": job.as_dict()}
-    result = train(model, sets.train, sets.val, cfg, out, resume=job.resume, metadata=meta)
+    identity = _identity(job, sets)
+    result = train(
+        model, sets.train, sets.val, cfg, out, job.resume, metadata=meta, identity=identity
+    )
+    model.cpu()
     if has_energy(model) and energies and model.config.get("e0s") is None:
         refit_energy_shift(model, sets.train, cfg.eval_batch_size)
-    save_model(model, out / "model.pt", metadata=meta)
-    tables = {"validation": error_table(model, sets.val, cfg.eval_batch_size)}
+    if distributed.is_main():
+        save_model(model, out / "model.pt", metadata=meta)
+    tables = {"validation": distributed.error_table(model, sets.val, cfg.eval_batch_size)}
     for name, data in sets.tests.items():
-        tables[name] = error_table(model, data, cfg.eval_batch_size)
+        tables[name] = distributed.error_table(model, data, cfg.eval_batch_size)
     metrics = {
         "structures": {"train": len(sets.train), "val": len(sets.val)}
         | {name: len(d) for name, d in sets.tests.items()},
@@ -73,9 +117,57 @@ def run_job(job: TrainJob) -> dict[str, Any]:
         "errors": tables,
         "units": "meV/atom, meV per structure, meV/A, meV/A^3",
     }
-    atomic_write(out / "metrics.json", lambda f: json.dump(metrics, f, indent=1), mode="w")
+    if distributed.is_main():
+        write_json(out / "metrics.json", metrics)  # NaN and inf as null
     metrics["table"] = format_table(tables)
     return metrics
+
+
+def _identity(job: TrainJob, sets: _Sets) -> dict[str, Any]:
+    """What a resumed run must share with the checkpoint: the data (SHA-1 of each file, a
+    built-in set's name and size), the split (a hash of the indices) and every option but
+    the limits and paths."""
+    identity: dict[str, Any] = {}
+    for flag, spec in (("--data", job.data), ("--train-file", job.train_file)):
+        if spec is not None and Path(spec).is_file():
+            identity[f"{flag} (SHA-1 of the file)"] = file_sha1(spec)
+        elif spec is not None:
+            size = len(sets.train) + len(sets.val) + len(sets.tests.get("test", ()))
+            identity[f"{flag} (built-in set, structures)"] = f"{spec}, {size}"
+    if job.valid_file is not None:
+        identity["--valid-file (SHA-1 of the file)"] = file_sha1(job.valid_file)
+    parts = [[int(k) for k in part.indices()] for part in (sets.train, sets.val)]
+    split = hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
+    identity["split (--val-fraction, --test-fraction, --seed)"] = split
+    for name, value in job.as_dict().items():
+        if name not in _RESUMABLE_OPTIONS:
+            identity["--" + name.replace("_", "-")] = value
+    return identity
+
+
+def _warn_no_edges(model: nn.Module, train_set: Any) -> None:
+    """Warn when structures have no pair of atoms within the model's cutoff (such graphs
+    have no edges: the model sees isolated atoms and learns nothing from them)."""
+    from uenn_geo.neighbors import radius_graph
+
+    cutoff = getattr(model, "cutoff", None)
+    if cutoff is None:
+        return
+    empty = 0
+    for data in train_set:
+        cell, pbc = getattr(data, "cell", None), getattr(data, "pbc", None)
+        if data.pos.shape[0] < 2 and (pbc is None or not bool(pbc.any())):
+            continue
+        edges = radius_graph(data.pos, cutoff, cell=cell, pbc=pbc, return_shifts=False)
+        empty += int(edges.shape[1] == 0)
+    if empty:
+        warnings.warn(
+            f"{empty} of {len(train_set)} training structures have no pair of atoms within the "
+            f"cutoff {cutoff:g} A: their graphs have no edges and teach the model nothing; "
+            "raise --cutoff",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _dump_yaml(values: dict[str, Any], f: Any) -> None:
@@ -110,6 +202,8 @@ def _split(data: Any, fractions: list[float], seed: int) -> list[Any]:
 
 def _load_sets(job: TrainJob) -> _Sets:
     source = job.data if job.data is not None else job.train_file
+    if is_prepared(source):
+        return _prepared_sets(job, source)
     full = _load(job, source)
     from_file = Path(source).is_file()
     keep = [k for k in range(len(full)) if not is_isolated_atom(full[k])]
@@ -133,12 +227,27 @@ def _load_sets(job: TrainJob) -> _Sets:
     return _Sets(train_set, val, tests, isolated, from_file)
 
 
+def _prepared_sets(job: TrainJob, source: str) -> _Sets:
+    """The sets of a ``uenn-geo prepare`` directory, read lazily, with their statistics."""
+    parts = {name: H5Frames(source, name, num_workers=job.num_workers) for name in SETS}
+    val = _load(job, job.valid_file) if job.valid_file is not None else parts["val"]
+    if len(val) == 0:
+        raise ValueError(f"{source} has no validation frames: prepare with --val-fraction > 0")
+    tests = {"test": parts["test"]} if len(parts["test"]) else {}
+    tests |= {Path(f).stem: _load(job, f) for f in job.test_files}
+    isolated = {int(z): e for z, e in parts["train"].meta["isolated_e0s"].items()}
+    return _Sets(parts["train"], val, tests, isolated, True, parts["train"].stats)
+
+
 def _build_model(job: TrainJob, sets: _Sets, energies: bool) -> nn.Module:
     kwargs = dict(job.model_kwargs)
     if job.dtype is not None:
         kwargs["dtype"] = job.dtype
     if job.model == "graph":
-        species = sorted({int(z) for z in sets.train._data.z.unique().tolist()})
+        if sets.stats is not None:
+            species = list(sets.stats["species"])
+        else:
+            species = sorted({int(z) for z in sets.train._data.z.unique().tolist()})
         kwargs.setdefault("atomic_numbers", species)
         if sets.from_file:  # defaults for molecules and materials, not argon's
             kwargs.setdefault("cutoff", FILE_CUTOFF)
@@ -147,7 +256,10 @@ def _build_model(job: TrainJob, sets: _Sets, energies: bool) -> nn.Module:
         if job.cutoff is not None:
             kwargs["cutoff"] = job.cutoff
         if kwargs.get("conservative") and energies:
-            e0s = resolve_e0s(job.e0s, sets.train, kwargs["atomic_numbers"], sets.isolated)
+            if sets.stats is not None and job.e0s == "average":  # stored least squares
+                e0s = {int(z): e for z, e in sets.stats["e0s_lstsq"].items()}
+            else:
+                e0s = resolve_e0s(job.e0s, sets.train, kwargs["atomic_numbers"], sets.isolated)
             if e0s is not None:
                 kwargs.setdefault("e0s", e0s)
     elif job.cutoff is not None:
@@ -167,6 +279,12 @@ def _transform(job: TrainJob, model: nn.Module) -> Any:
 
 
 def _fit_scales(model: nn.Module, name: str, train_set: Any) -> None:
+    stats = getattr(train_set, "stats", None)  # a prepared set: from its stored statistics
+    if stats is not None:
+        shifts = stats["e0s_lstsq"]
+        shifts = None if shifts is None else {int(z): e for z, e in shifts.items()}
+        set_scales_from_statistics(model, stats["force_rms"], shifts)
+        return
     if name == "paper":  # the paper's model takes structures of equal size, dense
         pos = torch.stack([d.pos for d in train_set])
         forces = torch.stack([d.forces for d in train_set])

@@ -188,6 +188,11 @@ class UENNForceField(ForceModel):
             (default: :obj:`False`, direct forces).
         pair_term (bool): add the pair term fitted by :meth:`fit_pair` (default:
             :obj:`True`; models saved before it existed load without it).
+        e0s (dict, optional): isolated-atom energies in eV by atomic number (conservative
+            mode; see above).
+        own_species (bool): give every block's MLP the atom's own species, one-hot, as
+            scalar channels :math:`[\mathbf{0}; v_i]` (the graph layers see only the
+            neighbours' species) (default: :obj:`False`).
 
     Shapes:
         - input: a PyG ``Data``/``Batch`` with ``pos`` :obj:`(N, 3)` (Angstrom), ``z``
@@ -208,7 +213,12 @@ class UENNForceField(ForceModel):
         (torch.Size([1]), torch.Size([4, 3]))
     """
 
-    legacy_config: dict[str, Any] = {"pair_term": False, "interaction_basis": None, "e0s": None}
+    legacy_config: dict[str, Any] = {
+        "pair_term": False,
+        "interaction_basis": None,
+        "e0s": None,
+        "own_species": False,
+    }
 
     def __init__(
         self,
@@ -227,6 +237,7 @@ class UENNForceField(ForceModel):
         conservative: bool = False,
         pair_term: bool = True,
         e0s: dict[int | str, float] | None = None,
+        own_species: bool = False,
     ) -> None:
         super().__init__()
         dtype = resolve_dtype(dtype)
@@ -246,6 +257,7 @@ class UENNForceField(ForceModel):
             conservative=bool(conservative),
             pair_term=bool(pair_term),
             e0s=None if e0s is None else {str(int(z)): float(e) for z, e in e0s.items()},
+            own_species=bool(own_species),
         )
         self.cutoff = float(cutoff)
         self.num_species = len(atomic_numbers)
@@ -285,7 +297,7 @@ class UENNForceField(ForceModel):
         self.mixes = nn.ModuleList()
         self.mlps = nn.ModuleList()
         for k in range(num_blocks):
-            c_in = m if k == 0 else 2 * m
+            c_in = (m if k == 0 else 2 * m) + (species if cfg["own_species"] else 0)
             c_out = 1 if k == num_blocks - 1 and not self.conservative else m
             channels = [c_in, *cfg["mlp_channels"], c_out]
             act = cfg["activation"]
@@ -389,12 +401,15 @@ class UENNForceField(ForceModel):
         v = nn.functional.one_hot(species, self.num_species).to(pos.dtype)
         sums = self.convs[0].neighbour_sums(pos, edges, v)
         h = self.convs[0].contract(sums)  # (N, n + 1, M): [D; S]
-        h = self.mlps[0](h)
+        own = []
+        if self.config["own_species"]:  # [0; v_i]: the atom's own species as scalar channels
+            own = [torch.cat([v.new_zeros(v.shape[0], n, v.shape[1]), v.unsqueeze(1)], dim=1)]
+        h = self.mlps[0](torch.cat([h, *own], dim=-1))
         for mix, conv, mlp in zip(self.mixes, self.convs[1:], self.mlps[1:], strict=True):
             y = mix(h)  # (N, n + 1, C): [x_j; s_j]
             v_mix = torch.cat([v, y[:, n, :]], dim=-1)  # (N, S + C): [v_j, s_j]
             message = conv(pos, edges, v_mix, y[:, :n, :])  # (N, n + 1, M)
-            h = mlp(torch.cat([h, message], dim=-1))
+            h = mlp(torch.cat([h, message, *own], dim=-1))
         return h, sums
 
     def _pair_readout(self, sums: Tensor, species: Tensor) -> Tensor:

@@ -1,0 +1,118 @@
+"""The settings of ``uenn-geo train``: :class:`TrainJob`, every default in one place."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from uenn_geo.cli.options import defaults_of
+from uenn_geo.models import MODELS
+from uenn_geo.train import TrainConfig
+
+__all__ = ["TrainJob"]
+
+_CONFIG_DEFAULTS = defaults_of(TrainConfig)
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Settings of ``uenn-geo train`` (:func:`run_training`).
+
+    Data (one of ``data`` and ``train_file``):
+        data: a structure file (extended XYZ or anything ASE reads), a directory written by
+            ``uenn-geo prepare`` (HDF5 shards, read lazily; its own split) or a built-in set
+            (:data:`~uenn_geo.data.registry.DATASET_NAMES`), split into training, validation
+            and test sets.
+        train_file: the training structures; ``valid_file`` or ``val_fraction`` of them
+            validate, and ``test_files`` test.
+        valid_file: the validation structures.
+        test_files: files evaluated at the end, one table each.
+        energy_key, forces_key, stress_key: where the references are, e.g. ``REF_energy``
+            (default: ASE's calculator results, then ``info``/``arrays``).
+        config_type_weights: loss weight per ``config_type`` (others: 1).
+        e0s: isolated-atom energies (:func:`uenn_geo.data.e0s.resolve_e0s`): ``"isolated"``,
+            ``"average"``, a file, or a JSON mapping; default: the training file's
+            isolated-atom frames if any.
+
+    Model:
+        model: a name of :data:`uenn_geo.models.MODELS` (default: ``"graph"``).
+        cutoff: Angstrom (default: 5.0 for files, the model's own for built-in sets).
+        dtype: ``"float32"`` (default) or ``"float64"``.
+        direct: predict forces directly, without an energy (default: the model has an
+            energy whenever the data has energies).
+        model_kwargs: further keyword arguments of the model.
+
+    Training (see :class:`~uenn_geo.train.TrainConfig`):
+        energy_weight: weight of the per-atom energy term (default: 1 when the model has an
+            energy and the data energies, else 0); stress_weight likewise (default 0).
+        stage_two: fraction of the budget after which the energy weight becomes
+            ``stage_two_energy_weight`` (default: one stage).
+        time_limit, max_epochs, batch_size, lr, seed: as in TrainConfig.
+        val_fraction, test_fraction: shares of ``data`` held out (``test_fraction`` of a
+            ``train_file`` only when given).
+        out, root, resume, progress: output folder, processed-data cache, continue from
+            ``out/checkpoint.pt``, show progress.
+
+    Scale (``docs/scale.md``):
+        device: ``"cpu"`` (default) or ``"cuda"``; under ``torchrun`` / ``srun`` each process
+            takes ``cuda:LOCAL_RANK`` and ``batch_size`` is per process.
+        num_workers: DataLoader worker processes reading a prepared (HDF5) data set.
+    """
+
+    data: str | None = None
+    train_file: str | None = None
+    valid_file: str | None = None
+    test_files: tuple[str, ...] = ()
+    energy_key: str | None = None
+    forces_key: str | None = None
+    stress_key: str | None = None
+    config_type_weights: dict[str, float] = field(default_factory=dict)
+    e0s: str | dict[str, float] | None = None
+    out: str = "runs/train"
+    root: str = "datasets"
+    model: str = "graph"
+    cutoff: float | None = None
+    dtype: str | None = None
+    direct: bool = False
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    energy_weight: float | None = None
+    stress_weight: float = 0.0
+    stage_two: float | None = None
+    stage_two_energy_weight: float = _CONFIG_DEFAULTS["stage_two_energy_weight"]
+    time_limit: float | None = 600.0
+    max_epochs: int | None = None
+    batch_size: int = 16
+    lr: float = _CONFIG_DEFAULTS["lr"]
+    val_fraction: float = 0.1
+    test_fraction: float | None = None
+    seed: int = _CONFIG_DEFAULTS["seed"]
+    resume: bool = True
+    progress: bool = True
+    device: str | None = None
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.data is None) == (self.train_file is None):
+            raise ValueError("give exactly one of --data and --train-file")
+        if self.model not in MODELS:
+            raise ValueError(f"--model must be one of {sorted(MODELS)}, got {self.model!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"--val-fraction must lie in (0, 1), got {self.val_fraction}")
+        test = self.test_fraction or 0.0
+        if not 0 <= test < 1 or self.val_fraction + test >= 1:
+            raise ValueError("--test-fraction must lie in [0, 1) and leave training data")
+        for name in ("time_limit", "max_epochs", "batch_size", "lr", "cutoff"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if self.time_limit is None and self.max_epochs is None:
+            raise ValueError("give --time-limit or --max-epochs")
+        object.__setattr__(self, "test_files", tuple(self.test_files))
+        if not isinstance(self.model_kwargs, dict):
+            raise ValueError(f"--model-kwargs must be a JSON object, got {self.model_kwargs!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as plain values (what ``config.yaml`` holds)."""
+        out = asdict(self)
+        out["test_files"] = list(self.test_files)
+        return out
