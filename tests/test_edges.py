@@ -45,6 +45,9 @@ def test_chunked_layout_holds_every_edge_once():
     assert real == want
     assert laid.chunked(10) is laid  # laid out once
     assert shuffled.chunked(10, size=8, max_padding=1.0).chunk == 0  # padding would not pay
+    # without a size: the largest that pads by at most max_padding
+    ring = Edges(torch.stack([torch.arange(40) // 8, torch.arange(40) % 5]), None, 3.0)
+    assert ring.chunked(5).chunk == 8  # 8 neighbours each: chunks of 8, no padding
 
 
 def test_check_names_the_problem():

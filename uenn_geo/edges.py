@@ -38,6 +38,9 @@ __all__ = ["Edges", "build_edges", "edges_of", "nearest_edges", "EDGES_PER_CHUNK
 #: Edges of one centre per chunk of the chunked layout (one matrix product per chunk).
 EDGES_PER_CHUNK = 32
 
+#: The chunk sizes :meth:`Edges.chunked` chooses from, largest first.
+CHUNK_SIZES = (EDGES_PER_CHUNK, 16, 8)
+
 #: :meth:`Edges.chunked` lays the list out only if padding grows it by at most this factor.
 MAX_CHUNK_PADDING = 1.5
 
@@ -129,24 +132,32 @@ class Edges:
             )
 
     def chunked(
-        self, num_nodes: int, size: int = EDGES_PER_CHUNK, max_padding: float = MAX_CHUNK_PADDING
+        self,
+        num_nodes: int,
+        size: int | None = None,
+        max_padding: float = MAX_CHUNK_PADDING,
     ) -> Edges:
         r"""The same list laid out in chunks of ``size`` edges that share their centre.
 
         Atom :math:`i` with :math:`d_i` edges gets :math:`\lceil d_i / \mathrm{size} \rceil`
-        consecutive chunks; free places hold self-loops :math:`(i, i)` of zero shift. Returns
-        the list unchanged when it is chunked already, empty, or when padding would grow it by
-        more than ``max_padding`` (sparse neighbourhoods, where the plain list is faster). Run
-        eagerly: it counts the edges.
+        consecutive chunks; free places hold self-loops :math:`(i, i)` of zero shift. Without
+        ``size``, the largest of :data:`CHUNK_SIZES` that pads the list by at most
+        ``max_padding`` (32 for liquids and solids at the usual cutoffs, 8 for small
+        molecules). Returns the list unchanged when it is chunked already, empty, or when
+        padding would grow it by more than ``max_padding`` (sparse neighbourhoods, where the
+        plain list is faster). Run eagerly: it counts the edges.
         """
         if self.chunk or self.num_edges == 0:
             return self
         centre, neighbour = self.index
         num_edges = centre.shape[0]
         count = torch.bincount(centre, minlength=num_nodes)
-        num_own = (count + size - 1) // size  # chunks of each atom
-        total = int(num_own.sum()) * size
-        if total > max_padding * num_edges:
+        for size in CHUNK_SIZES if size is None else (size,):  # noqa: B020
+            num_own = (count + size - 1) // size  # chunks of each atom
+            total = int(num_own.sum()) * size
+            if total <= max_padding * num_edges:
+                break
+        else:
             return self
         first_edge = torch.cumsum(count, 0) - count  # in the list sorted by centre
         first_place = (torch.cumsum(num_own, 0) - num_own) * size

@@ -129,3 +129,76 @@ def test_parser_defaults_are_mdconfig_defaults():
         assert parsed == f.default, f.name
     assert config_from_args(args) == MDConfig(structure="start.xyz", model="model.pt")
     assert "time step in fs (default: 1.0)" in sub.choices["md"].format_help()
+
+
+def test_resume_after_a_crash_mid_frame_matches_uninterrupted_run(inputs):
+    """A kill inside a frame's write leaves a partial frame and log line (and restart.npz of
+    the frame before): --resume cuts both back and continues exactly."""
+    run_md(config(inputs, "full"))
+    run_md(config(inputs, "cut", steps=15))
+    traj, log = inputs / "cut" / "trajectory.extxyz", inputs / "cut" / "log.csv"
+    text = traj.read_text()
+    last = text[text.rindex("4\nProperties") :]
+    with open(traj, "a") as f:  # half of another frame, as a kill leaves it
+        f.write(last[: len(last) // 2])
+    with open(log, "a") as f:
+        f.write("2")  # the start of the row of step 20, cut inside its first number
+    summary = run_md(config(inputs, "cut", resume=True))
+    assert summary["steps"] == 5
+    full = read(inputs / "full" / "trajectory.extxyz", index=":")
+    cut = read(traj, index=":")
+    assert [f.info["step"] for f in cut] == [0, 5, 10, 15, 20]
+    for a, b in zip(full, cut, strict=True):
+        np.testing.assert_array_equal(a.positions, b.positions)
+    assert read_log(inputs / "full" / "log.csv") == read_log(log)
+
+
+def test_resume_drops_frames_after_the_restart_state(inputs):
+    """A kill after a frame and its log row were appended, before restart.npz was replaced."""
+    run_md(config(inputs, "full"))
+    run_md(config(inputs, "cut", steps=10))
+    restart = (inputs / "cut" / "restart.npz").read_bytes()
+    run_md(config(inputs, "cut", steps=15, resume=True))
+    (inputs / "cut" / "restart.npz").write_bytes(restart)  # back to step 10
+    run_md(config(inputs, "cut", resume=True))
+    assert read_log(inputs / "full" / "log.csv") == read_log(inputs / "cut" / "log.csv")
+    full = read(inputs / "full" / "trajectory.extxyz", index=":")
+    cut = read(inputs / "cut" / "trajectory.extxyz", index=":")
+    assert [f.info["step"] for f in cut] == [0, 5, 10, 15, 20]
+    np.testing.assert_array_equal(full[-1].positions, cut[-1].positions)
+
+
+@pytest.mark.parametrize(
+    ("change", "flag"),
+    [({"dt": 1.0}, "--dt"), ({"temperature": 80.0}, "--temperature"), ("model", "--model")],
+)
+def test_resume_refuses_changed_settings(inputs, change, flag):
+    run_md(config(inputs, "run", steps=10))
+    if change == "model":
+        other = UENNForceField(**SMALL, conservative=True)
+        save_model(other, inputs / "other.pt")
+        change = {"model": str(inputs / "other.pt")}
+    with pytest.raises(ValueError, match=rf"other settings \({flag}.* was .*another --out"):
+        run_md(config(inputs, "run", resume=True, **change))
+    assert len(read(inputs / "run" / "trajectory.extxyz", index=":")) == 3  # untouched
+
+
+def test_a_run_directory_in_use_is_refused(inputs):
+    from uenn_geo.files import RunLock
+
+    with RunLock(inputs / "busy", "md"), pytest.raises(ValueError, match="in use by uenn-geo md"):
+        run_md(config(inputs, "busy"))
+    assert not (inputs / "busy" / "trajectory.extxyz").exists()
+
+
+def test_memory_warning_for_large_neighbour_lists():
+    from ase.build import bulk
+
+    from uenn_geo.cli.md import warn_graph_memory
+
+    copper = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((17, 17, 17))  # 19,652 atoms
+    with pytest.warns(RuntimeWarning, match=r"19652 atoms at the cutoff 10.2 A.*smaller cutoff"):
+        pairs, needed = warn_graph_memory(copper, 10.2, 0.0, available=8e9)
+    assert 6e6 < pairs < 9e6 and 6e9 < needed < 9e9  # 7.4 million pairs, 7.4 GB measured
+    small = Atoms("Ar4", positions=paper_md_initial_positions().numpy())
+    assert warn_graph_memory(small, 8.0, 1.0, available=8e9)[0] <= 12  # at most all pairs

@@ -48,3 +48,46 @@ def test_resume_may_change_the_limits(run):
     res = train(model, data, data, TrainConfig(max_epochs=3, batch_size=8, progress=False), out)
     assert res.epochs == 3 and len(res.history) == 3
     assert [r["epoch"] for r in res.history] == [1, 2, 3]
+
+
+def test_resume_refuses_another_identity_naming_what_changed(tmp_path):
+    pos = sample_paper_configurations(16, generator=torch.Generator().manual_seed(0))
+    data = DenseForceData(pos.float(), lennard_jones(pos)[1].float())
+    model = PaperForceModel(hidden=[8])
+    model.fit_scales(data.pos, data.forces)
+    cfg = TrainConfig(max_epochs=1, batch_size=8, progress=False)
+    identity = {"data": "sha1-a", "split": "0123"}
+    train(model, data, data, cfg, tmp_path, identity=identity)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["identity"] == identity
+    more = TrainConfig(max_epochs=2, batch_size=8, progress=False)
+    with pytest.raises(ValueError, match=r"another run: data changed .*--restart"):
+        train(model, data, data, more, tmp_path, identity={**identity, "data": "sha1-b"})
+    with pytest.raises(ValueError, match=r"another run: split changed"):
+        train(model, data, data, more, tmp_path, identity={**identity, "split": "4567"})
+    assert train(model, data, data, more, tmp_path, identity=identity).epochs == 2
+
+
+def test_truncated_checkpoint_suggests_restart(run):
+    model, data, cfg, out = run
+    path = out / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"cannot be read \(damaged or truncated.*--restart"):
+        train(model, data, data, cfg, out)
+
+
+def test_rerunning_a_finished_run_says_how_to_continue(run):
+    model, data, cfg, out = run
+    with pytest.warns(UserWarning, match=r"already finished \(max_epochs.*--max-epochs.*--restart"):
+        res = train(model, data, data, cfg, out)
+    assert res.epochs == 1 and len(res.history) == 1
+
+
+def test_a_damaged_weight_in_a_checkpoint_is_found(run):
+    model, data, cfg, out = run
+    path = out / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=False)
+    name = next(iter(ckpt["model"]["state_dict"]))
+    ckpt["model"]["state_dict"][name].view(-1)[0] += 1.0
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match="SHA-256"):
+        train(model, data, data, TrainConfig(max_epochs=2, batch_size=8, progress=False), out)

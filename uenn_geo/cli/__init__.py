@@ -2,7 +2,9 @@
 
 Each subcommand parses its options into a dataclass and calls one function that is also
 usable from Python (:func:`uenn_geo.experiments.paper.run.run_paper`,
-:func:`uenn_geo.train.train`, ...).
+:func:`uenn_geo.train.train`, ...). Expected errors (bad input: :class:`ValueError`; files
+missing, unreadable or unwritable: :class:`OSError`) end a command with one line on stderr
+and exit status 2, warnings are shown as one line each; only bugs show tracebacks.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -24,9 +28,10 @@ def _threads(args: argparse.Namespace) -> None:
 
 def _subcommands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """One installer per subcommand module; each adds one parser with ``func`` set."""
-    from uenn_geo.cli import bench, eval, md, paper, train
+    from uenn_geo.cli import bench, eval, md, paper, prepare, train
 
-    return [paper.add_parser, train.add_parser, eval.add_parser, bench.add_parser, md.add_parser]
+    modules = [paper, train, eval, bench, md, prepare]
+    return [module.add_parser for module in modules]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,10 +53,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         keep_freed_memory()  # 2-3x faster force evaluations on Linux (uenn_geo.perf)
     try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"uenn-geo {args.command}: error: {err}", file=sys.stderr)
+        with _one_line_warnings(args.command):
+            return args.func(args)
+    except (ValueError, OSError) as err:
+        print(f"uenn-geo {args.command}: error: {_message(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"uenn-geo {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _message(err: BaseException) -> str:
+    """The error's text; an OSError's strerror and file name when it has them."""
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        return f"{err.filename}: {err.strerror}"
+    return str(err) or type(err).__name__
+
+
+@contextmanager
+def _one_line_warnings(command: str) -> Iterator[None]:
+    """Show warnings as ``uenn-geo CMD: warning: text`` (no source line) while running."""
+    old = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+        return f"uenn-geo {command}: warning: {message}\n"
+
+    warnings.formatwarning = format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = old
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,6 +6,12 @@ energies and forces works: extended XYZ from most ML-potential workflows, VASP `
 Angstrom and forces in eV/Angstrom, which are this library's units: nothing is converted.
 
 Units: positions and cells in Angstrom, energies in eV, forces in eV/Angstrom.
+
+XYZ files are checked line by line before ASE reads them (:func:`check_xyz`): an empty file,
+a frame cut short (too few atom lines or columns), an unknown element symbol or a bad atom
+count is an error naming the frame and the line, as is a file that ends inside a number
+(no final newline, fewer decimals than the line before); other files without a final newline
+get a warning.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -28,6 +36,8 @@ __all__ = [
     "read_frames",
     "write_extxyz",
     "file_sha1",
+    "read_atoms",
+    "check_xyz",
     "ISOLATED_ATOM_TYPES",
 ]
 
@@ -198,23 +208,126 @@ def read_frames(
     Returns:
         list[Data]: one graph per frame, with ``energy`` on every graph or on none.
     """
-    import ase.io
 
     if not min_distance >= 0:
         raise ValueError(f"Expected min_distance >= 0 (Angstrom), got {min_distance}")
     where = os.fspath(path)
     keys = {"energy": energy_key, "forces": forces_key, "stress": stress_key}
-    try:
-        frames = ase.io.read(where, index=":", format=format)
-    except Exception as err:  # ASE raises many kinds for a malformed file
-        kind = format or "a structure file"
-        raise ValueError(f"{where}: cannot be read as {kind}: {err}") from err
+    frames = read_atoms(where, ":", format)
     data_list = [_frame_to_data(a, k, where, keys, min_distance) for k, a in enumerate(frames)]
     if not data_list:
         raise ValueError(f"{where}: no frames")
     _check_all_or_none(data_list, where, "energy", energy_key or "energy")
     _fill_stress(data_list)
     return data_list
+
+
+_XYZ_SUFFIXES = (".xyz", ".extxyz")
+_PROPERTIES = re.compile(r"""Properties=["']?([^\s"']+)""", re.IGNORECASE)
+
+
+def read_atoms(path: str | os.PathLike, index: str | int = ":", format: str | None = None) -> Any:
+    """``ase.io.read(path, index, format)`` after :func:`check_xyz` for XYZ files; every
+    failure a :class:`ValueError` naming the file."""
+    import ase.io
+
+    where = os.fspath(path)
+    if not os.path.isfile(where):
+        raise FileNotFoundError(f"no structure file at {where}")
+    xyz = format in ("xyz", "extxyz") or (format is None and where.endswith(_XYZ_SUFFIXES))
+    if xyz:
+        check_xyz(where)
+    elif os.path.getsize(where) == 0:
+        raise ValueError(f"{where}: the file is empty")
+    try:
+        return ase.io.read(where, index=index, format=format)
+    except Exception as err:  # ASE raises many kinds for a malformed file
+        kind = format or "a structure file"
+        raise ValueError(f"{where}: cannot be read as {kind}: {err}") from err
+
+
+def _columns(comment: str) -> int | None:
+    """Columns per atom line that the comment's ``Properties=`` declares (None: plain XYZ)."""
+    match = _PROPERTIES.search(comment)
+    if match is None:
+        return None
+    fields = match.group(1).split(":")
+    try:
+        return sum(int(n) for n in fields[2::3])
+    except ValueError:
+        return None
+
+
+def _check_atom_line(line: str, columns: int | None, here: str) -> None:
+    from ase.data import atomic_numbers
+
+    words = line.split()
+    expected = columns if columns is not None else 4
+    if len(words) < expected or (columns is not None and len(words) > columns):
+        raise ValueError(f"{here}: expected {expected} columns, got {len(words)}: {line[:80]!r}")
+    symbol = words[0]
+    if symbol not in atomic_numbers and not symbol.isdigit():
+        raise ValueError(f"{here}: unknown element symbol {symbol!r}")
+
+
+def _decimals(line: str) -> int:
+    """Digits after the decimal point of the last number of ``line`` (-1 without one)."""
+    words = line.split()
+    last = words[-1] if words else ""
+    return len(last) - last.index(".") - 1 if "." in last else -1
+
+
+def check_xyz(path: str | os.PathLike) -> int:
+    """Check the line structure of an (extended) XYZ file: every frame's atom count, its
+    atom lines, their columns (as ``Properties=`` declares) and element symbols; return the
+    number of frames.
+
+    Raises:
+        ValueError: naming the frame (0-based) and the line (1-based) of the first problem:
+            an empty file, a frame cut short, a missing or bad atom count, a line with too
+            few or too many columns, an unknown element symbol.
+
+    A file that does not end with a newline is an error when its last number has fewer
+    decimals than the one above it (cut inside it), else it gets a warning.
+    """
+    where = os.fspath(path)
+    with open(where, errors="replace") as f:
+        lines = f.read().split("\n")
+    if not any(line.strip() for line in lines):
+        raise ValueError(f"{where}: the file is empty (no frames)")
+    cut = lines[-1] != ""
+    lines = lines[:-1] if not cut else lines
+    frame = i = 0
+    while i < len(lines):
+        if not lines[i].strip() and not any(line.strip() for line in lines[i:]):
+            break  # trailing blank lines
+        here = f"{where}, frame {frame} (line {i + 1})"
+        try:
+            n = int(lines[i].strip())
+        except ValueError:
+            got = lines[i][:80]
+            raise ValueError(f"{here}: expected the number of atoms, got {got!r}") from None
+        if n < 0 or i + 1 + n >= len(lines):
+            have = max(len(lines) - i - 2, 0)
+            raise ValueError(f"{here}: the frame is cut short: {have} of {n} atom lines")
+        columns = _columns(lines[i + 1])
+        for k in range(i + 2, i + 2 + n):
+            _check_atom_line(lines[k], columns, f"{where}, frame {frame} (line {k + 1})")
+        i, frame = i + 2 + n, frame + 1
+    if cut and _decimals(lines[-1]) < _decimals(lines[-2] if len(lines) > 1 else ""):
+        raise ValueError(
+            f"{where}, frame {frame - 1} (line {len(lines)}): the file ends inside a number "
+            "(fewer decimals than the line before, and no final newline): it was cut short"
+        )
+    if cut:
+        warnings.warn(
+            f"{where} does not end with a newline: its last line (frame {frame - 1}, line "
+            f"{len(lines)}) may have been cut, e.g. inside its last number; check that the "
+            "file is complete",
+            UserWarning,
+            stacklevel=3,
+        )
+    return frame
 
 
 def _check_all_or_none(data_list: list[Data], where: str, name: str, key: str) -> None:

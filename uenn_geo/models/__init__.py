@@ -3,11 +3,14 @@ in, forces (eV/A) out, and energies (eV) and stresses where the model has an ene
 
 Every model class takes JSON-serialisable keyword arguments, keeps them in ``model.config``,
 and is registered in :data:`MODELS`, so that :func:`save_model` / :func:`load_model` can
-rebuild it from a file without pickled code.
+rebuild it from a file without pickled code. A model file carries the SHA-256 of its weights
+(:func:`weights_sha256`), checked when it is loaded, so a damaged file refuses to load (files
+written before the checksum load unchecked).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ __all__ = [
     "save_model",
     "load_model",
     "model_record",
+    "weights_sha256",
     "FORMAT",
 ]
 
@@ -52,14 +56,28 @@ def _model_name(model: nn.Module) -> str:
     raise ValueError(f"{type(model).__name__} is not a registered model; known: {sorted(MODELS)}")
 
 
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict: every entry's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def model_record(model: nn.Module, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The dictionary :func:`save_model` writes: name, configuration, weights, metadata."""
+    """The dictionary :func:`save_model` writes: name, configuration, weights, their
+    SHA-256 (:func:`weights_sha256`), metadata."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "model": _model_name(model),
         "config": dict(model.config),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "state_dict": state,
+        "sha256": weights_sha256(state),
         "metadata": dict(metadata or {}),
     }
 
@@ -84,6 +102,11 @@ def model_from_record(record: Any, source: str = "record") -> nn.Module:
             f"reads version {FORMAT_VERSION}"
         )
     name = record.get("model")
+    if "sha256" in record and weights_sha256(record["state_dict"]) != record["sha256"]:
+        raise ValueError(
+            f"{source} is damaged: its weights do not match their stored SHA-256 checksum; "
+            "use an intact copy (or retrain)"
+        )
     if name not in MODELS:
         raise ValueError(f"{source} holds an unknown model {name!r}; known: {sorted(MODELS)}")
     # Keys added to a model's configuration after format 1 default to their old behaviour.
@@ -101,8 +124,9 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     """Load a model written by :func:`save_model`, in evaluation mode.
 
     Raises:
-        ValueError: the file is not a uenn-geo model file, has another format version, or
-            its weights do not fit its configuration.
+        ValueError: the file is not a uenn-geo model file, is damaged (its weights' checksum
+            or the archive does not check out), has another format version, or its weights
+            do not fit its configuration.
     """
     path = Path(path)
     if not path.is_file():
@@ -110,5 +134,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     try:
         record = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} is not a uenn-geo model file: {err}") from err
+        raise ValueError(
+            f"{path} is not a uenn-geo model file, or a damaged or truncated one: {err}"
+        ) from err
     return model_from_record(record, source=str(path)).eval()

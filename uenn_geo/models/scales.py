@@ -109,3 +109,49 @@ def refit_energy_shift(model: Any, graphs: Iterable[Any], batch_size: int = 64) 
     new[present] = solution
     shift.copy_(new.to(shift))
     return new
+
+
+@torch.no_grad()
+def set_scales_from_statistics(
+    model: Any, force_rms: float, energy_shifts: dict[int, float] | None = None
+) -> float:
+    r"""Set a model's scales from stored statistics, as its ``fit_scales`` would from graphs.
+
+    For data prepared on disk (:func:`uenn_geo.data.hdf5.prepare`), whose statistics were
+    computed while it was written, so that training needs no pass over the data: sets
+    ``force_scale`` :math:`s_F` to ``force_rms`` (:math:`\sqrt{\langle F^2 \rangle}`, eV/A),
+    and for models with an energy ``energy_scale`` to :math:`s_F \cdot 1` A and, unless the
+    model has fixed E0s (``config["e0s"]``), ``energy_shift`` to ``energy_shifts`` (the
+    per-species least squares :math:`E_g \approx \sum_z n_{gz} \mu_z`, ``{Z: eV}``; zero for
+    other species), exactly what :func:`fit_force_energy_scales` gives on the same frames.
+
+    Raises:
+        ValueError: the model fits more than scales to the data (a pair term), or its force
+            scale is not the RMS of the forces; use its ``fit_scales`` on graphs.
+
+    Returns:
+        The force scale (eV/A).
+    """
+    from uenn_geo.models.paper import PaperForceModel
+
+    if getattr(model, "pair_weight", None) is not None or isinstance(model, PaperForceModel):
+        raise ValueError(
+            f"{type(model).__name__} fits a pair term or its own force scale to the data: it "
+            "cannot start from stored statistics; use its fit_scales on graphs (or a model "
+            "without pair term, e.g. --model-kwargs '{\"pair_term\": false}')"
+        )
+    if not (math.isfinite(force_rms) and force_rms > 0):
+        raise ValueError(f"the force scale must be finite and > 0, got {force_rms} eV/A")
+    model.force_scale.fill_(force_rms)
+    if not getattr(model, "has_energy", False) or not hasattr(model, "energy_scale"):
+        return float(force_rms)
+    model.energy_scale.fill_(force_rms)
+    config = getattr(model, "config", {}) or {}
+    if energy_shifts and config.get("e0s") is None and hasattr(model, "energy_shift"):
+        zs = torch.tensor(sorted(int(z) for z in energy_shifts), dtype=torch.long)
+        values = torch.tensor([energy_shifts[int(z)] for z in zs.tolist()], dtype=torch.float64)
+        index = model.species_index(zs, len(zs)) if hasattr(model, "species_index") else zs
+        shift = torch.zeros(model.energy_shift.shape, dtype=torch.float64)
+        shift[index.cpu()] = values
+        model.energy_shift.copy_(shift.to(model.energy_shift))
+    return float(force_rms)

@@ -21,11 +21,11 @@ from torch import Tensor, nn
 
 from uenn_geo.files import write_csv
 from uenn_geo.models import model_record, save_model
+from uenn_geo.train import distributed
 from uenn_geo.train.checkpoint import load_checkpoint, save_checkpoint
 from uenn_geo.train.config import TrainConfig, TrainResult
-from uenn_geo.train.dense import batches
-from uenn_geo.train.loss import LossFunction, evaluate, has_energy
-from uenn_geo.train.metrics import ALL, error_table
+from uenn_geo.train.loss import LossFunction, has_energy
+from uenn_geo.train.metrics import ALL
 
 __all__ = ["train"]
 
@@ -39,6 +39,7 @@ def train(
     resume: bool = True,
     resample: Callable[[torch.Generator], Any] | None = None,
     metadata: dict[str, Any] | None = None,
+    identity: dict[str, Any] | None = None,
 ) -> TrainResult:
     r"""Train ``model`` on forces; keep the best model by validation force RMSE.
 
@@ -57,11 +58,15 @@ def train(
             start of every epoch (online sampling from a generator, which removes
             overfitting when the data source is a cheap generator).
         metadata: stored in ``model.pt`` beside the weights.
+        identity: what makes this run this run (e.g. data hashes and the split), stored in
+            the checkpoint; a resume with another identity is refused, naming the key.
+            A resume of a finished run warns that there is nothing to train.
 
     Returns:
         A :class:`~uenn_geo.train.TrainResult`; the model ends holding the best weights.
     """
     run = _Run(model, config, Path(out_dir) if out_dir is not None else None, metadata)
+    run.identity = identity
     if resume:
         run.resume()
     progress = _Progress(config, run.state)
@@ -143,10 +148,14 @@ class _Run:
             else None
         )
         self.ema = _EMA(model, config.ema_decay) if config.ema_decay is not None and adam else None
-        self.loss_fn = LossFunction(
-            model, config.energy_weight, config.compile and adam, config.stress_weight
+        self.loss_fn = LossFunction(  # through DistributedDataParallel with several ranks
+            distributed.wrap(model),
+            config.energy_weight,
+            config.compile and adam,
+            config.stress_weight,
         )
         self.state = _State(best_state=_copy_state(model))
+        self.identity: dict[str, Any] | None = None
 
     @property
     def lr(self) -> float:
@@ -161,7 +170,7 @@ class _Run:
         path = self.checkpoint_path
         if path is None or not path.exists():
             return
-        ckpt = load_checkpoint(path, self.model, self.config)
+        ckpt = load_checkpoint(path, self.model, self.config, self.identity)
         self.model.load_state_dict(ckpt["model"]["state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.plateau is not None and ckpt.get("plateau") is not None:
@@ -171,6 +180,16 @@ class _Run:
         self.gen.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
         self.state = _State.from_dict(ckpt)
+        reason = self.limit_reached()
+        if reason is not None:
+            warnings.warn(
+                f"the run in {self.out} has already finished ({reason}: epoch "
+                f"{self.state.epoch}, step {self.state.step}); nothing to train. Raise "
+                "--max-epochs or --time-limit (max_epochs, time_limit) to continue it, or "
+                "start afresh with --restart (resume=False)",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def limit_reached(self) -> str | None:
         """The stop reason, once a limit is reached."""
@@ -192,17 +211,20 @@ class _Run:
         cosine = cfg.optimizer == "adam" and cfg.schedule == "cosine"
         self.model.train()
         loss_sum, loss_count = 0.0, 0
-        per_epoch = math.ceil(len(data) / (cfg.batch_size or len(data)))
-        for k, batch in enumerate(batches(data, cfg.batch_size, True, self.gen)):
+        per_epoch = distributed.batches_per_epoch(len(data), cfg.batch_size)
+        clock = distributed.StepClock(t0)  # one clock (and loss) for all ranks
+        device = distributed.device_of(self.model)
+        shard = distributed.train_batches(data, cfg.batch_size, self.gen, cfg.seed, s.epoch, device)
+        for k, batch in enumerate(shard):
             epoch = s.epoch + k / per_epoch
-            frac = _progress_fraction(cfg, epoch, s.step, s.elapsed + _since(t0))
+            frac = _progress_fraction(cfg, epoch, s.step, s.elapsed + clock.now())
             if cosine:
                 for group in self.optimizer.param_groups:
                     group["lr"] = _cosine_lr(cfg, frac)
             if cfg.stage_two is not None and frac >= cfg.stage_two:
                 self.loss_fn.energy_weight = cfg.stage_two_energy_weight
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.loss_fn.backward(batch)
+            loss = clock.agree(self.loss_fn.backward(batch))
             if not torch.isfinite(loss):
                 return None
             if cfg.grad_clip is not None and cfg.optimizer == "adam":
@@ -215,7 +237,7 @@ class _Run:
             s.step += 1
             if cfg.max_steps is not None and s.step >= cfg.max_steps:
                 break
-            if cfg.time_limit is not None and s.elapsed + _since(t0) >= cfg.time_limit:
+            if cfg.time_limit is not None and s.elapsed + clock.now() >= cfg.time_limit:
                 break
         return loss_sum / max(loss_count, 1)
 
@@ -228,7 +250,7 @@ class _Run:
         self.val_metrics = _validation(self.model, val_data, self.config)
         val = self.val_metrics["score"]
         s.epoch += 1
-        s.elapsed += _since(t0)
+        s.elapsed += distributed.agreed_seconds(_since(t0))
         if self.plateau is not None:
             self.plateau.step(val)
         if not math.isfinite(val):
@@ -236,7 +258,7 @@ class _Run:
         if val < s.best_val:
             s.best_val, s.best_epoch, s.epochs_since_best = val, s.epoch, 0
             s.best_state = _copy_state(self.model)
-            if self.out is not None:
+            if self.out is not None and distributed.is_main():
                 save_model(self.model, self.out / "model.pt", self.metadata)
         else:
             s.epochs_since_best += 1
@@ -265,7 +287,7 @@ class _Run:
 
     def save(self) -> None:
         """Write ``checkpoint.pt`` and ``log.csv`` (with an output directory)."""
-        if self.out is None:
+        if self.out is None or not distributed.is_main():
             return
         content = {
             "model": model_record(self.model),
@@ -276,7 +298,7 @@ class _Run:
             "torch_rng": torch.get_rng_state(),
             **self.state.as_dict(),
         }
-        save_checkpoint(self.checkpoint_path, self.config, content)
+        save_checkpoint(self.checkpoint_path, self.config, content, self.identity)
         history = self.state.history
         write_csv(self.out / "log.csv", history, list(history[0]))
 
@@ -373,9 +395,9 @@ def _validation(model: nn.Module, data: Any, cfg: TrainConfig) -> dict[str, floa
     """Validation errors (eV/A, eV/atom) and the score that picks the best model: the force
     RMSE, or with an energy term the loss's own mix of force and per-atom energy errors."""
     if cfg.energy_weight <= 0 or not has_energy(model) or not _has_energies(data):
-        rmse = evaluate(model, data, cfg.eval_batch_size)["force_rmse"]
+        rmse = distributed.force_rmse(model, data, cfg.eval_batch_size)
         return {"force_rmse": rmse, "score": rmse}
-    row = error_table(model, data, cfg.eval_batch_size)[ALL]
+    row = distributed.error_table(model, data, cfg.eval_batch_size)[ALL]
     force, energy = row["force_rmse"] / 1e3, row["energy_rmse_per_atom"] / 1e3
     scale = float(model.force_scale)
     score = math.sqrt((force / scale) ** 2 + cfg.energy_weight * (energy / scale) ** 2) * scale

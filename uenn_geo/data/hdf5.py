@@ -1,0 +1,421 @@
+r"""Data sets larger than memory: structure files prepared once into HDF5 shards, read lazily.
+
+:func:`prepare` reads extended-XYZ (or anything ASE reads) in a stream (:func:`ase.io.iread`,
+one frame at a time), checks each frame as :func:`~uenn_geo.data.read_frames` does, assigns it
+to the training, validation or test set (a seeded draw per frame), and writes each set as
+HDF5 shards of at most ``shard_frames`` frames (h5py; one file per shard, contiguous arrays so
+that a frame is a few small reads). The statistics training needs are computed in the same
+pass and stored in ``meta.json`` per set (see :class:`PreparedStats`), so that training needs
+no pass over the data at start. Isolated-atom frames (``config_type`` ``IsolatedAtom``) are
+kept out of the sets; their energies are stored as E0s. Everything is written into a temporary
+directory beside the target, renamed into place at the end (a prepared directory is complete or
+absent). Memory is bounded by one shard per set, whatever the size of the input.
+
+:class:`H5Frames` is the lazy data set (a :class:`torch_geometric.data.Dataset`): ``len`` and
+the shard index come from ``meta.json``; each frame is read from its shard on access, the files
+being opened per process (so DataLoader worker processes each open their own handles) and at
+most :data:`MAX_OPEN_FILES` at a time.
+
+Layout of a shard ``<set>-NNNNN.h5`` with :math:`F` frames and :math:`A` atoms: ``offsets``
+:math:`(F+1)` int64, ``pos`` and ``forces`` :math:`(A, 3)` float64 (A, eV/A), ``z``
+:math:`(A)` uint8, ``cell`` :math:`(F, 3, 3)`, ``pbc`` :math:`(F, 3)` bool, ``config_type``
+:math:`(F)` strings, and where present ``energy`` :math:`(F)` (eV), ``stress`` :math:`(F, 3,
+3)` with ``stress_weight`` :math:`(F)`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import shutil
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch_geometric.data import Data, Dataset
+
+from uenn_geo.data.extxyz import _frame_to_data
+
+__all__ = ["prepare", "H5Frames", "PreparedStats", "read_meta", "is_prepared", "SETS"]
+
+#: The sets of a prepared directory.
+SETS = ("train", "val", "test")
+
+#: Version of the prepared layout (``meta.json`` ``"format_version"``).
+FORMAT_VERSION = 1
+
+#: Shard files a process keeps open at once (least recently used closed first).
+MAX_OPEN_FILES = 8
+
+
+@dataclass
+class PreparedStats:
+    """The statistics of one set, computed while it is written (``meta.json``).
+
+    Attributes:
+        frames, atoms: how many.
+        species: the atomic numbers present, sorted; ``atoms_per_species`` their counts.
+        force_sq_sum, force_components: :math:`\\sum F^2` and the number of components;
+            ``force_rms`` their ratio's root (eV/A, the models' force scale).
+        energies: frames with an energy; ``mean_energy_per_atom`` the mean of :math:`E/N`.
+        gram, rhs: the normal equations :math:`A^\\top A`, :math:`A^\\top b` of the per-species
+            least squares :math:`E_g \\approx \\sum_z n_{gz} \\mu_z` (rows and columns in
+            ``species`` order); ``e0s_lstsq`` their solution ``{Z: eV}``.
+        edges: neighbour pairs within ``cutoff``; ``avg_num_neighbors`` = edges / atoms.
+        has_stress: whether any frame carries a stress.
+    """
+
+    frames: int = 0
+    atoms: int = 0
+    species: list[int] = field(default_factory=list)
+    atoms_per_species: dict[str, int] = field(default_factory=dict)
+    force_sq_sum: float = 0.0
+    force_components: int = 0
+    force_rms: float = 0.0
+    energies: int = 0
+    energy_per_atom_sum: float = 0.0
+    mean_energy_per_atom: float | None = None
+    gram: dict[str, dict[str, float]] = field(default_factory=dict)
+    rhs: dict[str, float] = field(default_factory=dict)
+    e0s_lstsq: dict[str, float] | None = None
+    cutoff: float = 0.0
+    edges: int = 0
+    avg_num_neighbors: float = 0.0
+    has_stress: bool = False
+
+    def add(self, data: Data, edges: int) -> None:
+        """Count one frame (with its number of neighbour pairs)."""
+        n = int(data.pos.shape[0])
+        self.frames += 1
+        self.atoms += n
+        self.edges += edges
+        zs, counts = np.unique(data.z.numpy(), return_counts=True)
+        for z, c in zip(zs.tolist(), counts.tolist(), strict=True):
+            self.atoms_per_species[str(z)] = self.atoms_per_species.get(str(z), 0) + c
+        f = data.forces.numpy()
+        self.force_sq_sum += float(np.square(f).sum())
+        self.force_components += f.size
+        self.has_stress |= getattr(data, "stress", None) is not None
+        energy = getattr(data, "energy", None)
+        if energy is None:
+            return
+        e = float(energy.reshape(-1)[0])
+        self.energies += 1
+        self.energy_per_atom_sum += e / n
+        for z1, c1 in zip(zs.tolist(), counts.tolist(), strict=True):
+            row = self.gram.setdefault(str(z1), {})
+            for z2, c2 in zip(zs.tolist(), counts.tolist(), strict=True):
+                row[str(z2)] = row.get(str(z2), 0.0) + float(c1 * c2)
+            self.rhs[str(z1)] = self.rhs.get(str(z1), 0.0) + c1 * e
+
+    def finish(self) -> None:
+        """Derive the means, the force RMS and the least-squares E0s from the sums."""
+        self.species = sorted(int(z) for z in self.atoms_per_species)
+        if self.force_components:
+            self.force_rms = float(np.sqrt(self.force_sq_sum / self.force_components))
+        if self.atoms:
+            self.avg_num_neighbors = self.edges / self.atoms
+        if not self.energies:
+            return
+        self.mean_energy_per_atom = self.energy_per_atom_sum / self.energies
+        keys = [str(z) for z in self.species]
+        a = torch.tensor(
+            [[self.gram.get(i, {}).get(j, 0.0) for j in keys] for i in keys], dtype=torch.float64
+        )
+        b = torch.tensor([self.rhs.get(i, 0.0) for i in keys], dtype=torch.float64)
+        mu = torch.linalg.lstsq(a, b.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+        self.e0s_lstsq = {k: float(v) for k, v in zip(keys, mu.tolist(), strict=True)}
+
+
+class _ShardWriter:
+    """Buffers one set's frames and writes them as shards of ``shard_frames`` frames."""
+
+    def __init__(self, directory: Path, name: str, shard_frames: int) -> None:
+        self.directory, self.name, self.shard_frames = directory, name, shard_frames
+        self.frames: list[Data] = []
+        self.shards: list[dict[str, Any]] = []
+
+    def add(self, data: Data) -> None:
+        self.frames.append(data)
+        if len(self.frames) >= self.shard_frames:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.frames:
+            return
+        import h5py
+
+        file = f"{self.name}-{len(self.shards):05d}.h5"
+        frames, self.frames = self.frames, []
+        sizes = [int(d.pos.shape[0]) for d in frames]
+        with h5py.File(self.directory / file, "w") as f:
+            f["offsets"] = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            f["pos"] = np.concatenate([d.pos.numpy() for d in frames])
+            f["forces"] = np.concatenate([d.forces.numpy() for d in frames])
+            f["z"] = np.concatenate([d.z.numpy() for d in frames]).astype(np.uint8)
+            f["cell"] = np.stack([d.cell.numpy().reshape(3, 3) for d in frames])
+            f["pbc"] = np.stack([d.pbc.numpy().reshape(3) for d in frames])
+            types = [d.config_type for d in frames]
+            f.create_dataset("config_type", data=types, dtype=h5py.string_dtype())
+            if getattr(frames[0], "energy", None) is not None:
+                f["energy"] = np.array([float(d.energy.reshape(-1)[0]) for d in frames])
+            if any(getattr(d, "stress", None) is not None for d in frames):
+                zero = torch.zeros(1, 3, 3, dtype=torch.float64)
+                f["stress"] = np.stack([_or(d, "stress", zero).numpy()[0] for d in frames])
+                f["stress_weight"] = np.array(
+                    [float(getattr(d, "stress", None) is not None) for d in frames]
+                )
+        self.shards.append({"file": file, "frames": len(frames), "atoms": sum(sizes)})
+
+
+def _or(data: Data, name: str, default: Any) -> Any:
+    value = getattr(data, name, None)
+    return default if value is None else value
+
+
+def _count_edges(data: Data, cutoff: float) -> int:
+    from uenn_geo.neighbors import radius_graph
+
+    if cutoff <= 0:
+        return 0
+    edge_index, _ = radius_graph(data.pos, cutoff, cell=data.cell, pbc=data.pbc)
+    return int(edge_index.shape[1])
+
+
+def _stream(
+    paths: Sequence[str | os.PathLike], keys: dict[str, str | None], min_distance: float
+) -> Iterable[Data]:
+    """Checked frames of every file in turn, one at a time (:func:`ase.io.iread`)."""
+    import ase.io
+
+    for path in paths:
+        where = os.fspath(path)
+        if not os.path.isfile(where):
+            raise FileNotFoundError(f"No such file: {where!r}")
+        try:
+            frames = ase.io.iread(where, index=":")
+            for k, atoms in enumerate(frames):
+                yield _frame_to_data(atoms, k, where, keys, min_distance)
+        except ValueError:
+            raise
+        except Exception as err:  # ASE raises many kinds for a malformed file
+            raise ValueError(f"{where}: cannot be read as a structure file: {err}") from err
+
+
+def prepare(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    cutoff: float = 5.0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    shard_frames: int = 50_000,
+    energy_key: str | None = None,
+    forces_key: str | None = None,
+    stress_key: str | None = None,
+    min_distance: float = 0.5,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Prepare structure files into HDF5 shards with their statistics (one streaming pass).
+
+    Args:
+        paths: one or more ASE-readable files with forces (extended XYZ, ...).
+        out: the prepared directory (created; must not exist unless ``overwrite``).
+        cutoff: radius (A) of the stored average neighbour count.
+        val_fraction, test_fraction: each frame goes to validation or test with these
+            probabilities (a seeded draw per frame, so the split does not depend on order of
+            arrival or memory); the rest to training.
+        seed: seed of that draw.
+        shard_frames: frames per shard file (bounds the memory of the pass).
+        energy_key, forces_key, stress_key, min_distance: as in
+            :func:`~uenn_geo.data.read_frames`.
+        overwrite: replace an existing prepared directory.
+
+    Returns:
+        The contents of ``meta.json``: per set its shards and :class:`PreparedStats`, the
+        isolated-atom energies ``isolated_e0s`` ``{Z: eV}`` and the settings.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError("val_fraction and test_fraction must lie in [0, 1) and leave training")
+    if shard_frames < 1:
+        raise ValueError(f"shard_frames must be >= 1, got {shard_frames}")
+    target = Path(out)
+    if target.exists() and not overwrite and any(target.iterdir()):
+        raise ValueError(f"{target} exists and is not empty; pass overwrite=True (--overwrite)")
+    tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        meta = _write_sets(paths, tmp, cutoff, (val_fraction, test_fraction), seed, shard_frames,
+                           {"energy": energy_key, "forces": forces_key, "stress": stress_key},
+                           min_distance)  # fmt: skip
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def _write_sets(
+    paths: Sequence[Any],
+    tmp: Path,
+    cutoff: float,
+    fractions: tuple[float, float],
+    seed: int,
+    shard_frames: int,
+    keys: dict[str, str | None],
+    min_distance: float,
+) -> dict[str, Any]:
+    from uenn_geo.data.e0s import is_isolated_atom, isolated_atom_energies
+
+    writers = {name: _ShardWriter(tmp, name, shard_frames) for name in SETS}
+    stats = {name: PreparedStats(cutoff=float(cutoff)) for name in SETS}
+    rng = np.random.default_rng(seed)
+    isolated: dict[int, float] = {}
+    with_energy: bool | None = None
+    for k, data in enumerate(_stream(paths, keys, min_distance)):
+        has = getattr(data, "energy", None) is not None
+        if with_energy is None:
+            with_energy = has
+        elif has != with_energy:
+            raise ValueError(
+                f"frame {k} (counted over all files): energy given for some frames but not "
+                "others; give it for all frames or for none"
+            )
+        if is_isolated_atom(data):
+            isolated.update(isolated_atom_energies([data], f"frame {k}"))
+            continue
+        draw = rng.random()
+        name = "val" if draw < fractions[0] else "test" if draw < sum(fractions) else "train"
+        stats[name].add(data, _count_edges(data, cutoff))
+        writers[name].add(data)
+    for name in SETS:
+        writers[name].flush()
+        stats[name].finish()
+    if stats["train"].frames == 0:
+        raise ValueError("no frames left for training")
+    meta = {
+        "format": "uenn-geo-prepared",
+        "format_version": FORMAT_VERSION,
+        "sources": [str(Path(p).resolve()) for p in paths],
+        "settings": {"cutoff": cutoff, "val_fraction": fractions[0],
+                     "test_fraction": fractions[1], "seed": seed, "shard_frames": shard_frames,
+                     "min_distance": min_distance, **{f"{k}_key": v for k, v in keys.items()}},
+        "isolated_e0s": {str(z): e for z, e in sorted(isolated.items())},
+        "sets": {name: {"shards": writers[name].shards, "stats": asdict(stats[name])}
+                 for name in SETS},
+    }  # fmt: skip
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def is_prepared(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a directory written by :func:`prepare`."""
+    return (Path(path) / "meta.json").is_file()
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``meta.json`` of a prepared directory (checked)."""
+    file = Path(path) / "meta.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} is not a prepared directory (no meta.json)")
+    meta = json.loads(file.read_text())
+    if meta.get("format") != "uenn-geo-prepared" or meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{file}: not a uenn-geo prepared directory of version {FORMAT_VERSION}")
+    return meta
+
+
+class H5Frames(Dataset):
+    r"""One set of a prepared directory as a lazy PyG data set: frames read on access.
+
+    The graphs are those of :class:`~uenn_geo.data.ExtXYZDataset` (``pos``, ``z``,
+    ``forces``, ``cell``, ``pbc``, ``num_atoms``, ``config_type``, and ``energy``, ``stress``
+    with ``stress_weight`` where present). Nothing but ``meta.json`` is read at construction;
+    HDF5 files are opened on first access in each process (DataLoader workers open their own).
+
+    Args:
+        path: the prepared directory (:func:`prepare`).
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        transform: applied to every graph on access.
+        num_workers: worker processes that the training loop's DataLoaders use to read this
+            set (a hint carried by the data set; 0 reads in the main process).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        split: str = "train",
+        transform: Any = None,
+        num_workers: int = 0,
+    ) -> None:
+        if split not in SETS:
+            raise ValueError(f"split must be one of {SETS}, got {split!r}")
+        self.directory = Path(path)
+        self.meta = read_meta(path)
+        entry = self.meta["sets"][split]
+        self.split = split
+        self.stats = entry["stats"]
+        self.files = [s["file"] for s in entry["shards"]]
+        self.starts = np.concatenate([[0], np.cumsum([s["frames"] for s in entry["shards"]])])
+        self.num_workers = num_workers
+        self._handles: OrderedDict[int, Any] = OrderedDict()
+        self._pid = os.getpid()
+        super().__init__(None, transform=transform, log=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"] = OrderedDict()  # h5py handles do not cross processes
+        return state
+
+    def len(self) -> int:
+        return int(self.starts[-1])
+
+    def _shard(self, k: int) -> Any:
+        import h5py
+
+        if self._pid != os.getpid():  # a forked worker: open files anew
+            self._handles, self._pid = OrderedDict(), os.getpid()
+        f = self._handles.get(k)
+        if f is None:
+            if len(self._handles) >= MAX_OPEN_FILES:
+                self._handles.popitem(last=False)[1].close()
+            f = h5py.File(self.directory / self.files[k], "r")
+            self._handles[k] = f
+        self._handles.move_to_end(k)
+        return f
+
+    def get(self, idx: int) -> Data:
+        shard = bisect.bisect_right(self.starts, idx) - 1
+        i = idx - int(self.starts[shard])
+        f = self._shard(shard)
+        lo, hi = (int(v) for v in f["offsets"][i : i + 2])
+        data = Data(
+            pos=torch.from_numpy(f["pos"][lo:hi]),
+            z=torch.from_numpy(f["z"][lo:hi].astype(np.int64)),
+            forces=torch.from_numpy(f["forces"][lo:hi]),
+            cell=torch.from_numpy(f["cell"][i]).reshape(1, 3, 3),
+            pbc=torch.from_numpy(f["pbc"][i]).reshape(1, 3),
+            num_atoms=torch.tensor([hi - lo]),
+            config_type=f["config_type"][i].decode(),
+        )
+        if "energy" in f:
+            data.energy = torch.tensor([float(f["energy"][i])], dtype=torch.float64)
+        if self.stats["has_stress"]:
+            known = "stress" in f
+            stress = f["stress"][i] if known else np.zeros((3, 3))
+            data.stress = torch.from_numpy(np.asarray(stress, dtype=np.float64)).reshape(1, 3, 3)
+            weight = float(f["stress_weight"][i]) if known else 0.0
+            data.stress_weight = torch.tensor([weight], dtype=torch.float64)
+        return data
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.directory}, {self.split}, {len(self)} frames)"

@@ -1,0 +1,391 @@
+r"""Data-parallel training on :mod:`torch.distributed`: one process per device, every one a rank.
+
+``torchrun --nproc_per_node=N $(which uenn-geo) train ...`` (or ``srun`` with the SLURM
+variables) starts ``N`` copies of the command; :func:`init_from_env` joins them into one
+process group (gloo on the CPU, NCCL on GPUs) and the training loop then
+
+* wraps the model in :class:`~torch.nn.parallel.DistributedDataParallel` (:func:`wrap`),
+  which broadcasts rank 0's weights and buffers (so the fitted scales and E0s) at
+  construction and averages the gradients during ``backward``,
+* reads a disjoint shard of each epoch on every rank (:func:`train_batches`: a
+  :class:`~torch.utils.data.DistributedSampler` seeded with the run's seed, ``set_epoch``
+  each epoch); the batch size is per process, so an epoch takes :math:`1/N` of the steps,
+* evaluates each rank on a contiguous, disjoint range of the validation or test frames,
+  without padding, and adds the sums over ranks (:func:`error_table`, :func:`force_rmse`), so
+  every frame counts exactly once,
+* agrees on the loss, the clock and hence on every stop (:class:`StepClock`),
+* writes files (checkpoint, log, model, metrics) on rank 0 only (:func:`is_main`).
+
+In one process (no ``WORLD_SIZE`` or ``SLURM_NTASKS`` above 1) every function here is the
+identity or delegates to the single-process code, which runs unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+__all__ = [
+    "init_from_env",
+    "teardown",
+    "is_distributed",
+    "rank",
+    "world_size",
+    "local_rank",
+    "is_main",
+    "barrier",
+    "main_first",
+    "wrap",
+    "train_batches",
+    "batches_per_epoch",
+    "device_of",
+    "rank_range",
+    "all_reduce_sum",
+    "agreed_seconds",
+    "StepClock",
+    "error_table",
+    "force_rmse",
+]
+
+
+def _env_int(*names: str) -> int | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            return int(value)
+    return None
+
+
+def init_from_env(device: str | None = None, timeout_s: float = 1800.0) -> torch.device:
+    """Join the process group the environment describes; the device of this process.
+
+    ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+    ``MASTER_PORT``; under SLURM (``srun``) ``SLURM_PROCID``, ``SLURM_NTASKS`` and
+    ``SLURM_LOCALID`` stand in for the first three, and ``MASTER_ADDR`` / ``MASTER_PORT``
+    must be exported by the job script (defaults: 127.0.0.1 and 29500, one node). Without
+    either, or with a world size of 1, nothing is initialised.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"`` (each rank takes ``cuda:LOCAL_RANK``) or an explicit
+            device; :obj:`None`: ``"cpu"``.
+        timeout_s: how long a collective waits for the other ranks.
+    """
+    device = device or "cpu"
+    size = _env_int("WORLD_SIZE", "SLURM_NTASKS") or 1
+    if size > 1 and not dist.is_initialized():
+        os.environ.setdefault("RANK", str(_env_int("RANK", "SLURM_PROCID") or 0))
+        os.environ.setdefault("WORLD_SIZE", str(size))
+        os.environ.setdefault("LOCAL_RANK", str(_env_int("LOCAL_RANK", "SLURM_LOCALID") or 0))
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    if device == "cuda":
+        device = f"cuda:{local_rank()}"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    return torch.device(device)
+
+
+def teardown(wait: bool = True) -> None:
+    """Leave the process group, if one was joined: after a last barrier with ``wait``, at
+    once on an error (the other ranks are stopped by torchrun or srun)."""
+    if dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    """Whether this process is one of several ranks."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def local_rank() -> int:
+    return _env_int("LOCAL_RANK", "SLURM_LOCALID") or 0
+
+
+def is_main() -> bool:
+    """Whether this process writes the files and the log (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. fills a cache), then the others."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
+
+
+class _Call(nn.Module):
+    """Routes a named method of the model through ``forward`` (DDP hooks only ``forward``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "forward":
+            return self.model(*args, **kwargs)
+        return getattr(self.model, method)(*args, **kwargs)
+
+
+class DataParallel:
+    """The model as the loss sees it: calls go through DistributedDataParallel, every other
+    attribute (``force_scale``, ``has_energy``, ...) is the model's own."""
+
+    def __init__(self, model: nn.Module) -> None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = next(model.parameters()).device
+        ids = [device.index] if device.type == "cuda" else None
+        self.module = model
+        self.ddp = DistributedDataParallel(_Call(model), device_ids=ids, broadcast_buffers=False)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.ddp("forward", *args, **kwargs)
+
+    def energy_forces(self, *args: Any, **kwargs: Any) -> Any:
+        return self.ddp("energy_forces", *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.module, name)
+
+
+def wrap(model: nn.Module) -> Any:
+    """``model`` for the loss: a :class:`DataParallel` view with several ranks, else itself."""
+    return DataParallel(model) if is_distributed() else model
+
+
+def batches_per_epoch(n: int, batch_size: int | None) -> int:
+    """Steps of one epoch on each rank (the sampler pads every rank to ``ceil(n / N)``)."""
+    per_rank = math.ceil(n / world_size())
+    return math.ceil(per_rank / (batch_size or per_rank or 1))
+
+
+def device_of(model: Any) -> torch.device:
+    """The device of ``model``'s parameters (the CPU for a model without any)."""
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def train_batches(
+    data: Any,
+    batch_size: int | None,
+    generator: torch.Generator,
+    seed: int,
+    epoch: int,
+    device: torch.device | None = None,
+) -> Iterator[Any]:
+    """The training batches of one epoch for this rank.
+
+    One process: :func:`uenn_geo.train.dense.batches` (shuffled with ``generator``), or a
+    DataLoader with ``data.num_workers`` worker processes when the data set asks for them
+    (lazy on-disk data, :class:`~uenn_geo.data.hdf5.H5Frames`). Several ranks: a
+    DistributedSampler (``seed``, ``set_epoch(epoch)``) gives each rank its shard. Batches
+    are moved to ``device`` (default: where they are).
+    """
+    for batch in _train_batches(data, batch_size, generator, seed, epoch):
+        yield batch if device is None else batch.to(device)
+
+
+def _train_batches(
+    data: Any, batch_size: int | None, generator: torch.Generator, seed: int, epoch: int
+) -> Iterator[Any]:
+    from torch.utils.data import DistributedSampler
+
+    from uenn_geo.train.dense import DenseForceData, batches
+
+    workers = int(getattr(data, "num_workers", 0) or 0)
+    if not is_distributed() and workers == 0:
+        yield from batches(data, batch_size, True, generator)
+        return
+    n = len(data)
+    size = batch_size or n
+    if is_distributed():
+        sampler: Any = DistributedSampler(data, shuffle=True, seed=seed, drop_last=False)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = torch.utils.data.RandomSampler(range(n), generator=generator)
+    if isinstance(data, DenseForceData):
+        order = torch.tensor(list(sampler), dtype=torch.long)
+        for start in range(0, len(order), size):
+            yield data._make(order[start : start + size])
+        return
+    yield from _loader(data, size, sampler, workers)
+
+
+def _loader(data: Any, batch_size: int, sampler: Any, workers: int) -> Any:
+    from torch_geometric.loader import DataLoader
+
+    extra = {"persistent_workers": False, "prefetch_factor": 4} if workers else {}
+    return DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=workers, **extra)
+
+
+def rank_range(n: int) -> range:
+    """This rank's contiguous, disjoint part of ``n`` evaluation frames (no padding)."""
+    r, w = rank(), world_size()
+    return range(r * n // w, (r + 1) * n // w)
+
+
+def _part(data: Any) -> Any:
+    """This rank's part of an evaluation set."""
+    if not is_distributed():
+        return data
+    part = rank_range(len(data))
+    index = torch.arange(part.start, part.stop)
+    from uenn_geo.train.dense import DenseForceData
+
+    if isinstance(data, DenseForceData):
+        return DenseForceData(data.pos[index], data.forces[index])
+    if isinstance(data, (list, tuple)):
+        return [data[k] for k in part]
+    return data[index]
+
+
+def _eval_batches(data: Any, batch_size: int, device: torch.device) -> Iterator[Any]:
+    from uenn_geo.train.dense import batches
+
+    if len(data) == 0:
+        return
+    workers = int(getattr(data, "num_workers", 0) or 0)
+    if workers:
+        source: Any = _loader(data, batch_size, None, workers)
+    else:
+        source = batches(data, batch_size)
+    for batch in source:
+        yield batch.to(device)
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """``values`` summed over the ranks (float64; the values themselves in one process)."""
+    if not is_distributed():
+        return list(values)
+    buf = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(buf)
+    return buf.tolist()
+
+
+def agreed_seconds(seconds: float) -> float:
+    """The ranks' mean of ``seconds``: one clock for every rank's limits and schedules."""
+    if not is_distributed():
+        return seconds
+    return all_reduce_sum([seconds])[0] / world_size()
+
+
+class StepClock:
+    """Seconds since an epoch began, the same on every rank.
+
+    In one process :meth:`now` reads the clock; with several ranks it is the mean of the
+    ranks' clocks at the last :meth:`agree`, which also averages the loss over the ranks in
+    the same all-reduce, so that stops (time limit, non-finite loss) and the learning rate
+    schedule are decided alike everywhere.
+    """
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.agreed = 0.0
+
+    def now(self) -> float:
+        if not is_distributed():
+            return time.perf_counter() - self.t0
+        return self.agreed
+
+    def agree(self, loss: Tensor) -> Tensor:
+        if not is_distributed():
+            return loss
+        w = world_size()
+        mean_loss, seconds = all_reduce_sum([float(loss), time.perf_counter() - self.t0])
+        self.agreed = seconds / w
+        return torch.tensor(mean_loss / w, dtype=torch.float64)
+
+
+@torch.no_grad()
+def force_rmse(model: nn.Module, data: Any, batch_size: int) -> float:
+    """The force RMSE (eV/A) over every frame of ``data`` once, ranks sharing the work; the
+    same sums, batch by batch, as :func:`uenn_geo.train.loss.evaluate`."""
+    was_training = model.training
+    model.eval()
+    sq, count = 0.0, 0
+    try:
+        for batch in _eval_batches(_part(data), batch_size, device_of(model)):
+            diff = (model(batch).double() - batch.forces.double()).flatten()
+            sq += diff.square().sum().item()
+            count += diff.numel()
+    finally:
+        model.train(was_training)
+    sq, count = all_reduce_sum([sq, float(count)])
+    if count == 0:
+        raise ValueError("cannot evaluate on an empty data set")
+    return math.sqrt(sq / count)
+
+
+def error_table(model: nn.Module, data: Any, batch_size: int = 64) -> dict[str, dict[str, Any]]:
+    """:func:`uenn_geo.train.metrics.error_table` over every frame once, ranks sharing the
+    frames (their running sums are gathered and added); batches go to the model's device."""
+    from uenn_geo.train import metrics
+
+    if not is_distributed() and device_of(model).type == "cpu" and not _workers(data):
+        return metrics.error_table(model, data, batch_size)
+    was_training = model.training
+    model.eval()
+    sums: dict[str, Any] = defaultdict(metrics._Sums)
+    try:
+        for batch in _eval_batches(_part(data), batch_size, device_of(model)):
+            for sample in metrics._samples(model, batch):
+                sums[metrics.ALL].add(sample)
+                if sample["config_type"] is not None:
+                    sums[sample["config_type"]].add(sample)
+    finally:
+        model.train(was_training)
+    if is_distributed():
+        parts: list[Any] = [None] * world_size()
+        dist.all_gather_object(parts, {k: vars(v) for k, v in sums.items()})
+        sums = defaultdict(metrics._Sums)
+        for part in parts:
+            for key, fields in part.items():
+                _merge(sums[key], fields)
+    if not sums:
+        raise ValueError("cannot evaluate on an empty data set")
+    table = {metrics.ALL: sums[metrics.ALL].row()}
+    types = [k for k in sums if k != metrics.ALL]
+    if len(types) > 1:
+        table.update({k: sums[k].row() for k in sorted(types)})
+    return table
+
+
+def _workers(data: Any) -> int:
+    return int(getattr(data, "num_workers", 0) or 0)
+
+
+def _merge(into: Any, fields: dict[str, Any]) -> None:
+    for name, value in fields.items():
+        setattr(into, name, getattr(into, name) + value)  # numbers add, lists concatenate
