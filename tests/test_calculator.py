@@ -183,3 +183,24 @@ def test_bad_inputs():
         UENNCalculator(3)
     with pytest.raises(ValueError, match="skin"):
         UENNCalculator(make_model(), skin=-1.0)
+
+
+def test_compile_option_and_wrapped_atoms():
+    """The calculator is the shared evaluator's: compile policy, and a list that follows atoms
+    wrapped back into the box (as OpenMM and LAMMPS do) instead of rebuilding."""
+    model = make_model(conservative=True, cutoff=4.5)
+    calc = UENNCalculator(model)
+    assert calc.evaluator.compile == "auto"
+    assert not calc.evaluator._use_compiled(8)  # small structures stay eager
+    with pytest.raises(ValueError, match="compile"):
+        UENNCalculator(model, compile="always")
+    atoms = crystal()
+    atoms.positions[0] += atoms.cell.array[0] - atoms.cell.array[2]  # outside the cell
+    atoms.calc = calc
+    forces, stress = atoms.get_forces(), atoms.get_stress()
+    before = atoms.positions.copy()
+    atoms.wrap()
+    assert np.abs(atoms.positions - before).max() > 5.0  # wrapping moved atom 0 by a cell
+    np.testing.assert_allclose(atoms.get_forces(), forces, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(atoms.get_stress(), stress, rtol=0, atol=1e-12)
+    assert calc.num_builds == 1

@@ -89,6 +89,9 @@ def _run_locked(job: TrainJob, out: Path, device: Any = "cpu") -> dict[str, Any]
     if sets.stats is None:  # a prepared set is not read at start (no pass over the data)
         _warn_no_edges(model, sets.train)
     _fit_scales(model, job.model, sets.train)
+    refit = has_energy(model) and energies and model.config.get("e0s") is None
+    if refit and sets.stats is None:  # start from energies fitted by least squares
+        refit_energy_shift(model, sets.train, 4 * job.batch_size)
     model.to(device)
     cfg = _train_config(job, model, energies)
     meta = {"job": job.as_dict()}
@@ -97,7 +100,7 @@ def _run_locked(job: TrainJob, out: Path, device: Any = "cpu") -> dict[str, Any]
         model, sets.train, sets.val, cfg, out, job.resume, metadata=meta, identity=identity
     )
     model.cpu()
-    if has_energy(model) and energies and model.config.get("e0s") is None:
+    if refit:  # forces do not see constants per atom: put the energies right
         refit_energy_shift(model, sets.train, cfg.eval_batch_size)
     if distributed.is_main():
         save_model(model, out / "model.pt", metadata=meta)

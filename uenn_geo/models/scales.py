@@ -86,6 +86,8 @@ def refit_energy_shift(model: Any, graphs: Iterable[Any], batch_size: int = 64) 
     """
     from torch_geometric.loader import DataLoader
 
+    if model.config.get("e0s") is not None:
+        raise ValueError("the model's energy shifts are its E0s (fixed); nothing to refit")
     shift = model.energy_shift
     num = shift.shape[0]
     rows, targets = [], []
