@@ -24,6 +24,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from torch import nn
 
 from uenn_geo.engines.evaluator import Evaluator, NeighbourCache
+from uenn_geo.perf import warn_graph_memory
 
 #: The neighbour list of the calculator (now shared by every engine).
 _NeighbourCache = NeighbourCache
@@ -113,8 +114,12 @@ class UENNCalculator(Calculator):
         from ase.stress import full_3x3_to_voigt_6_stress
 
         properties = properties or ["forces"]
-        super().calculate(atoms, properties, system_changes or all_changes)
+        system_changes = system_changes or all_changes
+        super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
+        if "numbers" in system_changes or "cell" in system_changes:  # a new structure
+            skin = 0.0 if self.evaluator.neighbours is None else self.evaluator.neighbours.skin
+            warn_graph_memory(atoms, self.model.cutoff, skin, self.model.dtype)
         pbc = np.asarray(atoms.pbc, dtype=bool)
         # The stress costs little beside the forces: compute it whenever it is defined.
         want_stress = self.has_energy and bool(pbc.any()) and atoms.cell.rank == 3

@@ -20,8 +20,9 @@ __all__ = [
 
 #: Boltzmann's constant :math:`k_B` in eV/K (CODATA 2018).
 BOLTZMANN: float = 8.617333262e-5
-#: One u A\ :sup:`2`/fs\ :sup:`2` in eV (CODATA 2018): :math:`\mathbf{a} = \mathbf{F} /
-#: (m \cdot \mathrm{AMU\_A2\_PER\_FS2})` in A/fs\ :sup:`2` for forces in eV/A and masses in u.
+#: One u A\ :sup:`2`/fs\ :sup:`2` in eV: 1.66053906660e-27 kg * 1e-20 m^2 / 1e-30 s^2 /
+#: 1.602176634e-19 J (CODATA 2018), so that :math:`\mathbf{a} = \mathbf{F} / (m \cdot
+#: \mathrm{AMU\_A2\_PER\_FS2})` in A/fs\ :sup:`2` for forces in eV/A and masses in u.
 AMU_A2_PER_FS2: float = 1.66053906660e-27 * 1e-20 / 1e-30 / 1.602176634e-19
 #: Avogadro's number, per mol.
 AVOGADRO: float = 6.02214076e23

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from uenn_geo.constants import AMU_A2_PER_FS2, BOLTZMANN
+
 __all__ = [
     "BOLTZMANN",
     "AMU_A2_PER_FS2",
@@ -23,12 +25,6 @@ __all__ = [
     "maxwell_boltzmann",
     "velocity_verlet",
 ]
-
-#: Boltzmann constant in eV/K (CODATA 2018, exact).
-BOLTZMANN: float = 8.617333262e-5
-#: Energy of 1 u * Angstrom^2 / fs^2 in eV:
-#: 1.66053906660e-27 kg * 1e-20 m^2 / 1e-30 s^2 / 1.602176634e-19 J (CODATA 2018).
-AMU_A2_PER_FS2: float = 1.66053906660e-27 * 1e-20 / 1e-30 / 1.602176634e-19
 
 
 def _as_masses(masses: Tensor | Sequence[float] | float, like: Tensor) -> Tensor:

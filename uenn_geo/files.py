@@ -15,6 +15,7 @@ without ``NaN``/``Infinity`` (:func:`write_json`). See ``docs/reliability.md``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -33,6 +34,7 @@ __all__ = [
     "atomic_write",
     "write_csv",
     "read_csv",
+    "csv_row",
     "write_json",
     "finite_json",
     "append_record",
@@ -92,6 +94,13 @@ def write_csv(
         writer.writerows(rows)
 
     atomic_write(path, write, mode="w")
+
+
+def csv_row(row: Mapping[str, Any], fields: Sequence[str]) -> str:
+    """One CSV line of ``row`` in the column order ``fields`` (for appending to a log)."""
+    line = io.StringIO()
+    csv.DictWriter(line, fieldnames=list(fields), extrasaction="ignore").writerow(row)
+    return line.getvalue()
 
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:

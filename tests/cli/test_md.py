@@ -194,7 +194,7 @@ def test_a_run_directory_in_use_is_refused(inputs):
 def test_memory_warning_for_large_neighbour_lists():
     from ase.build import bulk
 
-    from uenn_geo.cli.md import warn_graph_memory
+    from uenn_geo.perf import warn_graph_memory
 
     copper = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((17, 17, 17))  # 19,652 atoms
     with pytest.warns(RuntimeWarning, match=r"19652 atoms at the cutoff 10.2 A.*smaller cutoff"):

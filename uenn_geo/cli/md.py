@@ -46,11 +46,12 @@ from uenn_geo.files import (
     append_record,
     atomic_write,
     check_output_dir,
+    csv_row,
     sweep_temporaries,
     write_csv,
 )
 
-__all__ = ["MDConfig", "run_md", "config_from_args", "add_parser", "warn_graph_memory"]
+__all__ = ["MDConfig", "run_md", "config_from_args", "add_parser"]
 
 ENSEMBLES = ("nve", "langevin")
 LOG_FIELDS = ["step", "time_fs", "potential", "kinetic", "total", "temperature_K"]
@@ -313,9 +314,7 @@ class _Output:
             return row
         else:
             append_record(files[0], text.getvalue())
-            line = io.StringIO()
-            csv.DictWriter(line, fieldnames=LOG_FIELDS, extrasaction="ignore").writerow(row)
-            append_record(files[1], line.getvalue())
+            append_record(files[1], csv_row(row, LOG_FIELDS))
         self.rows.append(row)
         _save_restart(self.out / "restart.npz", atoms, step, rng, self.run)
         return row
@@ -418,74 +417,11 @@ def run_md(config: MDConfig) -> dict[str, Any]:
     with RunLock(out, "md"):
         sweep_temporaries(out)
         atoms.calc = UENNCalculator(config.model, device=config.device, skin=config.skin)
-        model = atoms.calc.model
-        warn_graph_memory(atoms, getattr(model, "cutoff", None), config.skin, model.dtype)
         rng = np.random.default_rng(config.seed)
         output = _Output(out, config.dt, atoms.calc.has_energy, _run_settings(config))
         start = _start(config, output, atoms, rng)
         wall = _steps(config, _integrator(config, atoms, rng), output, start, rng)
     return _summary(config, output.rows, len(atoms), max(config.steps - start, 0), wall)
-
-
-#: Memory per neighbour pair of a graph model's force evaluation in float32 (bytes): edge
-#: features, radial basis, messages and their gradients; measured, about 1 kB (19,652
-#: copper atoms at 10.2 A, 7.4 million pairs, took 7.4 GB).
-BYTES_PER_EDGE_FLOAT32 = 1000
-
-
-def _available_memory(device: Any = "cpu") -> float | None:
-    """Free memory in bytes (``MemAvailable`` of ``/proc/meminfo``; the GPU's free memory
-    for a CUDA device); :obj:`None` where unknown."""
-    import torch
-
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        return float(torch.cuda.mem_get_info(torch.device(device))[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def warn_graph_memory(
-    atoms: Any,
-    cutoff: float | None,
-    skin: float = 0.0,
-    dtype: Any = None,
-    available: float | None = None,
-) -> tuple[float, float]:
-    """Estimate the neighbour pairs of ``atoms`` within ``cutoff + skin`` (from the number
-    density: the cell's volume, or the bounding box of a free cluster, at most all pairs)
-    and the memory a force evaluation needs for them; warn when that is above half of the
-    ``available`` memory (default: what is free now). Returns (pairs, bytes)."""
-    import torch
-
-    n = len(atoms)
-    if cutoff is None or n < 2:
-        return 0.0, 0.0
-    radius = cutoff + skin
-    if atoms.pbc.all() and atoms.cell.rank == 3:
-        volume = float(atoms.get_volume())
-        pairs = n * (n / volume) * 4.0 / 3.0 * math.pi * radius**3
-    else:
-        extent = np.ptp(atoms.positions, axis=0) + radius
-        pairs = min(n * (n / float(np.prod(extent))) * 4.0 / 3.0 * math.pi * radius**3, n * (n - 1))
-    itemsize = torch.empty(0, dtype=dtype or torch.float32).element_size()
-    needed = pairs * BYTES_PER_EDGE_FLOAT32 * itemsize / 4
-    available = _available_memory() if available is None else available
-    if available is not None and needed > 0.5 * available:
-        warnings.warn(
-            f"{n} atoms at the cutoff {cutoff:g} A (+ skin {skin:g} A) make about {pairs:.3g} "
-            f"neighbour pairs, which need about {needed / 1e9:.3g} GB, more than half of the "
-            f"{available / 1e9:.3g} GB free: use a smaller cutoff, evaluate fewer atoms at a "
-            "time (chunks), or a machine with more memory",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    return pairs, needed
 
 
 def _format_summary(summary: dict[str, Any]) -> str:

@@ -35,12 +35,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from uenn_geo.files import atomic_save
 
 __all__ = [
     "manakov_rhs",
@@ -339,8 +340,7 @@ def cached_manakov_pairs(
     r""":func:`manakov_pairs` with a disk cache under ``root``.
 
     The file name holds a hash of every parameter (and the seed), so a changed parameter
-    never reuses stale data. The file is written atomically (temporary file in ``root``,
-    then :func:`os.replace`).
+    never reuses stale data. The file is written atomically (:func:`uenn_geo.files.atomic_save`).
 
     Args:
         root (str or os.PathLike): cache directory, e.g. ``datasets/manakov``.
@@ -378,14 +378,5 @@ def cached_manakov_pairs(
         num_trajectories, steps, n, L, dt, g, amplitude, component_scales, burn_in,
         max_substep, method, gen,
     )  # fmt: skip
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".tmp_", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"x": x, "y": y, "params": params}, f)
-        os.chmod(tmp, 0o644)  # mkstemp creates the file private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_save({"x": x, "y": y, "params": params}, path)
     return x, y
