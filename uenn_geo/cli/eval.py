@@ -8,13 +8,12 @@ RMSE and stress errors where the file has them, for all structures and per ``con
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from uenn_geo.cli.options import defaults_of, resolve
-from uenn_geo.files import atomic_write
+from uenn_geo.files import write_json
 
 __all__ = ["EvalJob", "run_eval", "add_parser"]
 
@@ -63,7 +62,7 @@ def run_eval(job: EvalJob) -> dict[str, dict[str, Any]]:
         )
         tables[Path(path).stem] = error_table(model, [cast(f) for f in frames], job.batch_size)
     if job.out is not None:
-        atomic_write(job.out, lambda f: json.dump(tables, f, indent=1), mode="w")
+        write_json(job.out, tables)  # strict JSON: NaN and inf as null
     return tables
 
 

@@ -321,29 +321,32 @@ class _Run:
 
 
 class _Progress:
-    """A progress bar in seconds (with a time limit) or in epochs."""
+    """A progress bar over the budget that governs the schedule: steps, epochs, or seconds
+    (only a time limit)."""
 
     def __init__(self, config: TrainConfig, state: _State) -> None:
         from tqdm.auto import tqdm
 
-        self.limit = config.time_limit
         off = not config.progress
-        if self.limit is not None:
-            self.bar = tqdm(total=round(self.limit), unit="s", disable=off)
-            self.shown = min(round(state.elapsed), round(self.limit))
-            self.bar.update(self.shown)
+        if config.max_steps:
+            self.unit, total = "step", config.max_steps
+        elif config.max_epochs:
+            self.unit, total = "epoch", config.max_epochs
         else:
-            self.bar = tqdm(total=config.max_epochs, unit="epoch", disable=off, initial=state.epoch)
+            self.unit, total = "s", round(config.time_limit or 0)
+        self.total = total
+        self.shown = min(self._count(state), total)
+        self.bar = tqdm(total=total, unit=self.unit, disable=off, initial=self.shown)
+
+    def _count(self, state: _State) -> int:
+        return {"step": state.step, "epoch": state.epoch, "s": round(state.elapsed)}[self.unit]
 
     def update(
         self, state: _State, train_loss: float, val: float, metrics: dict, lr: float
     ) -> None:
-        if self.limit is not None:
-            shown = min(round(state.elapsed), round(self.limit))
-            self.bar.update(shown - self.shown)
-            self.shown = shown
-        else:
-            self.bar.update(1)
+        shown = min(self._count(state), self.total)
+        self.bar.update(shown - self.shown)
+        self.shown = shown
         self.bar.set_postfix(loss=f"{train_loss:.3e}", val=f"{val:.3e}")
         if self.bar.disable:
             return
