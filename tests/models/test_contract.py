@@ -207,3 +207,17 @@ def test_export(case, tmp_path):
     exported = out[-1] if isinstance(out, tuple) else out
     assert torch.allclose(exported, forces(model, data), rtol=1e-10, atol=1e-12)
     assert meta["outputs"][-1] == "forces"
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c in ("graph-energy", "schnet")])
+def test_energy_shifts_refit(case):
+    from uenn_geo.models.scales import refit_energy_shift
+
+    model = make(case)
+    graphs = [structure(model, num=n, seed=n) for n in (3, 4, 5, 6)]
+    for g in graphs:  # references: the model's energies, 0.5 eV lower per hydrogen
+        g.forces = torch.zeros(g.num_nodes, 3, dtype=F64)
+        g.energy = model.energy_forces(g)["energy"].detach() - 0.5 * (g.z == 1).sum()
+    refit_energy_shift(model, graphs)
+    for g in graphs:
+        assert torch.allclose(model.energy_forces(g)["energy"], g.energy, atol=1e-8)

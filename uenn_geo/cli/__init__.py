@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not os.environ.get("UENN_GEO_SYSTEM_MALLOC"):
         from uenn_geo.perf import keep_freed_memory
 
-        keep_freed_memory()  # 2-3x faster force evaluations on Linux (uenn_geo.perf)
+        keep_freed_memory()  # faster CPU force evaluations on Linux (uenn_geo.perf)
     try:
         with _one_line_warnings(args.command):
             return args.func(args)

@@ -319,10 +319,10 @@ class LJClusters(InMemoryDataset):
     ``pre_transform=RadiusGraph(r_cut)`` (built once and saved) from
     :mod:`uenn_geo.neighbors`.
 
-    With the defaults, 3,000 configurations are generated in 5-15 s on one CPU thread (5.5 s
-    to 13 s measured on a shared two-core machine under varying load); the processed file is
-    about 5 MB and loads in milliseconds. A held-out set of larger clusters is the same class
-    with other parameters, e.g. ``LJClusters(root, min_atoms=56, max_atoms=79, seed=1)``.
+    With the defaults, 3,000 configurations take seconds to generate on one CPU thread; the
+    processed file is about 5 MB and loads in milliseconds. A held-out set of larger clusters
+    is the same class with other parameters, e.g.
+    ``LJClusters(root, min_atoms=56, max_atoms=79, seed=1)``.
 
     There are no raw files. The processed file name contains every parameter (e.g.
     ``ljclusters_n3000_atoms3-55_T20.0-40.0-60.0_steps200_dt10.0_disp0.1_rmin2.5_nnmax8.0_cutNone_seed0.pt``),

@@ -50,8 +50,8 @@ def sample_paper_configurations(
     Whole configurations are drawn in vectorised batches, the accepted ones are kept in the
     order drawn, and the next batch is sized from the acceptance rate seen so far, until
     :obj:`num` are accepted. With the paper's parameters (4 atoms, :math:`\sigma = 3`,
-    :math:`r_{\min} = 2.8` Angstrom) about 67 % of draws are accepted (0.666 measured over
-    :math:`10^6` draws); 100,000 configurations take well under a second. The result is fully
+    :math:`r_{\min} = 2.8` Angstrom) about two thirds of draws are accepted; 100,000
+    configurations take well under a second. The result is fully
     determined by the state of :obj:`generator`.
 
     Args:

@@ -96,7 +96,10 @@ def refit_energy_shift(model: Any, graphs: Iterable[Any], batch_size: int = 64) 
     try:
         for batch in DataLoader(graphs, batch_size=batch_size):
             energy = model.energy_forces(batch)["energy"].double()
-            species = model.species_index(batch.z, batch.num_nodes)
+            if hasattr(model, "species_index"):  # shifts per species of the model
+                species = model.species_index(batch.z, batch.num_nodes)
+            else:  # shifts per atomic number (SchNet)
+                species = batch.z.long()
             counts = torch.zeros(batch.num_graphs, num, dtype=torch.float64)
             counts.index_put_((batch.batch, species), torch.ones_like(species).double(), True)
             rows.append(counts)
