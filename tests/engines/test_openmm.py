@@ -141,13 +141,15 @@ def test_entry_point_is_declared():
         for ep in importlib.metadata.entry_points(group="openmmml.potentials")
         if ep.name == "uenn-geo"
     ]
-    from uenn_geo.engines.openmm import UENNPotentialImplFactory
+    from uenn_geo.engines.openmm_plugin import UENNPotentialImplFactory
 
     assert ep.load() is UENNPotentialImplFactory
 
 
 def test_bad_options(argon_model):
-    import uenn_geo.engines.openmm  # noqa: F401  (registers without the entry point)
+    from uenn_geo.engines.openmm_plugin import register
+
+    register()  # as without the entry point
 
     with pytest.raises(ValueError, match="model="):
         MLPotential("uenn-geo")

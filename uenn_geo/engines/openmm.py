@@ -8,8 +8,9 @@ r"""uenn-geo force models in OpenMM, as an openmm-ml potential: ``MLPotential("u
     system = potential.createSystem(topology)               # or createMixedSystem(...)
 
 openmm-ml finds the potential through the entry point ``uenn-geo`` of the group
-``openmmml.potentials`` (declared by the package); importing this module also registers it
-(:func:`register`), for source checkouts without the entry point.
+``openmmml.potentials`` (declared by the package, in :mod:`uenn_geo.engines.openmm_plugin`,
+whose :func:`~uenn_geo.engines.openmm_plugin.register` also registers it by hand, for source
+checkouts without the entry point).
 
 The forces are an :class:`openmm.PythonForce` (OpenMM >= 8.6) that calls a
 :class:`~uenn_geo.engines.evaluator.Evaluator` (neighbour list with a Verlet skin,
@@ -34,22 +35,16 @@ import numpy as np
 import openmm
 import openmm.app
 from openmm import unit
-from openmmml.mlpotential import MLPotential, MLPotentialImpl
+from openmmml.mlpotential import MLPotentialImpl
 
 from uenn_geo.engines.evaluator import Evaluator
-from uenn_geo.engines.openmm_plugin import UENNPotentialImplFactory
 
 __all__ = [
-    "UENNPotentialImplFactory",
     "UENNPotentialImpl",
     "UENNForceFunction",
-    "register",
-    "POTENTIAL_NAME",
     "EV_TO_KJ_PER_MOL",
 ]
 
-#: The name of the potential in openmm-ml's registry.
-POTENTIAL_NAME = "uenn-geo"
 #: One eV per particle in kJ/mol (exact in the SI: :math:`e N_A / 1000`).
 EV_TO_KJ_PER_MOL = 1.602176634e-19 * 6.02214076e23 / 1000.0
 #: Angstrom per nm.
@@ -143,11 +138,3 @@ class UENNPotentialImpl(MLPotentialImpl):
         if atoms is not None:
             force.setParticles(atoms)
         system.addForce(force)
-
-
-def register(name: str = POTENTIAL_NAME) -> None:
-    """Register the potential with openmm-ml under ``name`` (done on import)."""
-    MLPotential.registerImplFactory(name, UENNPotentialImplFactory())
-
-
-register()

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["UENNPotentialImplFactory"]
+__all__ = ["UENNPotentialImplFactory", "register", "POTENTIAL_NAME"]
+
+#: The name of the potential in openmm-ml's registry.
+POTENTIAL_NAME = "uenn-geo"
 
 
 class UENNPotentialImplFactory:
@@ -20,3 +23,11 @@ class UENNPotentialImplFactory:
         from uenn_geo.engines.openmm import UENNPotentialImpl
 
         return UENNPotentialImpl(name, **args)
+
+
+def register(name: str = POTENTIAL_NAME) -> None:
+    """Register the potential with openmm-ml under ``name`` by hand (the installed package
+    does it through its entry point)."""
+    from openmmml.mlpotential import MLPotential
+
+    MLPotential.registerImplFactory(name, UENNPotentialImplFactory())
