@@ -334,6 +334,26 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+class _OpenShard:
+    """One open shard: the per-atom arrays stay on disk (read a frame's slice at a time),
+    the small per-frame ones (offsets, cells, energies, ...) are read into memory once."""
+
+    def __init__(self, path: Path) -> None:
+        import h5py
+
+        self.file = h5py.File(path, "r")
+        f = self.file
+        self.pos, self.z, self.forces = f["pos"], f["z"], f["forces"]
+        self.offsets, self.cell, self.pbc = f["offsets"][:], f["cell"][:], f["pbc"][:]
+        self.config_type = f["config_type"][:]
+        self.energy = f["energy"][:] if "energy" in f else None
+        self.stress = f["stress"][:] if "stress" in f else None
+        self.stress_weight = f["stress_weight"][:] if "stress" in f else None
+
+    def close(self) -> None:
+        self.file.close()
+
+
 class H5Frames(Dataset):
     r"""One set of a prepared directory as a lazy PyG data set: frames read on access.
 
@@ -379,41 +399,39 @@ class H5Frames(Dataset):
     def len(self) -> int:
         return int(self.starts[-1])
 
-    def _shard(self, k: int) -> Any:
-        import h5py
-
+    def _shard(self, k: int) -> _OpenShard:
         if self._pid != os.getpid():  # a forked worker: open files anew
             self._handles, self._pid = OrderedDict(), os.getpid()
-        f = self._handles.get(k)
-        if f is None:
+        shard = self._handles.get(k)
+        if shard is None:
             if len(self._handles) >= MAX_OPEN_FILES:
                 self._handles.popitem(last=False)[1].close()
-            f = h5py.File(self.directory / self.files[k], "r")
-            self._handles[k] = f
+            shard = _OpenShard(self.directory / self.files[k])
+            self._handles[k] = shard
         self._handles.move_to_end(k)
-        return f
+        return shard
 
     def get(self, idx: int) -> Data:
         shard = bisect.bisect_right(self.starts, idx) - 1
         i = idx - int(self.starts[shard])
         f = self._shard(shard)
-        lo, hi = (int(v) for v in f["offsets"][i : i + 2])
+        lo, hi = int(f.offsets[i]), int(f.offsets[i + 1])
         data = Data(
-            pos=torch.from_numpy(f["pos"][lo:hi]),
-            z=torch.from_numpy(f["z"][lo:hi].astype(np.int64)),
-            forces=torch.from_numpy(f["forces"][lo:hi]),
-            cell=torch.from_numpy(f["cell"][i]).reshape(1, 3, 3),
-            pbc=torch.from_numpy(f["pbc"][i]).reshape(1, 3),
+            pos=torch.from_numpy(f.pos[lo:hi]),
+            z=torch.from_numpy(f.z[lo:hi].astype(np.int64)),
+            forces=torch.from_numpy(f.forces[lo:hi]),
+            cell=torch.from_numpy(f.cell[i]).reshape(1, 3, 3),
+            pbc=torch.from_numpy(f.pbc[i]).reshape(1, 3),
             num_atoms=torch.tensor([hi - lo]),
-            config_type=f["config_type"][i].decode(),
+            config_type=f.config_type[i].decode(),
         )
-        if "energy" in f:
-            data.energy = torch.tensor([float(f["energy"][i])], dtype=torch.float64)
+        if f.energy is not None:
+            data.energy = torch.tensor([float(f.energy[i])], dtype=torch.float64)
         if self.stats["has_stress"]:
-            known = "stress" in f
-            stress = f["stress"][i] if known else np.zeros((3, 3))
+            known = f.stress is not None
+            stress = f.stress[i] if known else np.zeros((3, 3))
             data.stress = torch.from_numpy(np.asarray(stress, dtype=np.float64)).reshape(1, 3, 3)
-            weight = float(f["stress_weight"][i]) if known else 0.0
+            weight = float(f.stress_weight[i]) if known else 0.0
             data.stress_weight = torch.tensor([weight], dtype=torch.float64)
         return data
 
