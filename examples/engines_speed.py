@@ -150,7 +150,10 @@ def main() -> None:
     parser.add_argument("--conservative", action="store_true", help="forces from the energy")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (best kept)")
-    parser.add_argument("--threads", type=int, default=2)
+    # 1 thread by default: on a 2-core machine shared with another job, 2 torch threads made
+    # every eager op around the compiled network wait for a descheduled OpenMP worker
+    # (816 ms instead of 37 ms per call at 864 atoms; docs/bench.md, "What users run").
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     keep_freed_memory()

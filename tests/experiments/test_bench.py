@@ -123,7 +123,7 @@ def test_ratios_scaling_and_table():
     assert first["atoms"] == 32 and first["uenn_over_schnet32_total"] == pytest.approx(20.0)
     assert first["target_10x_schnet32"] and "uenn_over_schnet_total" not in first
     assert first["lj_over_uenn_model"] == pytest.approx(3.0) and first["target_within_5x_lj"]
-    assert second["atoms"] == 128 and set(second) == {"device", "dtype", "atoms", "model"}
+    assert second["atoms"] == 128 and set(second) == {"device", "dtype", "atoms", "model", "system"}
     (fit,) = scaling(results)
     assert fit["model"] == "uenn" and fit["atoms"] == [32, 128]
     assert fit["exponent"] == pytest.approx(1.5) and fit["exponent_cpu"] == pytest.approx(1.5)
@@ -210,3 +210,73 @@ def test_failed_compilation_is_a_skipped_row(monkeypatch):
     assert rows["uenn_compiled"]["status"] == "skipped"
     assert "no compiler here" in rows["uenn_compiled"]["reason"]
     assert rows["lj"]["status"] == "ok"
+
+
+def test_calculator_runner_moves_atoms_and_matches_the_network():
+    from uenn_geo.experiments.bench.paths import CalculatorRunner, MDMotion
+
+    system = _system(cutoff=6.0)
+    torch.manual_seed(0)
+    bare = BENCH_MODELS["uenn"](system)
+    torch.manual_seed(0)
+    calc = CalculatorRunner(system)
+    calc.calc.evaluator.compile = False
+    # the same weights; the first call is at the first MD position, not the start
+    moved = calc.forces(None)
+    assert calc.motion.calls == 1 and calc.nl_builds == 1
+    assert not torch.allclose(moved, bare.forces(None).double())
+    calc.motion.calls = 2 * MDMotion.HALF_PERIOD - 1  # the next call is back at the start
+    torch.testing.assert_close(calc.forces(None), bare.forces(None), rtol=1e-7, atol=1e-9)
+
+
+def test_unsupported_rows_are_skipped_with_the_reason(tmp_path):
+    from uenn_geo.experiments.bench.systems import ETHANOL_FILE
+
+    if not ETHANOL_FILE.is_file():
+        pytest.skip(f"{ETHANOL_FILE} is absent")
+    config = BenchConfig(
+        systems=("ethanol32",),
+        models=("uenn", "uenn_calc", "lj", "schnet_acc"),
+        dtypes=("float32",),
+        devices=("cpu",),
+        repeats=1,
+        threads=1,
+    )
+    report = run_bench(config)
+    rows = {r["model"]: r for r in report["results"]}
+    assert rows["uenn_calc"]["status"] == "skipped" and "batch" in rows["uenn_calc"]["reason"]
+    assert rows["lj"]["status"] == "skipped" and "argon" in rows["lj"]["reason"]
+    assert rows["uenn"]["status"] == "ok" and rows["uenn"]["atoms"] == 288
+    assert rows["uenn"]["system"] == "ethanol32" and rows["uenn"]["path"] == "network"
+    (q,) = report["ratios"]
+    assert q["system"] == "ethanol32" and q["target_schnet_acc"] == 10.0
+    assert "ethanol32" in format_table(report)
+
+
+def test_conservative_runner_and_targets():
+    system = _system(cutoff=6.0)
+    runner = BENCH_MODELS["uenn_cons"](system)
+    assert runner.model.has_energy
+    forces = runner.forces(runner.prepare(system.neighbors()))
+    assert forces.shape == (32, 3) and torch.isfinite(forces).all() and forces.abs().max() > 0
+    rows = [
+        {**_row("uenn_cons", 32, 600.0), "system": "argon"},
+        {**_row("schnet_acc", 32, 100.0), "system": "argon"},
+    ]
+    (q,) = ratios(rows)
+    assert q["target_schnet_acc"] == 5.0 and q["target_met_schnet_acc"]
+    assert not q["target_10x_schnet_acc"]
+
+
+def test_mace_row_runs_or_says_why():
+    from uenn_geo.experiments.bench.runners import Unsupported
+
+    system = _system(cutoff=5.0, dtype=torch.float32)
+    try:
+        runner = BENCH_MODELS["mace"](system)
+    except Unsupported as why:
+        assert "mace-torch" in str(why)
+        return
+    forces = runner.forces(runner.prepare(system.neighbors()))
+    assert forces.shape == (32, 3) and forces.dtype == torch.float32
+    torch.testing.assert_close(runner.forces(None), forces)

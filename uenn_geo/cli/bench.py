@@ -12,6 +12,7 @@ from uenn_geo.experiments.bench import (
     format_table,
     run_bench,
 )
+from uenn_geo.experiments.bench.systems import SYSTEMS
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
         "dtypes": tuple(args.dtypes) if args.dtypes else None,
         "models": tuple(args.models) if args.models else None,
         "devices": tuple(args.devices) if args.devices else None,
+        "systems": tuple(args.systems) if args.systems else None,
         "cutoff": args.cutoff,
         "repeats": args.repeats,
         "warmup": args.warmup,
@@ -40,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Install the ``bench`` subcommand (``func`` set) on ``sub``."""
     p = sub.add_parser(
         "bench",
-        help="time our force field against SchNet and exact Lennard-Jones on liquid argon",
+        help="time our force field (bare network and ASE calculator) against SchNet, MACE and "
+        "exact Lennard-Jones",
         description="Atoms per second for one force evaluation (median of repeats, with and "
         "without building the neighbour list) and peak memory, for each model, dtype, device "
         "and box size (periodic fcc argon at 1.374 g/cm^3), all in one run.",
@@ -70,7 +73,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="(default: cpu, and cuda when available)",
     )
-    p.add_argument("--cutoff", type=float, default=None, help="Angstrom (default: 10.2)")
+    p.add_argument(
+        "--systems",
+        nargs="+",
+        choices=list(SYSTEMS),
+        default=None,
+        help="argon boxes (--sizes), an EMT copper box (864 atoms, 6 A), ethanol (9 atoms, 5 A) "
+        "and a batch of 32 ethanols (bare networks only) (default: argon)",
+    )
+    p.add_argument("--cutoff", type=float, default=None, help="Angstrom, argon (default: 10.2)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls (default: 5)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls per round (default: 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

@@ -112,12 +112,13 @@ class NeighbourCache:
         self._edge_index: Tensor | None = None
         self._shifts: Tensor | None = None
         self._cell: Tensor | None = None
+        self._inverse: Tensor | None = None  # pinv of the cell (float64), per build
 
     def _lattice_jumps(self, pos: Tensor, pbc: Tensor | None) -> Tensor | None:
         """Whole lattice vectors :obj:`(N, 3)` by which atoms jumped since the build."""
         if self._cell is None:
             return None
-        frac = (pos - self._pos).to(torch.float64) @ torch.linalg.pinv(self._cell.double())
+        frac = (pos - self._pos).to(torch.float64) @ self._inverse
         whole = torch.round(frac)
         if pbc is not None:
             whole = whole * pbc.reshape(1, 3).to(whole)
@@ -152,6 +153,7 @@ class NeighbourCache:
             self._pos = pos.clone()
             self._key = key
             self._cell = None if cell is None else cell.clone()
+            self._inverse = None if cell is None else torch.linalg.pinv(cell.double())
             self.num_builds += 1
         edge_index, shifts = self._edge_index, self._shifts
         r = pos[edge_index[1]] - pos[edge_index[0]] + shifts

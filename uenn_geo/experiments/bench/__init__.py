@@ -15,7 +15,17 @@ of :data:`BENCH_MODELS` (:mod:`~uenn_geo.experiments.bench.runners`):
 * ``schnet32``: the same SchNet with at most 32 neighbours per atom (the nearest), which is
   what ``SchNet(cutoff=...)`` does out of the box (``max_num_neighbors=32``);
 * ``lj``: the analytic shifted-force Lennard-Jones forces of
-  :func:`~uenn_geo.data.lj.lennard_jones_pairs`, the floor for any pair model.
+  :func:`~uenn_geo.data.lj.lennard_jones_pairs`, the floor for any pair model;
+* ``uenn_cons``: the force field with ``conservative=True`` (forces from the energy);
+* ``schnet_acc``: SchNet in the configuration of the accuracy comparisons (64 channels,
+  3 interactions, full list, autograd forces);
+* ``uenn_calc``, ``uenn_cons_calc``, ``mace``: the ASE calculator as MD drives it (both
+  modes) and a small MACE where ``mace-torch`` is installed
+  (:mod:`~uenn_geo.experiments.bench.paths`).
+
+Besides the argon boxes, ``systems`` adds an EMT copper box and ethanol, single and a batch of
+32 (:mod:`~uenn_geo.experiments.bench.systems`); a model that cannot run on a system is
+recorded as skipped with the reason.
 
 All models use the same cutoff and the same full neighbour list
 (:func:`~uenn_geo.edges.build_edges`: vesin, on the CPU). For each model the benchmark reports

@@ -14,9 +14,7 @@ from typing import Any
 
 import torch
 
-from uenn_geo.constants import ARGON_Z
-from uenn_geo.data.structures import argon_fcc
-from uenn_geo.dtypes import REAL_DTYPES, resolve_dtype
+from uenn_geo.dtypes import REAL_DTYPES
 from uenn_geo.edges import Edges
 from uenn_geo.experiments.bench.measure import (
     available_bytes,
@@ -24,12 +22,16 @@ from uenn_geo.experiments.bench.measure import (
     peak_memory_mib,
     timed,
 )
+from uenn_geo.experiments.bench.paths import CALCULATOR_MODELS
 from uenn_geo.experiments.bench.report import ratios, scaling
-from uenn_geo.experiments.bench.runners import BENCH_MODELS, BenchSystem, Runner
+from uenn_geo.experiments.bench.runners import BENCH_MODELS, BenchSystem, Runner, Unsupported
+from uenn_geo.experiments.bench.systems import SYSTEMS, make_system, system_sizes
 from uenn_geo.files import atomic_write
 from uenn_geo.perf import freed_memory_kept
 
 __all__ = ["BenchConfig", "QUICK_SIZES", "run_bench"]
+
+BENCH_MODELS.update(CALCULATOR_MODELS)
 
 #: Sizes of the quick preset (for tests): 4 * 2^3 atoms.
 QUICK_SIZES = (32,)
@@ -40,12 +42,14 @@ class BenchConfig:
     r"""Settings of :func:`run_bench`.
 
     Args:
-        sizes: atoms per box, multiples of 4 (default: 864 = 4 * 6^3 and
+        sizes: atoms per argon box, multiples of 4 (default: 864 = 4 * 6^3 and
             10,368 = 4 * 12^2 * 18).
         dtypes: ``"float32"`` and/or ``"float64"``.
         models: names from :data:`~uenn_geo.experiments.bench.BENCH_MODELS` (default: all).
         devices: ``"cpu"`` and/or ``"cuda"`` (default: the CPU, and the GPU when present).
-        cutoff: cutoff of every model in Angstrom (default: 10.2 = 3 r_0).
+        systems: names from :data:`~uenn_geo.experiments.bench.systems.SYSTEMS` (default:
+            argon only; copper, ethanol and ethanol32 have their own size and cutoff).
+        cutoff: cutoff of every model on argon in Angstrom (default: 10.2 = 3 r_0).
         repeats: timed calls per measurement; the median is reported.
         warmup: untimed calls of each model before its timed calls in every round.
         threads: torch CPU threads (default: leave torch's setting).
@@ -62,6 +66,7 @@ class BenchConfig:
         default_factory=lambda: ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
     )
     cutoff: float = 10.2
+    systems: tuple[str, ...] = ("argon",)
     repeats: int = 5
     warmup: int = 1
     threads: int | None = None
@@ -77,6 +82,9 @@ class BenchConfig:
         bad = sorted(set(self.dtypes) - set(REAL_DTYPES))
         if bad or not self.dtypes:
             raise ValueError(f"dtypes must be among {list(REAL_DTYPES)}, got {self.dtypes}")
+        bad = sorted(set(self.systems) - set(SYSTEMS))
+        if bad or not self.systems:
+            raise ValueError(f"systems must be among {list(SYSTEMS)}, got {self.systems}")
         bad = sorted(set(self.devices) - {"cpu", "cuda"})
         if bad or not self.devices:
             raise ValueError(f"devices must be among ['cpu', 'cuda'], got {self.devices}")
@@ -126,19 +134,6 @@ def _machine(config: BenchConfig, memory_method: str) -> dict[str, Any]:
     if "cuda" in config.devices:
         info["gpu"] = torch.cuda.get_device_name()
     return info
-
-
-def _system(config: BenchConfig, device: str, dtype: str, num_atoms: int) -> BenchSystem:
-    """The displaced fcc argon box of ``num_atoms`` atoms on ``device`` in ``dtype``."""
-    pos, cell = argon_fcc(num_atoms, seed=config.seed)
-    dt = resolve_dtype(dtype)
-    return BenchSystem(
-        pos=pos.to(device=device, dtype=dt),
-        cell=cell.to(device=device, dtype=dt).unsqueeze(0),
-        pbc=torch.ones(1, 3, dtype=torch.bool, device=device),
-        z=torch.full((num_atoms,), ARGON_Z, dtype=torch.long, device=device),
-        cutoff=config.cutoff,
-    )
 
 
 def _too_big(config: BenchConfig, prior: tuple[float, int] | None, num_edges: int, device: str):
@@ -197,25 +192,45 @@ def _time_rounds(
     return medians, statistics.median(nl_times)
 
 
+def _make_runner(name: str, system: BenchSystem, row: dict[str, Any], seed: int):
+    """The runner of model ``name`` on ``system``, or None with the row marked skipped."""
+    torch.manual_seed(seed)
+    try:
+        runner = BENCH_MODELS[name](system)
+    except Unsupported as why:
+        row.update(status="skipped", reason=str(why))
+        return None
+    row["path"] = getattr(runner, "path", "network")
+    return runner
+
+
 def _bench_group(
-    config: BenchConfig, device: str, dtype: str, num_atoms: int, method: str, prior: dict
+    config: BenchConfig,
+    device: str,
+    dtype: str,
+    num_atoms: int,
+    method: str,
+    prior: dict,
+    system_name: str = "argon",
 ) -> list[dict[str, Any]]:
     """All models on one box (device, dtype, size), repeats interleaved across models."""
-    system = _system(config, device, dtype, num_atoms)
+    system = make_system(system_name, num_atoms, device, dtype, config.cutoff, config.seed)
     edges: Edges = system.neighbors()
     num_edges = edges.num_edges
     common = {"device": device, "dtype": dtype, "atoms": num_atoms, "edges": num_edges}
+    common.update(system=system_name, cutoff=system.cutoff)
     rows: dict[str, dict[str, Any]] = {}
     runners: dict[str, tuple[Runner, Any]] = {}
     for name in config.models:
         row = rows[name] = {"model": name, **common, "status": "ok"}
-        key = (device, dtype, name)
+        key = (system_name, device, dtype, name)
         reason = _too_big(config, prior.get(key), num_edges, device)
         if reason is not None:
             row.update(status="skipped", reason=reason)
             continue
-        torch.manual_seed(config.seed)
-        runner = BENCH_MODELS[name](system)
+        runner = _make_runner(name, system, row, config.seed)
+        if runner is None:
+            continue
         prepared = runner.prepare(edges)
         if _start(runner, prepared, row, device, method):
             prior[key] = (max(row["peak_memory_mib"], 1.0), num_edges)
@@ -233,6 +248,9 @@ def _bench_group(
             rate_model_cpu=num_atoms / med["model_cpu"],
             rate_total_cpu=num_atoms / med["total_cpu"],
         )
+        runner = runners[name][0]
+        if hasattr(runner, "nl_builds"):  # calculator rows: list rebuilds over all calls
+            rows[name].update(nl_builds=runner.nl_builds, calls=runner.motion.calls)
     return list(rows.values())
 
 
@@ -258,8 +276,11 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         prior: dict = {}
         for device in config.devices:
             for dtype in config.dtypes:
-                for num_atoms in sorted(config.sizes):
-                    results += _bench_group(config, device, dtype, num_atoms, method, prior)
+                for name in config.systems:
+                    for num_atoms in system_sizes(name, config.sizes):
+                        results += _bench_group(
+                            config, device, dtype, num_atoms, method, prior, name
+                        )
     finally:
         torch.set_num_threads(threads)
     machine["load_average_end"] = _load_average()

@@ -21,7 +21,7 @@ from torch_geometric.data import Data
 from uenn_geo.data.lj import lennard_jones_pairs
 from uenn_geo.edges import Edges, build_edges
 
-__all__ = ["BENCH_MODELS", "BenchSystem", "Runner"]
+__all__ = ["BENCH_MODELS", "BenchSystem", "Runner", "Unsupported"]
 
 #: Neighbours per atom that PyG's ``SchNet`` keeps by default (``max_num_neighbors``).
 SCHNET_MAX_NEIGHBORS = 32
@@ -29,21 +29,47 @@ SCHNET_MAX_NEIGHBORS = 32
 
 @dataclass
 class BenchSystem:
-    """One box on the device, in the benchmark dtype (Angstrom)."""
+    """One box (or a batch of molecules) on the device, in the benchmark dtype (Angstrom).
+
+    ``cell`` and ``pbc`` are :obj:`None` for free molecules, ``batch`` is :obj:`None` for
+    one structure; ``temperature`` (K) sets how the calculator rows move the atoms.
+    """
 
     pos: Tensor  # (N, 3)
-    cell: Tensor  # (1, 3, 3)
-    pbc: Tensor  # (1, 3)
+    cell: Tensor | None  # (1, 3, 3)
+    pbc: Tensor | None  # (1, 3)
     z: Tensor  # (N,)
     cutoff: float
+    batch: Tensor | None = None  # (N,)
+    name: str = "argon"
+    temperature: float = 94.4
+
+    @property
+    def species(self) -> list[int]:
+        """The atomic numbers present, sorted."""
+        return sorted(set(self.z.tolist()))
+
+    @property
+    def num_graphs(self) -> int:
+        return 1 if self.batch is None else int(self.batch.max()) + 1
 
     def neighbors(self) -> Edges:
         """Every pair within the cutoff, periodic images included."""
-        return build_edges(self.pos, self.cutoff, cell=self.cell, pbc=self.pbc)
+        return build_edges(self.pos, self.cutoff, batch=self.batch, cell=self.cell, pbc=self.pbc)
 
     def data(self) -> Data:
         """The box as a PyG ``Data`` (no neighbour list: a model builds its own)."""
-        return Data(pos=self.pos, z=self.z, cell=self.cell, pbc=self.pbc)
+        data = Data(pos=self.pos, z=self.z)
+        if self.cell is not None:
+            data.cell, data.pbc = self.cell, self.pbc
+        if self.batch is not None:
+            data.batch = self.batch
+            data.num_graphs = self.num_graphs
+        return data
+
+
+class Unsupported(Exception):
+    """A model that cannot run on a system (the row is skipped with this reason)."""
 
 
 class Runner:
@@ -66,6 +92,11 @@ class Runner:
 class LJRunner(Runner):
     """Analytic shifted-force Lennard-Jones (argon), vectorised over the pair list."""
 
+    def __init__(self, system: BenchSystem) -> None:
+        if system.name != "argon":
+            raise Unsupported("Lennard-Jones is argon's potential")
+        super().__init__(system)
+
     def forces(self, prepared: Edges | None) -> Tensor:
         edges = self.system.neighbors() if prepared is None else prepared
         with torch.no_grad():
@@ -82,12 +113,19 @@ class UENNRunner(Runner):
     """:class:`~uenn_geo.models.UENNForceField` (default constructor), forces predicted
     directly; the model lays the list out (:meth:`~uenn_geo.edges.Edges.chunked`) in the call."""
 
+    conservative = False
+
     def __init__(self, system: BenchSystem) -> None:
         from uenn_geo.models.forcefield import UENNForceField
 
         super().__init__(system)
         pos = system.pos
-        model = UENNForceField(cutoff=system.cutoff, dtype=pos.dtype)
+        model = UENNForceField(
+            cutoff=system.cutoff,
+            dtype=pos.dtype,
+            conservative=self.conservative,
+            atomic_numbers=system.species,
+        )
         self.model = model.to(pos.device).eval()
         self.data = system.data()
 
@@ -116,7 +154,10 @@ class UENNCompiledRunner(UENNRunner):
         with torch.no_grad():
             species = model.species_index(data.z, num_atoms)
             edges = model.edges(data, prepared).chunked(num_atoms)
-            return self.compiled(data.pos, species, edges)
+            batch = getattr(data, "batch", None)
+            if batch is None:
+                return self.compiled(data.pos, species, edges)
+            return self.compiled(data.pos, species, edges, batch, self.system.num_graphs)
 
 
 class SchNetRunner(Runner):
@@ -125,6 +166,8 @@ class SchNetRunner(Runner):
     :class:`~uenn_geo.models.schnet.SchNetForceField`, every neighbour within the cutoff."""
 
     max_num_neighbors: int | None = None
+    hidden_channels: int = 128
+    num_interactions: int = 6
 
     def __init__(self, system: BenchSystem) -> None:
         from uenn_geo.models.schnet import SchNetForceField
@@ -133,9 +176,9 @@ class SchNetRunner(Runner):
         pos = system.pos
         model = SchNetForceField(
             cutoff=system.cutoff,
-            hidden_channels=128,
-            num_filters=128,
-            num_interactions=6,
+            hidden_channels=self.hidden_channels,
+            num_filters=self.hidden_channels,
+            num_interactions=self.num_interactions,
             num_gaussians=50,
             max_num_neighbors=self.max_num_neighbors,
             dtype=pos.dtype,
@@ -154,6 +197,26 @@ class SchNet32Runner(SchNetRunner):
     max_num_neighbors = SCHNET_MAX_NEIGHBORS
 
 
+class SchNetAccuracyRunner(SchNetRunner):
+    """SchNet in the configuration of the accuracy comparisons (``docs/accuracy.md``):
+    :class:`SchNetForceField` defaults, 64 channels and filters, 3 interactions, 50 Gaussians,
+    every neighbour within the cutoff, forces by autograd."""
+
+    hidden_channels = 64
+    num_interactions = 3
+
+
+class UENNConservativeRunner(UENNRunner):
+    """:class:`~uenn_geo.models.UENNForceField` with ``conservative=True``: forces from the
+    energy (:meth:`~uenn_geo.models.UENNForceField.energy_forces`, eager), the bare network."""
+
+    conservative = True
+
+    def forces(self, prepared: Edges | None) -> Tensor:
+        with torch.no_grad():  # the model takes its own derivatives
+            return self.model.energy_forces(self.data, prepared)["forces"]
+
+
 #: Models the benchmark knows, by name: a class taking the box.
 BENCH_MODELS: dict[str, Callable[[BenchSystem], Runner]] = {
     "uenn": UENNRunner,
@@ -161,4 +224,6 @@ BENCH_MODELS: dict[str, Callable[[BenchSystem], Runner]] = {
     "schnet": SchNetRunner,
     "schnet32": SchNet32Runner,
     "lj": LJRunner,
+    "uenn_cons": UENNConservativeRunner,
+    "schnet_acc": SchNetAccuracyRunner,
 }
