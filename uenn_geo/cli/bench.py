@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from uenn_geo.cli.options import defaults_of
 from uenn_geo.dtypes import REAL_DTYPES
 from uenn_geo.experiments.bench import (
     BENCH_MODELS,
@@ -38,8 +39,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown(value: object) -> str:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Install the ``bench`` subcommand (``func`` set) on ``sub``."""
+    """Install the ``bench`` subcommand (``func`` set) on ``sub``; the defaults shown are
+    :class:`BenchConfig`'s."""
+    d = {k: _shown(v) for k, v in defaults_of(BenchConfig).items()}
     p = sub.add_parser(
         "bench",
         help="time our force field (bare network and ASE calculator) against SchNet, MACE and "
@@ -54,14 +61,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         default=None,
         metavar="N",
-        help="atoms per box, multiples of 4 (default: 864 10368)",
+        help=f"atoms per box, multiples of 4 (default: {d['sizes']})",
     )
     p.add_argument(
         "--dtypes",
         nargs="+",
         choices=list(REAL_DTYPES),
         default=None,
-        help="(default: float32 float64)",
+        help=f"(default: {d['dtypes']})",
     )
     p.add_argument(
         "--models", nargs="+", choices=sorted(BENCH_MODELS), default=None, help="(default: all)"
@@ -79,13 +86,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=list(SYSTEMS),
         default=None,
         help="argon boxes (--sizes), an EMT copper box (864 atoms, 6 A), ethanol (9 atoms, 5 A) "
-        "and a batch of 32 ethanols (bare networks only) (default: argon)",
+        f"and a batch of 32 ethanols (bare networks only) (default: {d['systems']})",
     )
-    p.add_argument("--cutoff", type=float, default=None, help="Angstrom, argon (default: 10.2)")
-    p.add_argument("--repeats", type=int, default=None, help="timed calls (default: 5)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed calls per round (default: 1)")
+    p.add_argument(
+        "--cutoff", type=float, default=None, help=f"Angstrom, argon (default: {d['cutoff']})"
+    )
+    p.add_argument(
+        "--repeats", type=int, default=None, help=f"timed calls (default: {d['repeats']})"
+    )
+    p.add_argument(
+        "--warmup", type=int, default=None, help=f"untimed calls per round (default: {d['warmup']})"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=None, help="(default: 0)")
+    p.add_argument("--seed", type=int, default=None, help=f"(default: {d['seed']})")
     p.add_argument(
         "--quick", action="store_true", help=f"tiny boxes {QUICK_SIZES} and 2 repeats (for tests)"
     )
