@@ -157,15 +157,15 @@ def error_table(model: nn.Module, data: Any, batch_size: int = 64) -> dict[str, 
 
 _COLUMNS = [
     ("structures", "N", "{:d}"),
-    ("energy_rmse_per_atom", "E RMSE meV/atom", "{:.2f}"),
-    ("energy_mae_per_atom", "E MAE meV/atom", "{:.2f}"),
-    ("energy_rmse", "E RMSE meV", "{:.1f}"),
-    ("energy_mae", "E MAE meV", "{:.1f}"),
-    ("force_rmse", "F RMSE meV/A", "{:.1f}"),
-    ("force_mae", "F MAE meV/A", "{:.1f}"),
-    ("force_rel_rmse", "F rel %", "{:.2f}"),
-    ("force_rmse_worst", "F worst meV/A", "{:.1f}"),
-    ("stress_rmse", "S RMSE meV/A^3", "{:.2f}"),
+    ("energy_rmse_per_atom", "E RMSE meV/atom", "{:.3g}"),
+    ("energy_mae_per_atom", "E MAE meV/atom", "{:.3g}"),
+    ("energy_rmse", "E RMSE meV", "{:.3g}"),
+    ("energy_mae", "E MAE meV", "{:.3g}"),
+    ("force_rmse", "F RMSE meV/A", "{:.3g}"),
+    ("force_mae", "F MAE meV/A", "{:.3g}"),
+    ("force_rel_rmse", "F rel %", "{:.3g}"),
+    ("force_rmse_worst", "F worst meV/A", "{:.3g}"),
+    ("stress_rmse", "S RMSE meV/A^3", "{:.3g}"),
 ]
 
 
