@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from uenn_geo.edges import Edges
-from uenn_geo.experiments.bench.runners import BenchSystem, Runner, Unsupported
+from uenn_geo.experiments.bench.runners import BenchSystem, Runner, Unsupported, uenn_model
 
 __all__ = ["CALCULATOR_MODELS", "MDMotion", "mace_model"]
 
@@ -64,19 +64,12 @@ class CalculatorRunner(Runner):
         from ase import Atoms
 
         from uenn_geo.calculator import UENNCalculator
-        from uenn_geo.models.forcefield import UENNForceField
 
         if system.batch is not None:
             raise Unsupported("the ASE calculator takes one structure, not a batch")
         super().__init__(system)
         pos = system.pos
-        model = UENNForceField(
-            cutoff=system.cutoff,
-            dtype=pos.dtype,
-            conservative=self.conservative,
-            atomic_numbers=system.species,
-        )
-        self.model = model.to(pos.device).eval()
+        self.model = uenn_model(system, self.conservative)
         periodic = system.cell is not None
         self.atoms = Atoms(
             numbers=system.z.cpu().numpy(),

@@ -109,6 +109,19 @@ class LJRunner(Runner):
             )[1]
 
 
+def uenn_model(system: BenchSystem, conservative: bool) -> Any:
+    """The default :class:`~uenn_geo.models.UENNForceField` for ``system``, in eval mode."""
+    from uenn_geo.models.forcefield import UENNForceField
+
+    model = UENNForceField(
+        cutoff=system.cutoff,
+        dtype=system.pos.dtype,
+        conservative=conservative,
+        atomic_numbers=system.species,
+    )
+    return model.to(system.pos.device).eval()
+
+
 class UENNRunner(Runner):
     """:class:`~uenn_geo.models.UENNForceField` (default constructor), forces predicted
     directly; the model lays the list out (:meth:`~uenn_geo.edges.Edges.chunked`) in the call."""
@@ -116,17 +129,8 @@ class UENNRunner(Runner):
     conservative = False
 
     def __init__(self, system: BenchSystem) -> None:
-        from uenn_geo.models.forcefield import UENNForceField
-
         super().__init__(system)
-        pos = system.pos
-        model = UENNForceField(
-            cutoff=system.cutoff,
-            dtype=pos.dtype,
-            conservative=self.conservative,
-            atomic_numbers=system.species,
-        )
-        self.model = model.to(pos.device).eval()
+        self.model = uenn_model(system, self.conservative)
         self.data = system.data()
 
     def forces(self, prepared: Edges | None) -> Tensor:
