@@ -71,3 +71,28 @@ def liquid_atoms() -> Atoms:
 @pytest.fixture
 def ethanol_atoms() -> Atoms:
     return ethanol()
+
+
+def ase_nve_run(
+    model: UENNForceField, atoms: Atoms, steps: int, dt_fs: float
+) -> tuple[Atoms, list]:
+    """ASE's VelocityVerlet with the model from a copy of ``atoms``: the moved copy and the
+    total energy (eV) at every step, the reference the engines' NVE runs are held to."""
+    from ase.md.verlet import VelocityVerlet
+    from ase.units import fs
+
+    from uenn_geo.calculator import UENNCalculator
+
+    atoms = atoms.copy()
+    atoms.calc = UENNCalculator(model, compile=False)
+    total: list = []
+    dyn = VelocityVerlet(atoms, timestep=dt_fs * fs)
+    dyn.attach(lambda: total.append(atoms.get_total_energy()), interval=1)
+    dyn.run(steps)
+    return atoms, total
+
+
+@pytest.fixture
+def ase_nve():
+    """:func:`ase_nve_run`, for the engine tests."""
+    return ase_nve_run

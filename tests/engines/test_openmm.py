@@ -93,16 +93,9 @@ def nve_fluctuation(energies: list[float]) -> float:
     return float(np.std(energies))
 
 
-def test_nve_conserves_energy_as_ase(argon_model, liquid_atoms):
-    from ase.md.verlet import VelocityVerlet
-
+def test_nve_conserves_energy_as_ase(argon_model, liquid_atoms, ase_nve):
     steps, dt = 200, 4.0
-    atoms = liquid_atoms.copy()
-    atoms.calc = UENNCalculator(argon_model, compile=False)
-    ase_total = []
-    dyn = VelocityVerlet(atoms, timestep=dt * fs)
-    dyn.attach(lambda: ase_total.append(atoms.get_total_energy()), interval=1)
-    dyn.run(steps)
+    atoms, ase_total = ase_nve(argon_model, liquid_atoms, steps, dt)
 
     system = MLPotential("uenn-geo", model=argon_model, compile=False).createSystem(
         topology_of(liquid_atoms), removeCMMotion=False
