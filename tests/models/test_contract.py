@@ -34,6 +34,14 @@ CASES = {
          "interaction_channels": 2, "atomic_numbers": [1, 8], "dtype": "float64",
          "conservative": True},
     ),
+    # the chemistry options: weights per species pair, inner products, separate scalar weights
+    "graph-chemistry": (
+        "graph",
+        {"cutoff": 4.0, "num_basis": 6, "hidden_channels": 6, "mlp_channels": [8],
+         "interaction_channels": 2, "atomic_numbers": [1, 8], "dtype": "float64",
+         "conservative": True, "species_pairs": True, "gram_channels": 3,
+         "separate_scalars": True, "own_species": True},
+    ),
     "schnet": (
         "schnet",
         {"cutoff": 4.0, "hidden_channels": 8, "num_filters": 8, "num_interactions": 2,
@@ -209,7 +217,9 @@ def test_export(case, tmp_path):
     assert meta["outputs"][-1] == "forces"
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c in ("graph-energy", "schnet")])
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c in ("graph-energy", "graph-chemistry", "schnet")]
+)
 def test_energy_shifts_refit(case):
     from uenn_geo.models.scales import refit_energy_shift
 

@@ -417,3 +417,32 @@ def test_float32_matches_float64():
     out64 = conv64(pos, all_pairs(6))
     out32 = conv32(pos.float(), all_pairs(6))
     assert math.isclose(0.0, (out32.double() - out64).abs().max().item(), abs_tol=1e-5)
+
+
+@pytest.mark.parametrize("output", ["vector", "scalar", "both"])
+def test_centre_species_weights_are_one_layer_per_species(output):
+    # A layer with weights per centre species gives each atom the output of a plain layer
+    # holding that species' weight.
+    torch.manual_seed(0)
+    pos = torch.randn(7, 3, dtype=torch.float64) * 1.5
+    species = torch.tensor([0, 1, 1, 0, 1, 0, 0])
+    v = torch.nn.functional.one_hot(species, 2).to(torch.float64)
+    edge_index, _ = radius_graph(pos, 4.0)
+    kwargs = {"num_basis": 5, "cutoff": 4.0, "output": output, "dtype": torch.float64}
+    conv = VectorGaussianConv(2, 3, centre_species=2, **kwargs)
+    out = conv(pos, edge_index, v, centre=species)
+    for z in range(2):
+        plain = VectorGaussianConv(2, 3, **kwargs)
+        with torch.no_grad():
+            for name in ("weight", "scalar_weight"):
+                if getattr(conv, name) is not None:
+                    getattr(plain, name).copy_(getattr(conv, name)[z])
+        mask = species == z
+        torch.testing.assert_close(out[mask], plain(pos, edge_index, v)[mask])
+    assert_equivariant(
+        lambda p: conv(p, edge_index, v, centre=species), pos, axis=-1,
+        out_axis=None if output == "scalar" else -2,
+        out_num_scalars=1 if output == "both" else 0,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="centre"):
+        conv(pos, edge_index, v)

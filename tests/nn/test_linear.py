@@ -146,3 +146,19 @@ def test_wrong_shape_and_dtype_errors():
         concat_scalars(torch.randn(5, 3, 6), torch.randn(5, 2, 4))
     with pytest.raises(ValueError, match="num_scalars"):
         split_scalars(torch.randn(5, 3, 6), 3)
+
+
+@pytest.mark.parametrize("reflection", [True, False])
+def test_separate_scalar_weights_equivariant(reflection):
+    lin = EquivariantLinear(5, 4, num_scalars=1, separate_scalars=True, dtype=torch.float64)
+    for p in (lin.bias, lin.scalar_bias):
+        torch.nn.init.normal_(p)
+    x = torch.randn(6, 3, 5, dtype=torch.float64)
+    h = torch.randn(6, 1, 5, dtype=torch.float64)
+    xh = concat_scalars(x, h)
+    U = random_orthogonal(3, dtype=torch.float64, reflection=reflection)
+    assert_equivariant(lin, xh, U, num_scalars=1, out_num_scalars=1)
+    # the scalar rows have their own weights: h W_s + b_s
+    torch.testing.assert_close(lin(xh)[:, 3:, :], h @ lin.scalar_weight + lin.scalar_bias)
+    with pytest.raises(ValueError, match="num_scalars"):
+        EquivariantLinear(5, 4, separate_scalars=True)

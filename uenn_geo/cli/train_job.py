@@ -32,11 +32,23 @@ from uenn_geo.train import DenseForceData, TrainConfig, distributed, train
 from uenn_geo.train.loss import has_energy
 from uenn_geo.train.metrics import format_table
 
-__all__ = ["run_job", "FILE_CUTOFF"]
+__all__ = ["run_job", "FILE_CUTOFF", "FILE_MODEL"]
 
 #: The cutoff of models trained on files (Angstrom): the usual one for molecules and
 #: materials (MACE, NequIP and Allegro use 4-6 A), where the first neighbour shells lie.
 FILE_CUTOFF = 5.0
+
+#: The force field's options for files (molecules and materials), besides the cutoff and the
+#: energy: the variants that measurably lowered the errors on rMD17 ethanol (docs/molecules.md,
+#: "What helped"): radial weights per species pair, three blocks, 16 Gaussians, separate
+#: weights for the scalar rows; no pair term (it extrapolates violently, issue #15).
+FILE_MODEL = {
+    "pair_term": False,
+    "species_pairs": True,
+    "num_blocks": 3,
+    "num_basis": 16,
+    "separate_scalars": True,
+}
 
 
 @dataclass
@@ -254,7 +266,7 @@ def _build_model(job: TrainJob, sets: _Sets, energies: bool) -> nn.Module:
         kwargs.setdefault("atomic_numbers", species)
         if sets.from_file:  # defaults for molecules and materials, not argon's
             kwargs.setdefault("cutoff", FILE_CUTOFF)
-            kwargs.setdefault("pair_term", False)
+            kwargs = FILE_MODEL | kwargs
             kwargs.setdefault("conservative", energies and not job.direct)
         if job.cutoff is not None:
             kwargs["cutoff"] = job.cutoff

@@ -18,6 +18,7 @@ from uenn_geo.models.pair import fit_pair
 from uenn_geo.models.response import cells_of, energy_response
 from uenn_geo.models.scales import fit_force_energy_scales
 from uenn_geo.nn.conv import VectorGaussianConv
+from uenn_geo.nn.gram import GramInvariants
 from uenn_geo.nn.linear import EquivariantLinear
 from uenn_geo.nn.mlp import EquivariantMLP
 
@@ -37,6 +38,11 @@ def _has_positions(data: Any) -> bool:
     return isinstance(getattr(first, "pos", None), Tensor)
 
 
+def _as_scalar_channels(s: Tensor, n: int) -> Tensor:
+    r"""Invariants :obj:`(N, T)` as channels :math:`[\mathbf{0}; s]` :obj:`(N, n + 1, T)`."""
+    return torch.cat([s.new_zeros(s.shape[0], n, s.shape[1]), s.unsqueeze(1)], dim=1)
+
+
 def _checked_config(**cfg: Any) -> dict[str, Any]:
     """The configuration of :class:`UENNForceField`, checked; a clear error otherwise."""
     numbers = cfg["atomic_numbers"]
@@ -51,6 +57,8 @@ def _checked_config(**cfg: Any) -> dict[str, Any]:
             f"interaction_channels={cfg['interaction_channels']}, "
             f"mlp_channels={cfg['mlp_channels']}"
         )
+    if cfg["gram_channels"] < 0:
+        raise ValueError(f"gram_channels must be >= 0, got {cfg['gram_channels']}")
     e0s = cfg["e0s"]
     if e0s is not None:
         if not cfg["conservative"]:
@@ -193,6 +201,14 @@ class UENNForceField(ForceModel):
         own_species (bool): give every block's MLP the atom's own species, one-hot, as
             scalar channels :math:`[\mathbf{0}; v_i]` (the graph layers see only the
             neighbours' species) (default: :obj:`False`).
+        species_pairs (bool): radial weights per species pair: every graph layer has one
+            weight per species of the centre atom (``centre_species`` of
+            :class:`~uenn_geo.nn.VectorGaussianConv`) (default: :obj:`False`).
+        gram_channels (int): :math:`K > 0` adds to the input of every block's MLP the
+            :math:`K (K + 1) / 2` inner products of :math:`K` learned mixes of its channels
+            (:class:`~uenn_geo.nn.GramInvariants`) as scalar channels (default: :obj:`0`).
+        separate_scalars (bool): the MLPs' scalar rows get weights of their own
+            (:class:`~uenn_geo.nn.EquivariantLinear`) (default: :obj:`False`).
 
     Shapes:
         - input: a PyG ``Data``/``Batch`` with ``pos`` :obj:`(N, 3)` (Angstrom), ``z``
@@ -218,6 +234,9 @@ class UENNForceField(ForceModel):
         "interaction_basis": None,
         "e0s": None,
         "own_species": False,
+        "species_pairs": False,
+        "gram_channels": 0,
+        "separate_scalars": False,
     }
 
     def __init__(
@@ -238,6 +257,9 @@ class UENNForceField(ForceModel):
         pair_term: bool = True,
         e0s: dict[int | str, float] | None = None,
         own_species: bool = False,
+        species_pairs: bool = False,
+        gram_channels: int = 0,
+        separate_scalars: bool = False,
     ) -> None:
         super().__init__()
         dtype = resolve_dtype(dtype)
@@ -258,6 +280,9 @@ class UENNForceField(ForceModel):
             pair_term=bool(pair_term),
             e0s=None if e0s is None else {str(int(z)): float(e) for z, e in e0s.items()},
             own_species=bool(own_species),
+            species_pairs=bool(species_pairs),
+            gram_channels=int(gram_channels),
+            separate_scalars=bool(separate_scalars),
         )
         self.cutoff = float(cutoff)
         self.num_species = len(atomic_numbers)
@@ -293,15 +318,23 @@ class UENNForceField(ForceModel):
         m, c, num_blocks = cfg["hidden_channels"], cfg["interaction_channels"], cfg["num_blocks"]
         conv = {"num_basis": cfg["num_basis"], "cutoff": self.cutoff, "r_min": cfg["r_min"]}
         conv.update(output="both", dtype=dtype)
+        conv.update(centre_species=species if cfg["species_pairs"] else 0)
         self.convs = nn.ModuleList([VectorGaussianConv(species, m, **conv)])
         self.mixes = nn.ModuleList()
         self.mlps = nn.ModuleList()
+        self.grams = nn.ModuleList() if cfg["gram_channels"] else None
         for k in range(num_blocks):
             c_in = (m if k == 0 else 2 * m) + (species if cfg["own_species"] else 0)
+            if self.grams is not None:
+                self.grams.append(GramInvariants(c_in, cfg["gram_channels"], dtype=dtype))
+                c_in += self.grams[-1].num_invariants
             c_out = 1 if k == num_blocks - 1 and not self.conservative else m
             channels = [c_in, *cfg["mlp_channels"], c_out]
-            act = cfg["activation"]
-            self.mlps.append(EquivariantMLP(channels, act=act, num_scalars=1, dtype=dtype))
+            act, own_weights = cfg["activation"], cfg["separate_scalars"]
+            mlp = EquivariantMLP(
+                channels, act=act, num_scalars=1, dtype=dtype, separate_scalars=own_weights
+            )
+            self.mlps.append(mlp)
             if k > 0:
                 self.mixes.append(EquivariantLinear(m, c, bias=False, num_scalars=1, dtype=dtype))
                 inter = {**conv, "num_basis": cfg["interaction_basis"] or cfg["num_basis"]}
@@ -314,7 +347,7 @@ class UENNForceField(ForceModel):
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer (normalised Xavier, zero biases); keeps the fitted buffers."""
-        for module in (*self.convs, *self.mixes, *self.mlps):
+        for module in (*self.convs, *self.mixes, *self.mlps, *(self.grams or ())):
             module.reset_parameters()
         if self.energy_readout is not None:
             bound = 1.0 / math.sqrt(self.energy_readout.in_features)
@@ -399,18 +432,26 @@ class UENNForceField(ForceModel):
         neighbour sums :obj:`(N, n + 1, B S)` (for the pair term)."""
         n = pos.shape[1]
         v = nn.functional.one_hot(species, self.num_species).to(pos.dtype)
+        centre = species if self.config["species_pairs"] else None
         sums = self.convs[0].neighbour_sums(pos, edges, v)
-        h = self.convs[0].contract(sums)  # (N, n + 1, M): [D; S]
+        h = self.convs[0].contract(sums, centre)  # (N, n + 1, M): [D; S]
         own = []
         if self.config["own_species"]:  # [0; v_i]: the atom's own species as scalar channels
-            own = [torch.cat([v.new_zeros(v.shape[0], n, v.shape[1]), v.unsqueeze(1)], dim=1)]
-        h = self.mlps[0](torch.cat([h, *own], dim=-1))
-        for mix, conv, mlp in zip(self.mixes, self.convs[1:], self.mlps[1:], strict=True):
+            own = [_as_scalar_channels(v, n)]
+        h = self.mlps[0](self._with_gram(0, torch.cat([h, *own], dim=-1)))
+        blocks = zip(self.mixes, self.convs[1:], self.mlps[1:], strict=True)
+        for k, (mix, conv, mlp) in enumerate(blocks, start=1):
             y = mix(h)  # (N, n + 1, C): [x_j; s_j]
             v_mix = torch.cat([v, y[:, n, :]], dim=-1)  # (N, S + C): [v_j, s_j]
-            message = conv(pos, edges, v_mix, y[:, :n, :])  # (N, n + 1, M)
-            h = mlp(torch.cat([h, message, *own], dim=-1))
+            message = conv(pos, edges, v_mix, y[:, :n, :], centre=centre)  # (N, n + 1, M)
+            h = mlp(self._with_gram(k, torch.cat([h, message, *own], dim=-1)))
         return h, sums
+
+    def _with_gram(self, block: int, x: Tensor) -> Tensor:
+        """``x`` and, with ``gram_channels``, its inner-product invariants as scalar channels."""
+        if self.grams is None:
+            return x
+        return torch.cat([x, _as_scalar_channels(self.grams[block](x), x.shape[1] - 1)], dim=-1)
 
     def _pair_readout(self, sums: Tensor, species: Tensor) -> Tensor:
         r"""Rows of the neighbour sums times :math:`c_{(b, d), z_i}`: :obj:`(N, R)`."""

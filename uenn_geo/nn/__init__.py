@@ -10,6 +10,7 @@ from uenn_geo.nn.activation import (
 )
 from uenn_geo.nn.conv import VectorGaussianConv
 from uenn_geo.nn.functional import concat_scalars, safe_norm, split_scalars, unit_vectors
+from uenn_geo.nn.gram import GramInvariants
 from uenn_geo.nn.linear import EquivariantLinear
 from uenn_geo.nn.mlp import EquivariantMLP
 from uenn_geo.nn.radial import GaussianBasis, SmoothCutoff, smooth_cutoff
@@ -25,6 +26,7 @@ __all__ = [
     "ACTIVATIONS",
     "GaussianBasis",
     "VectorGaussianConv",
+    "GramInvariants",
     "SmoothCutoff",
     "smooth_cutoff",
     "concat_scalars",

@@ -152,6 +152,11 @@ class VectorGaussianConv(MessagePassing):
             :math:`1 / (2\Delta^2)`).
         learnable_basis (bool): train :math:`r_{s,b}` and :math:`\eta_b` (default:
             :obj:`False`).
+        centre_species (int): with :math:`S > 0`, one weight :math:`w^{(z_i)}` per species
+            :math:`z_i` of the centre atom, so that with one-hot :math:`v_j` the radial
+            functions :math:`\sum_b e^b_{ij} w^{(z_i)}_{b z_j a}` depend on the species pair;
+            :meth:`forward` then needs ``centre`` (species indices :obj:`(N)`) (default:
+            :obj:`0`, one weight for every centre).
         eps (float): floor of :math:`r_{ij}` in the unit vector (default: :obj:`1e-6`).
         device, dtype: factory arguments; ``dtype`` must be real (default:
             :obj:`torch.get_default_dtype()`).
@@ -187,6 +192,7 @@ class VectorGaussianConv(MessagePassing):
         eps: float = DEFAULT_EPS,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        centre_species: int = 0,
     ) -> None:
         super().__init__(aggr="add", flow="target_to_source", node_dim=0)
         if in_channels < 1 or out_channels < 1 or num_basis < 1:
@@ -196,6 +202,8 @@ class VectorGaussianConv(MessagePassing):
             )
         if vector_channels < 0:
             raise ValueError(f"vector_channels must be >= 0, got {vector_channels}")
+        if centre_species < 0:
+            raise ValueError(f"centre_species must be >= 0, got {centre_species}")
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)):
@@ -214,12 +222,15 @@ class VectorGaussianConv(MessagePassing):
         self.cutoff = float(cutoff)
         self.output = output
         self.eps = eps
+        self.centre_species = int(centre_species)
         self.act = resolve_activation(act)
         factory = {"device": device, "dtype": dtype}
         self.basis = GaussianBasis(
             num_basis, r_min, self.cutoff, eta=eta, learnable=learnable_basis, **factory
         )
         shape = (num_basis, in_channels + vector_channels, out_channels)
+        if self.centre_species:
+            shape = (self.centre_species, *shape)
         if output in ("vector", "both"):
             self.weight = nn.Parameter(torch.empty(shape, **factory))
         else:
@@ -240,7 +251,11 @@ class VectorGaussianConv(MessagePassing):
         self.basis.reset_parameters()
         for w in (self.weight, self.scalar_weight):
             if w is not None:
-                xavier_uniform_(w.view(-1, self.out_channels))
+                # one (B (F + F_v), M_0) matrix per centre species (or one for all)
+                rows = self.num_basis * (self.in_channels + self.vector_channels)
+                per_centre = w.view(-1, rows, self.out_channels)
+                for z in range(per_centre.shape[0]):
+                    xavier_uniform_(per_centre[z])
 
     def forward(
         self,
@@ -249,13 +264,15 @@ class VectorGaussianConv(MessagePassing):
         v: Tensor | None = None,
         x: Tensor | None = None,
         shifts: Tensor | None = None,
+        centre: Tensor | None = None,
     ) -> Tensor:
         """Run the layer; see the class docstring for shapes and units (Angstrom).
 
         ``edges`` is an :class:`~uenn_geo.edges.Edges` (pairs, shifts and layout), or, as in
-        PyG, a plain ``edge_index`` :obj:`(2, E)` with its ``shifts``.
+        PyG, a plain ``edge_index`` :obj:`(2, E)` with its ``shifts``; ``centre`` the species
+        index of every atom (layers with ``centre_species``).
         """
-        return self.contract(self.neighbour_sums(pos, edges, v, x, shifts))
+        return self.contract(self.neighbour_sums(pos, edges, v, x, shifts), centre)
 
     def neighbour_sums(
         self,
@@ -286,23 +303,40 @@ class VectorGaussianConv(MessagePassing):
             edges.index, pos=pos, v=v, x=x, shifts=edges.shifts, chunk=edges.chunk
         )
 
-    def contract(self, h: Tensor) -> Tensor:
+    def contract(self, h: Tensor, centre: Tensor | None = None) -> Tensor:
         r"""Contract the neighbour sums of :meth:`neighbour_sums` with :math:`w` (and
-        :math:`w'`) and apply :math:`\sigma`: the output of :meth:`forward`."""
+        :math:`w'`) and apply :math:`\sigma`: the output of :meth:`forward`.
+
+        With ``centre_species``, ``centre`` :obj:`(N)` picks the weight of each atom."""
+        if self.centre_species and (centre is None or centre.shape != h.shape[:1]):
+            raise ValueError(
+                f"this layer has weights per centre species ({self.centre_species}); pass "
+                f"centre, the species index of each of the {h.shape[0]} atoms"
+            )
         n = h.shape[1] - (1 if self.weight is not None and self.scalar_weight is not None else 0)
-        num = h.shape[0]
         out_vec, out_sca = None, None
         if self.weight is not None:
-            d = h[:, :n, :].reshape(num * n, h.shape[-1]) @ self.weight.view(-1, self.out_channels)
-            out_vec = self.act(d.view(num, n, self.out_channels))
+            out_vec = self.act(self._matmul(h[:, :n, :], self.weight, centre))
         if self.scalar_weight is not None:
-            s = h[:, -1, :] @ self.scalar_weight.view(-1, self.out_channels)
-            out_sca = self.act(s.unsqueeze(1))
+            out_sca = self.act(self._matmul(h[:, -1:, :], self.scalar_weight, centre))
         if out_vec is None:
             return out_sca.squeeze(1)
         if out_sca is None:
             return out_vec
         return concat_scalars(out_vec, out_sca)  # [D; S], eq. 15 layout
+
+    def _matmul(self, h: Tensor, weight: Tensor, centre: Tensor | None) -> Tensor:
+        """Rows :obj:`(N, R, K)` times the weight :obj:`(K, M)` (of each atom's centre)."""
+        num, rows, width = h.shape
+        if not self.centre_species:
+            out = h.reshape(num * rows, width) @ weight.view(width, self.out_channels)
+            return out.view(num, rows, self.out_channels)
+        # every centre weight at once (S small), then each atom's own: (N, R, S, M) -> (N, R, M)
+        w = weight.view(self.centre_species, width, -1).transpose(0, 1).reshape(width, -1)
+        out = h.reshape(num * rows, width) @ w
+        out = out.view(num, rows, self.centre_species, self.out_channels)
+        index = centre.view(num, 1, 1, 1).expand(num, rows, 1, self.out_channels)
+        return out.gather(2, index).squeeze(2)
 
     def message(
         self,
@@ -436,6 +470,8 @@ class VectorGaussianConv(MessagePassing):
         if self.vector_channels:
             parts.append(f"vector_channels={self.vector_channels}")
         parts += [f"num_basis={self.num_basis}", f"cutoff={self.cutoff}"]
+        if self.centre_species:
+            parts.append(f"centre_species={self.centre_species}")
         parts.append(f"output={self.output}")
         if not isinstance(self.act, type(resolve_activation(None))):
             parts.append(f"act={self.act!r}")

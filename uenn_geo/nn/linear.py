@@ -81,6 +81,10 @@ class EquivariantLinear(nn.Module):
         num_scalars (int): number :math:`m` of scalar rows at the end of the component axis
             (default: :obj:`0`).
         eps (float): norm floor used to normalise :math:`e` (default: :obj:`1e-6`).
+        separate_scalars (bool): give the scalar rows weights of their own,
+            :math:`h' = h W_s + b_s`, instead of the vectors' :math:`W` (the group acts as
+            the identity on them, so any linear map of the scalars is equivariant); needs
+            ``num_scalars > 0`` (default: :obj:`False`, eqs. 16-17).
         device, dtype: factory arguments; a complex ``dtype`` makes :math:`W, b` complex
             (default: :obj:`torch.get_default_dtype()`).
 
@@ -105,8 +109,11 @@ class EquivariantLinear(nn.Module):
         eps: float = DEFAULT_EPS,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        separate_scalars: bool = False,
     ) -> None:
         super().__init__()
+        if separate_scalars and num_scalars < 1:
+            raise ValueError("separate_scalars needs scalar rows: num_scalars >= 1")
         if in_channels < 1 or out_channels < 1:
             raise ValueError(
                 f"channel counts must be positive, got in_channels={in_channels}, "
@@ -129,6 +136,11 @@ class EquivariantLinear(nn.Module):
             self.bias = nn.Parameter(torch.empty(in_channels, out_channels, **factory))
         else:
             self.register_parameter("bias", None)
+        self.scalar_weight = self.scalar_bias = None
+        if separate_scalars:
+            self.scalar_weight = nn.Parameter(torch.empty(in_channels, out_channels, **factory))
+            if bias:
+                self.scalar_bias = nn.Parameter(torch.empty(out_channels, **factory))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -136,9 +148,15 @@ class EquivariantLinear(nn.Module):
         xavier_uniform_(self.weight)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
+        if self.scalar_weight is not None:
+            xavier_uniform_(self.scalar_weight)
+        if self.scalar_bias is not None:
+            nn.init.zeros_(self.scalar_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         check_vector_input(x, self.in_channels, self.weight.dtype, min_rows=self.num_scalars + 1)
+        if self.scalar_weight is not None:
+            return self._forward_separate(x)
         if self.bias is None:
             return x @ self.weight
         m = self.num_scalars
@@ -151,6 +169,20 @@ class EquivariantLinear(nn.Module):
         # One matmul for both terms: [x, e] @ [W; b].
         return torch.cat([x, e], dim=-1) @ torch.cat([self.weight, self.bias], dim=0)
 
+    def _forward_separate(self, x: Tensor) -> Tensor:
+        """The vector rows with :math:`(W, b)`, the scalar rows with :math:`(W_s, b_s)`."""
+        rows = x.shape[-2] - self.num_scalars
+        vec, h = x[..., :rows, :], x[..., rows:, :]
+        if self.bias is None:
+            y_vec = vec @ self.weight
+        else:
+            e = unit_vectors(vec, self.eps)
+            y_vec = torch.cat([vec, e], dim=-1) @ torch.cat([self.weight, self.bias], dim=0)
+        y_sca = h @ self.scalar_weight
+        if self.scalar_bias is not None:
+            y_sca = y_sca + self.scalar_bias
+        return torch.cat([y_vec, y_sca], dim=-2)
+
     def extra_repr(self) -> str:
         return ""
 
@@ -160,4 +192,6 @@ class EquivariantLinear(nn.Module):
             parts.append("bias=False")
         if self.num_scalars:
             parts.append(f"num_scalars={self.num_scalars}")
+        if self.scalar_weight is not None:
+            parts.append("separate_scalars=True")
         return f"{self.__class__.__name__}({', '.join(parts)})"

@@ -33,6 +33,8 @@ class EquivariantMLP(nn.Module):
         num_scalars (int): scalar rows carried at the end of the component axis, eq. 15
             (default: :obj:`0`).
         eps (float): norm floor for :math:`e` (default: :obj:`1e-6`).
+        separate_scalars (bool): scalar rows with weights of their own
+            (:class:`EquivariantLinear`) (default: :obj:`False`).
         device, dtype: factory arguments (default: :obj:`torch.get_default_dtype()`).
 
     Shapes:
@@ -54,6 +56,7 @@ class EquivariantMLP(nn.Module):
         eps: float = DEFAULT_EPS,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        separate_scalars: bool = False,
     ) -> None:
         super().__init__()
         channels = [int(c) for c in channels]
@@ -65,7 +68,14 @@ class EquivariantMLP(nn.Module):
         self.final_act = resolve_activation(final_act)
         self.layers = nn.ModuleList(
             EquivariantLinear(
-                c_in, c_out, bias=bias, num_scalars=num_scalars, eps=eps, device=device, dtype=dtype
+                c_in,
+                c_out,
+                bias=bias,
+                num_scalars=num_scalars,
+                eps=eps,
+                device=device,
+                dtype=dtype,
+                separate_scalars=separate_scalars,
             )
             for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
         )
