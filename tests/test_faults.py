@@ -29,7 +29,7 @@ from uenn_geo.models import UENNForceField, load_model, save_model
 
 SMALL = {"num_blocks": 1, "hidden_channels": 4, "mlp_channels": [6], "num_basis": 6}
 MD_MODEL = {"cutoff": 8.0, "num_basis": 6, "hidden_channels": 8, "mlp_channels": [12]}
-TIME_COLUMNS = ("elapsed_s", "epoch_time_s")
+TIME_COLUMNS = ("elapsed_s", "epoch_time_s", "data_wait_s")
 
 
 @pytest.fixture(autouse=True)

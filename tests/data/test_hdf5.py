@@ -13,6 +13,7 @@ pytest.importorskip("h5py")
 from uenn_geo.data import read_frames  # noqa: E402
 from uenn_geo.data.e0s import is_isolated_atom  # noqa: E402
 from uenn_geo.data.hdf5 import H5Frames, prepare, read_meta  # noqa: E402
+from uenn_geo.files import read_csv  # noqa: E402
 from uenn_geo.models.scales import fit_force_energy_scales  # noqa: E402
 from uenn_geo.neighbors import radius_graph  # noqa: E402
 
@@ -95,7 +96,42 @@ def test_train_from_prepared_directory_streams(prepared, tmp_path):
                                      "val": meta["sets"]["val"]["stats"]["frames"]}  # fmt: skip
     assert metrics["errors"]["validation"]["all"]["structures"] == metrics["structures"]["val"]
     assert metrics["epochs"] == 2 and math.isfinite(metrics["best_val_force_rmse"])
+    for row in read_csv(tmp_path / "run" / "log.csv"):  # the worker's start counts as wait
+        assert 0 < float(row["data_wait_s"]) <= float(row["epoch_time_s"])
     model = load_model(tmp_path / "run" / "model.pt")
     stats = meta["sets"]["train"]["stats"]
     assert float(model.force_scale) == pytest.approx(stats["force_rms"], rel=1e-6)
     assert model.config["atomic_numbers"] == stats["species"]
+
+
+def test_chunked_checks_and_counts_equal_a_search_per_frame(prepared, tmp_path, monkeypatch):
+    """Prepare checks distances and counts neighbours for chunks of frames at once and packs
+    frames before writing them: with chunks of 4 frames, packs of 3 and periodic frames among
+    the free ones, the frames read back equal the file's, the count is that of one search
+    per frame, and a pair too close is reported with its own frame and atoms."""
+    import ase.io
+
+    from uenn_geo.data import hdf5
+
+    tmp, _ = prepared
+    atoms = list(ase.io.iread(tmp / "set.xyz", index=":"))[:20]
+    for k in (5, 6, 11):  # periodic images 4 A apart: edges across the boundary
+        atoms[k].cell, atoms[k].pbc = [[20.0, 0, 0], [0, 20.0, 0], [0, 0, 20.0]], True
+    ase.io.write(tmp_path / "mixed.xyz", atoms, format="extxyz")
+    monkeypatch.setattr(hdf5, "CHUNK_FRAMES", 4)
+    monkeypatch.setattr(hdf5, "PACK_FRAMES", 3)  # shards written from several packs
+    meta = prepare(tmp_path / "mixed.xyz", tmp_path / "prep", val_fraction=0.0, shard_frames=8)
+    graphs = [g for g in read_frames(tmp_path / "mixed.xyz") if not is_isolated_atom(g)]
+    lazy = H5Frames(tmp_path / "prep", "train")
+    assert len(lazy) == len(graphs) == 18
+    for g, h in zip(graphs, lazy, strict=True):
+        for key in ("pos", "z", "forces", "energy", "cell", "pbc"):
+            assert torch.equal(getattr(g, key), getattr(h, key)), key
+    per_frame = [radius_graph(g.pos, 5.0, cell=g.cell, pbc=g.pbc)[0].shape[1] for g in graphs]
+    free = [radius_graph(g.pos, 5.0)[0].shape[1] for g in graphs]
+    assert meta["sets"]["train"]["stats"]["edges"] == sum(per_frame) > sum(free)
+    atoms[13].positions[1] = atoms[13].positions[0] + [0.1, 0.0, 0.0]
+    ase.io.write(tmp_path / "close.xyz", atoms, format="extxyz")
+    with pytest.raises(ValueError, match=r"close.xyz, frame 13: atoms 0 and 1 are 0.1 Angstrom"):
+        prepare(tmp_path / "close.xyz", tmp_path / "close")
+    assert not (tmp_path / "close").exists()

@@ -1,6 +1,7 @@
 import dataclasses
 import math
 import shutil
+import time
 import warnings
 
 import pytest
@@ -41,6 +42,27 @@ def test_training_reduces_error_and_writes_files(setup, tmp_path):
     best = load_model(tmp_path / "model.pt")
     assert evaluate(best, va)["force_rmse"] == pytest.approx(res.best_val_rmse, rel=1e-5)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+class _SlowData(DenseForceData):
+    """Training data whose every batch takes 20 ms to make, as a slow disk would."""
+
+    def _make(self, idx):
+        time.sleep(0.02)
+        return super()._make(idx)
+
+
+def test_log_records_the_wait_for_data(setup, tmp_path):
+    model, tr, va = setup
+    cfg = TrainConfig(max_epochs=2, batch_size=64, progress=False)
+    res = train(model, _SlowData(tr.pos, tr.forces), va, cfg, tmp_path)
+    rows = read_csv(tmp_path / "log.csv")
+    for row, logged in zip(res.history, rows, strict=True):
+        wait, epoch = row["data_wait_s"], row["epoch_time_s"]
+        assert 4 * 0.02 <= wait <= epoch  # 4 batches of 64, each 20 ms late, within the epoch
+        assert float(logged["data_wait_s"]) == wait
+    fast = train(model, tr, va, cfg, tmp_path / "fast")  # in memory: slicing only
+    assert all(0 <= r["data_wait_s"] <= r["epoch_time_s"] for r in fast.history)
 
 
 def test_resume_equals_uninterrupted(setup, tmp_path):

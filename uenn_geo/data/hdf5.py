@@ -1,8 +1,9 @@
 r"""Data sets larger than memory: structure files prepared once into HDF5 shards, read lazily.
 
-:func:`prepare` reads extended-XYZ (or anything ASE reads) in a stream (:func:`ase.io.iread`,
-one frame at a time), checks each frame as :func:`~uenn_geo.data.read_frames` does, assigns it
-to the training, validation or test set (a seeded draw per frame), and writes each set as
+:func:`prepare` reads extended-XYZ (or anything ASE reads) in a stream (one frame at a time,
+in constant memory: :func:`_atoms_of`), checks each frame as
+:func:`~uenn_geo.data.read_frames` does, assigns it to the training, validation or test set
+(a seeded draw per frame), and writes each set as
 HDF5 shards of at most ``shard_frames`` frames (h5py; one file per shard, contiguous arrays so
 that a frame is a few small reads). The statistics training needs are computed in the same
 pass and stored in ``meta.json`` per set (see :class:`PreparedStats`), so that training needs
@@ -12,9 +13,9 @@ directory beside the target, renamed into place at the end (a prepared directory
 absent). Memory is bounded by one shard per set, whatever the size of the input.
 
 :class:`H5Frames` is the lazy data set (a :class:`torch_geometric.data.Dataset`): ``len`` and
-the shard index come from ``meta.json``; each frame is read from its shard on access, the files
-being opened per process (so DataLoader worker processes each open their own handles) and at
-most :data:`MAX_OPEN_FILES` at a time.
+the shard index come from ``meta.json``; each frame is read from its shard on access (nothing
+per frame is kept in memory), the files being opened per process (so DataLoader worker
+processes each open their own handles) and at most :data:`MAX_OPEN_FILES` at a time.
 
 Layout of a shard ``<set>-NNNNN.h5`` with :math:`F` frames and :math:`A` atoms: ``offsets``
 :math:`(F+1)` int64, ``pos`` and ``forces`` :math:`(A, 3)` float64 (A, eV/A), ``z``
@@ -26,11 +27,13 @@ Layout of a shard ``<set>-NNNNN.h5`` with :math:`F` frames and :math:`A` atoms: 
 from __future__ import annotations
 
 import bisect
+import io
+import itertools
 import json
 import os
 import shutil
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,8 +52,9 @@ SETS = ("train", "val", "test")
 #: Version of the prepared layout (``meta.json`` ``"format_version"``).
 FORMAT_VERSION = 1
 
-#: Shard files a process keeps open at once (least recently used closed first).
-MAX_OPEN_FILES = 8
+#: Shard files a process keeps open at once (least recently used closed first): about
+#: 0.2 MB each, while a file opened anew costs about 1 ms, and frames are drawn at random.
+MAX_OPEN_FILES = 128
 
 
 @dataclass
@@ -132,79 +136,193 @@ class PreparedStats:
         self.e0s_lstsq = {k: float(v) for k, v in zip(keys, mu.tolist(), strict=True)}
 
 
+#: Frames whose arrays a shard writer packs into one array each (see :class:`_ShardWriter`).
+PACK_FRAMES = 1024
+
+
 class _ShardWriter:
-    """Buffers one set's frames and writes them as shards of ``shard_frames`` frames."""
+    """Buffers one set's frames and writes them as shards of ``shard_frames`` frames.
+
+    The arrays of every :data:`PACK_FRAMES` frames are packed into one array per field (a few
+    small arrays kept per frame cost several times their size in memory: about 12 KB
+    against 4 KB per 35-atom frame), and a shard's packs are written into its datasets one
+    after another, without a copy of the whole shard.
+    """
 
     def __init__(self, directory: Path, name: str, shard_frames: int) -> None:
         self.directory, self.name, self.shard_frames = directory, name, shard_frames
-        self.frames: list[Data] = []
+        self.loose: list[tuple[np.ndarray, ...]] = []  # pos, forces, z, cell, pbc per frame
+        self.packs: list[tuple[np.ndarray, ...]] = []
+        self.sizes: list[int] = []
+        self.types: list[str] = []
+        self.energy: list[float | None] = []
+        self.stress: list[np.ndarray | None] = []
         self.shards: list[dict[str, Any]] = []
 
     def add(self, data: Data) -> None:
-        self.frames.append(data)
-        if len(self.frames) >= self.shard_frames:
+        energy, stress = getattr(data, "energy", None), getattr(data, "stress", None)
+        self.loose.append((
+            data.pos.numpy(), data.forces.numpy(), data.z.numpy().astype(np.uint8),
+            data.cell.numpy().reshape(1, 3, 3), data.pbc.numpy().reshape(1, 3),
+        ))  # fmt: skip
+        self.sizes.append(int(data.pos.shape[0]))
+        self.types.append(data.config_type)
+        self.energy.append(None if energy is None else float(energy.reshape(-1)[0]))
+        self.stress.append(None if stress is None else stress.numpy().reshape(3, 3))
+        if len(self.loose) >= PACK_FRAMES:
+            self._pack()
+        if len(self.sizes) >= self.shard_frames:
             self.flush()
 
+    def _pack(self) -> None:
+        if self.loose:
+            self.packs.append(tuple(np.concatenate(a) for a in zip(*self.loose, strict=True)))
+            self.loose = []
+
     def flush(self) -> None:
-        if not self.frames:
+        if not self.sizes:
             return
         import h5py
 
+        self._pack()
         file = f"{self.name}-{len(self.shards):05d}.h5"
-        frames, self.frames = self.frames, []
-        sizes = [int(d.pos.shape[0]) for d in frames]
+        packs, sizes, types = self.packs, self.sizes, self.types
+        energy, stress = self.energy, self.stress
+        self.packs, self.sizes, self.types, self.energy, self.stress = [], [], [], [], []
         with h5py.File(self.directory / file, "w") as f:
             f["offsets"] = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-            f["pos"] = np.concatenate([d.pos.numpy() for d in frames])
-            f["forces"] = np.concatenate([d.forces.numpy() for d in frames])
-            f["z"] = np.concatenate([d.z.numpy() for d in frames]).astype(np.uint8)
-            f["cell"] = np.stack([d.cell.numpy().reshape(3, 3) for d in frames])
-            f["pbc"] = np.stack([d.pbc.numpy().reshape(3) for d in frames])
-            types = [d.config_type for d in frames]
+            for k, name in enumerate(("pos", "forces", "z", "cell", "pbc")):
+                first = packs[0][k]
+                rows = sum(len(pack[k]) for pack in packs)
+                out = f.create_dataset(name, (rows, *first.shape[1:]), dtype=first.dtype)
+                start = 0
+                for pack in packs:
+                    out[start : start + len(pack[k])] = pack[k]
+                    start += len(pack[k])
             f.create_dataset("config_type", data=types, dtype=h5py.string_dtype())
-            if getattr(frames[0], "energy", None) is not None:
-                f["energy"] = np.array([float(d.energy.reshape(-1)[0]) for d in frames])
-            if any(getattr(d, "stress", None) is not None for d in frames):
-                zero = torch.zeros(1, 3, 3, dtype=torch.float64)
-                f["stress"] = np.stack([_or(d, "stress", zero).numpy()[0] for d in frames])
-                f["stress_weight"] = np.array(
-                    [float(getattr(d, "stress", None) is not None) for d in frames]
-                )
-        self.shards.append({"file": file, "frames": len(frames), "atoms": sum(sizes)})
+            if energy[0] is not None:
+                f["energy"] = np.array(energy, dtype=np.float64)
+            if any(x is not None for x in stress):
+                zero = np.zeros((3, 3))
+                f["stress"] = np.stack([zero if x is None else x for x in stress])
+                f["stress_weight"] = np.array([float(x is not None) for x in stress])
+        self.shards.append({"file": file, "frames": len(sizes), "atoms": sum(sizes)})
 
 
-def _or(data: Data, name: str, default: Any) -> Any:
-    value = getattr(data, name, None)
-    return default if value is None else value
+#: Frames whose distance checks and neighbour counts share one neighbour search.
+CHUNK_FRAMES = 64
 
 
-def _count_edges(data: Data, cutoff: float) -> int:
+def _edges_per_frame(frames: Sequence[Data], r_cut: float) -> list[int]:
+    """The number of neighbour pairs within ``r_cut`` of each frame, in one
+    :func:`~uenn_geo.neighbors.radius_graph` call for all of them (free clusters: one
+    vectorised search; the same edges as a call per frame)."""
     from uenn_geo.neighbors import radius_graph
 
-    if cutoff <= 0:
-        return 0
-    edge_index, _ = radius_graph(data.pos, cutoff, cell=data.cell, pbc=data.pbc)
-    return int(edge_index.shape[1])
+    pos = torch.cat([d.pos for d in frames])
+    sizes = torch.tensor([d.pos.shape[0] for d in frames])
+    batch = torch.repeat_interleave(torch.arange(len(frames)), sizes)
+    cell = torch.cat([d.cell.reshape(1, 3, 3) for d in frames])
+    pbc = torch.cat([d.pbc.reshape(1, 3) for d in frames])
+    edges = radius_graph(pos, r_cut, batch=batch, cell=cell, pbc=pbc, return_shifts=False)
+    return torch.bincount(batch[edges[0]], minlength=len(frames)).tolist()
+
+
+def _check_distances_of(chunk: list[tuple[int, Data]], where: str, dmin: float) -> None:
+    """The distance check of :func:`~uenn_geo.data.read_frames` on many frames at once: one
+    search finds the first frame with a pair closer than ``dmin``, whose own check then
+    raises the message naming the frame, the atoms and the distance."""
+    from uenn_geo.data.extxyz import _check_distances
+
+    if dmin <= 0 or not chunk:
+        return
+    try:
+        counts = _edges_per_frame([d for _, d in chunk], dmin)
+        first = next((i for i, c in enumerate(counts) if c), None)
+    except ValueError:  # e.g. a degenerate cell: frame by frame, for the message
+        first = 0
+    if first is None:
+        return
+    for k, data in chunk[first:]:
+        _check_distances(data.pos, data.cell, data.pbc, f"{where}, frame {k}", dmin)
 
 
 def _stream(
-    paths: Sequence[str | os.PathLike], keys: dict[str, str | None], min_distance: float
-) -> Iterable[Data]:
-    """Checked frames of every file in turn, one at a time (:func:`ase.io.iread`)."""
-    import ase.io
-
+    paths: Sequence[str | os.PathLike],
+    keys: dict[str, str | None],
+    min_distance: float,
+    cutoff: float,
+) -> Iterable[tuple[Data, int]]:
+    """Checked frames of every file in turn, each with its number of neighbour pairs within
+    ``cutoff``. The files are read one frame at a time (:func:`_atoms_of`); the distance
+    checks and the neighbour counts run on chunks of :data:`CHUNK_FRAMES` frames: a frame is
+    passed on once its whole chunk is checked (so a pair too close is reported before the
+    caller sees the chunk's frames; among the checks, the first bad frame's error)."""
     for path in paths:
         where = os.fspath(path)
-        if not os.path.isfile(where):
-            raise FileNotFoundError(f"No such file: {where!r}")
-        try:
-            frames = ase.io.iread(where, index=":")
-            for k, atoms in enumerate(frames):
-                yield _frame_to_data(atoms, k, where, keys, min_distance)
-        except ValueError:
-            raise
-        except Exception as err:  # ASE raises many kinds for a malformed file
-            raise ValueError(f"{where}: cannot be read as a structure file: {err}") from err
+        frames = _read(where, keys)
+        chunk: list[tuple[int, Data]] = []
+        while True:
+            try:
+                item = next(frames, None)
+            except Exception:
+                _check_distances_of(chunk, where, min_distance)  # an earlier frame's first
+                raise
+            if item is not None:
+                chunk.append(item)
+            if chunk and (item is None or len(chunk) >= CHUNK_FRAMES):
+                _check_distances_of(chunk, where, min_distance)
+                data = [d for _, d in chunk]
+                edges = _edges_per_frame(data, cutoff) if cutoff > 0 else [0] * len(data)
+                yield from zip(data, edges, strict=True)
+                chunk = []
+            if item is None:
+                break
+
+
+def _read(where: str, keys: dict[str, str | None]) -> Iterable[tuple[int, Data]]:
+    """The frames of one file with their index, checked as :func:`~uenn_geo.data.read_frames`
+    checks them but for the distances (:func:`_check_distances_of`)."""
+    if not os.path.isfile(where):
+        raise FileNotFoundError(f"No such file: {where!r}")
+    try:
+        for k, atoms in enumerate(_atoms_of(where)):
+            yield k, _frame_to_data(atoms, k, where, keys, 0.0)
+    except ValueError:
+        raise
+    except Exception as err:  # ASE raises many kinds for a malformed file
+        raise ValueError(f"{where}: cannot be read as a structure file: {err}") from err
+
+
+def _atoms_of(where: str) -> Iterator[Any]:
+    """The ASE frames of one file, one at a time, in constant memory.
+
+    An extended-XYZ file (``.xyz``, ``.extxyz``) is cut into frames here (the atom count,
+    the comment line, the atoms and any ``VEC`` lines, until a blank line as ASE stops) and
+    each frame is parsed by ASE's own reader, :func:`ase.io.extxyz.read_xyz`:
+    :func:`ase.io.iread` would first scan the whole file and keep an index entry per frame,
+    a pass and a list that grow with the file. Other formats go through
+    :func:`ase.io.iread`.
+    """
+    import ase.io
+    from ase.io.extxyz import XYZError, read_xyz
+
+    if not where.lower().endswith((".xyz", ".extxyz")):
+        yield from ase.io.iread(where, index=":")
+        return
+    with open(where) as f:
+        header = f.readline()
+        while header.strip():
+            try:
+                natoms = int(header)
+            except ValueError as err:
+                raise XYZError(f"ase.io.extxyz: Expected xyz header but got: {err}") from None
+            block = [header, *itertools.islice(f, natoms + 1)]
+            header = f.readline()
+            while header.lstrip().startswith("VEC"):
+                block.append(header)
+                header = f.readline()
+            yield next(read_xyz(io.StringIO("".join(block)), 0))
 
 
 def prepare(
@@ -282,7 +400,7 @@ def _write_sets(
     rng = np.random.default_rng(seed)
     isolated: dict[int, float] = {}
     with_energy: bool | None = None
-    for k, data in enumerate(_stream(paths, keys, min_distance)):
+    for k, (data, edges) in enumerate(_stream(paths, keys, min_distance, cutoff)):
         has = getattr(data, "energy", None) is not None
         if with_energy is None:
             with_energy = has
@@ -296,7 +414,7 @@ def _write_sets(
             continue
         draw = rng.random()
         name = "val" if draw < fractions[0] else "test" if draw < sum(fractions) else "train"
-        stats[name].add(data, _count_edges(data, cutoff))
+        stats[name].add(data, edges)
         writers[name].add(data)
     for name in SETS:
         writers[name].flush()
@@ -335,8 +453,9 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 
 class _OpenShard:
-    """One open shard: the per-atom arrays stay on disk (read a frame's slice at a time),
-    the small per-frame ones (offsets, cells, energies, ...) are read into memory once."""
+    """One open shard: every array stays on disk and a frame is a few small reads (its
+    slice of the per-atom arrays, its row of the per-frame ones), so that what a reader
+    keeps does not grow with the number of frames."""
 
     def __init__(self, path: Path) -> None:
         import h5py
@@ -344,11 +463,11 @@ class _OpenShard:
         self.file = h5py.File(path, "r")
         f = self.file
         self.pos, self.z, self.forces = f["pos"], f["z"], f["forces"]
-        self.offsets, self.cell, self.pbc = f["offsets"][:], f["cell"][:], f["pbc"][:]
-        self.config_type = f["config_type"][:]
-        self.energy = f["energy"][:] if "energy" in f else None
-        self.stress = f["stress"][:] if "stress" in f else None
-        self.stress_weight = f["stress_weight"][:] if "stress" in f else None
+        self.offsets, self.cell, self.pbc = f["offsets"], f["cell"], f["pbc"]
+        self.config_type = f["config_type"]
+        self.energy = f["energy"] if "energy" in f else None
+        self.stress = f["stress"] if "stress" in f else None
+        self.stress_weight = f["stress_weight"] if "stress" in f else None
 
     def close(self) -> None:
         self.file.close()
@@ -415,7 +534,7 @@ class H5Frames(Dataset):
         shard = bisect.bisect_right(self.starts, idx) - 1
         i = idx - int(self.starts[shard])
         f = self._shard(shard)
-        lo, hi = int(f.offsets[i]), int(f.offsets[i + 1])
+        lo, hi = (int(k) for k in f.offsets[i : i + 2])
         data = Data(
             pos=torch.from_numpy(f.pos[lo:hi]),
             z=torch.from_numpy(f.z[lo:hi].astype(np.int64)),

@@ -4,6 +4,9 @@ r"""The training loop: Adam with mini-batches (default) or FIRE, resumable.
 checkpoint (``checkpoint.pt``) and a CSV log (``log.csv``) into ``out_dir``, all atomically,
 and stops on a time limit, a step or epoch limit, a validation plateau, or a non-finite loss
 (keeping the last good checkpoint). The loss is :func:`~uenn_geo.train.force_loss`.
+Each row of ``log.csv`` holds the epoch's training time ``epoch_time_s`` and, within it,
+``data_wait_s``: the seconds its steps waited for their batches (time in the batch
+iterator's ``next()``), so that the share of a step spent waiting on data is their ratio.
 """
 
 from __future__ import annotations
@@ -156,6 +159,7 @@ class _Run:
         )
         self.state = _State(best_state=_copy_state(model))
         self.identity: dict[str, Any] | None = None
+        self.data_wait = 0.0  # seconds the last epoch's steps waited for their batches
 
     @property
     def lr(self) -> float:
@@ -214,7 +218,9 @@ class _Run:
         per_epoch = distributed.batches_per_epoch(len(data), cfg.batch_size)
         clock = distributed.StepClock(t0)  # one clock (and loss) for all ranks
         device = distributed.device_of(self.model)
-        shard = distributed.train_batches(data, cfg.batch_size, self.gen, cfg.seed, s.epoch, device)
+        shard = _Timed(
+            distributed.train_batches(data, cfg.batch_size, self.gen, cfg.seed, s.epoch, device)
+        )
         for k, batch in enumerate(shard):
             epoch = s.epoch + k / per_epoch
             frac = _progress_fraction(cfg, epoch, s.step, s.elapsed + clock.now())
@@ -239,6 +245,7 @@ class _Run:
                 break
             if cfg.time_limit is not None and s.elapsed + clock.now() >= cfg.time_limit:
                 break
+        self.data_wait = shard.seconds
         return loss_sum / max(loss_count, 1)
 
     def validate(self, val_data: Any, t0: float) -> float:
@@ -274,6 +281,7 @@ class _Run:
             "step": s.step,
             "elapsed_s": round(s.elapsed, 3),
             "epoch_time_s": round(train_time, 4),
+            "data_wait_s": round(self.data_wait, 4),
             "lr": group.get("lr", float("nan")),
             "train_loss": train_loss,
             "val_force_rmse": self.val_metrics["force_rmse"],
@@ -318,6 +326,27 @@ class _Run:
             out_dir=self.out,
             compiled=self.loss_fn.ran_compiled,
         )
+
+
+class _Timed:
+    """An iterator over ``batches`` that adds up the seconds spent in its ``next()``: for the
+    training batches, the time the steps wait for their data (with DataLoader workers, the
+    start of the workers and any batch not ready when the step asks for it; in memory, the
+    slicing and collating), beside the steps' compute."""
+
+    def __init__(self, batches: Any) -> None:
+        self.batches = iter(batches)
+        self.seconds = 0.0
+
+    def __iter__(self) -> _Timed:
+        return self
+
+    def __next__(self) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return next(self.batches)
+        finally:
+            self.seconds += time.perf_counter() - t0
 
 
 class _Progress:
