@@ -62,6 +62,9 @@ def test_dft_file_with_isolated_atoms_and_test_file(files, tmp_path, capsys):
     assert metrics["structures"] == {"train": 22, "val": 2, "test": 6}
     model = uenn_geo.load_model(out / "model.pt")
     assert model.has_energy and model.cutoff == 5.0  # defaults for molecules with energies
+    # FILE_MODEL fills in what --model-kwargs leaves out, and the flags win
+    assert model.config["species_pairs"] and model.config["separate_scalars"]
+    assert model.config["num_blocks"] == 1 and not model.config["pair_term"]
     # the model predicts the isolated atoms' energies exactly (the E0s of the file)
     for atoms in ase.io.read(ETHANOL / "isolated_atoms.xyz", ":"):
         data = Data(pos=torch.zeros(1, 3), z=torch.tensor(atoms.numbers))
