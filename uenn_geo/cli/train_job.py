@@ -39,13 +39,13 @@ __all__ = ["run_job", "FILE_CUTOFF", "FILE_MODEL"]
 FILE_CUTOFF = 5.0
 
 #: The force field's options for files (molecules and materials), besides the cutoff and the
-#: energy: the variants that measurably lowered the errors on rMD17 ethanol (docs/molecules.md,
-#: "What helped"): radial weights per species pair, three blocks, 16 Gaussians, separate
-#: weights for the scalar rows; no pair term (it extrapolates violently, issue #15).
+#: energy: the variants that measurably lowered the errors on rMD17 ethanol and EMT copper
+#: (docs/molecules.md, "What helped"; docs/training.md): radial weights per species pair, 16
+#: Gaussians, separate weights for the scalar rows (and the class's two blocks: a third
+#: helped per epoch but cost more in time); no pair term (it extrapolates violently).
 FILE_MODEL = {
     "pair_term": False,
     "species_pairs": True,
-    "num_blocks": 3,
     "num_basis": 16,
     "separate_scalars": True,
 }
