@@ -14,7 +14,7 @@ from uenn_geo.constants import ARGON_Z
 from uenn_geo.dtypes import dtype_name, resolve_dtype
 from uenn_geo.edges import Edges
 from uenn_geo.models.base import ForceModel, batch_of, check_positions
-from uenn_geo.models.pair import fit_pair
+from uenn_geo.models.pair import fit_pair, has_positions
 from uenn_geo.models.response import cells_of, energy_response
 from uenn_geo.models.scales import fit_force_energy_scales
 from uenn_geo.nn.conv import VectorGaussianConv
@@ -23,19 +23,6 @@ from uenn_geo.nn.linear import EquivariantLinear
 from uenn_geo.nn.mlp import EquivariantMLP
 
 __all__ = ["UENNForceField"]
-
-
-def _has_positions(data: Any) -> bool:
-    """Whether ``data`` (forces or graphs) carries positions, which the pair fit needs."""
-    if isinstance(data, Tensor):
-        return False
-    if isinstance(getattr(data, "pos", None), Tensor):  # DenseForceData
-        return True
-    try:
-        first = data[0]
-    except (TypeError, IndexError, KeyError):
-        return False
-    return isinstance(getattr(first, "pos", None), Tensor)
 
 
 def _as_scalar_channels(s: Tensor, n: int) -> Tensor:
@@ -573,7 +560,7 @@ class UENNForceField(ForceModel):
                 return self.species_index(getattr(d, "z", None), d.forces.shape[0])
 
         floor = 0.0
-        if self.pair_weight is not None and _has_positions(forces):
+        if self.pair_weight is not None and has_positions(forces):
             full, _ = fit_force_energy_scales(forces)
             forces = self.fit_pair(forces, batch_size)
             floor = 1e-4 * full

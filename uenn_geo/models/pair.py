@@ -20,7 +20,20 @@ from uenn_geo.edges import edges_of
 from uenn_geo.models.base import batch_of, check_positions
 from uenn_geo.nn.radial import smooth_cutoff
 
-__all__ = ["fit_pair", "pair_design"]
+__all__ = ["fit_pair", "has_positions", "pair_design"]
+
+
+def has_positions(data: Any) -> bool:
+    """Whether ``data`` (forces or graphs) carries positions, which the pair fit needs."""
+    if isinstance(data, Tensor):
+        return False
+    if isinstance(getattr(data, "pos", None), Tensor):  # DenseForceData
+        return True
+    try:
+        first = data[0]
+    except (TypeError, IndexError, KeyError):
+        return False
+    return isinstance(getattr(first, "pos", None), Tensor)
 
 
 def fit_pair(
