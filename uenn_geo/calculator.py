@@ -53,11 +53,11 @@ class UENNCalculator(Calculator):
     nonzero volume.
 
     The evaluation is :class:`uenn_geo.engines.Evaluator`'s, shared with the OpenMM and
-    LAMMPS interfaces: with ``compile="auto"`` (the default) a direct-force model on
-    structures of at least :data:`~uenn_geo.engines.evaluator.COMPILE_MIN_ATOMS` atoms runs
-    through :func:`torch.compile` (compiled once per model and process, dynamic shapes,
-    eager fallback) and energy models stay eager; ``compile=True`` compiles both;
-    ``compile=False`` keeps the model eager. Eager results equal
+    LAMMPS interfaces: with ``compile="auto"`` (the default) a model on structures of at least
+    :data:`~uenn_geo.engines.evaluator.COMPILE_MIN_ATOMS` atoms runs through
+    :func:`torch.compile` (compiled once per model and process, dynamic shapes, eager
+    fallback); ``compile=True`` compiles on every structure; ``compile=False`` keeps the model
+    eager. Eager results equal
     :meth:`~uenn_geo.models.ForceModel.energy_forces` bit for bit, compiled ones to float
     round-off.
 

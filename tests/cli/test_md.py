@@ -202,3 +202,24 @@ def test_memory_warning_for_large_neighbour_lists():
     assert 6e6 < pairs < 9e6 and 6e9 < needed < 9e9  # 7.4 million pairs, 7.4 GB measured
     small = Atoms("Ar4", positions=paper_md_initial_positions().numpy())
     assert warn_graph_memory(small, 8.0, 1.0, available=8e9)[0] <= 12  # at most all pairs
+
+
+def test_long_runs_compile_under_auto_and_match_eager(inputs, monkeypatch):
+    """compile="auto" compiles runs of MD_COMPILE_MIN_STEPS or more (lowered here), reports the
+    compilation time, and follows the eager trajectory to float round-off."""
+    import uenn_geo.cli.md as md
+
+    eager = run_md(config(inputs, "eager", steps=10))
+    assert eager["compile_s"] is None  # 4 atoms, 10 steps: eager under "auto"
+    monkeypatch.setattr(md, "MD_COMPILE_MIN_STEPS", 10)
+    compiled = run_md(config(inputs, "compiled", steps=10))
+    assert compiled["compile_s"] > 0
+    a = read(inputs / "eager" / "trajectory.extxyz", index=-1)
+    b = read(inputs / "compiled" / "trajectory.extxyz", index=-1)
+    np.testing.assert_allclose(a.positions, b.positions, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="compile"):
+        MDConfig(structure="x", model="y", compile="always")
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["md", "s.xyz", "--model", "m.pt", "--compile", "no"])
+    assert config_from_args(args).compile is False

@@ -78,12 +78,13 @@ def test_bad_arguments(argon_model):
         Evaluator(3)
 
 
-def test_auto_compiles_direct_models_on_large_structures(model_factory, argon_model):
+def test_auto_compiles_large_structures(model_factory, argon_model):
     large = evaluator_module.COMPILE_MIN_ATOMS
     direct = Evaluator(model_factory(conservative=False))  # "auto"
     assert not direct._use_compiled(8)
     assert direct._use_compiled(large)
-    assert not Evaluator(argon_model)._use_compiled(large)  # energy models: eager
+    assert Evaluator(argon_model)._use_compiled(large)  # energy models too
+    assert not Evaluator(argon_model)._use_compiled(8)
     assert Evaluator(argon_model, compile=True)._use_compiled(8)
     assert not Evaluator(model_factory(conservative=False), compile=False)._use_compiled(10**6)
 

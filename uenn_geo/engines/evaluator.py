@@ -46,8 +46,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: With ``compile="auto"``, direct-force models on structures of at least this many atoms run
-#: compiled (below it compiling costs more than it saves; docs/engines.md).
+#: With ``compile="auto"``, models on structures of at least this many atoms run compiled
+#: (below it, one compilation costs more than a short run saves; docs/engines.md).
 COMPILE_MIN_ATOMS = 256
 
 #: Compiled functions per model, shared by every evaluator of the model in this process.
@@ -201,9 +201,8 @@ class Evaluator:
             (default: :obj:`1.0`; :obj:`0` rebuilds at every call).
         compile (bool or str): run the network of a :class:`~uenn_geo.models.UENNForceField`
             through :func:`torch.compile` (``True``), eagerly (``False``), or (``"auto"``, the
-            default) compiled for a direct-force model on structures of at least
-            :data:`COMPILE_MIN_ATOMS` atoms and eager otherwise (forces from the energy ran
-            no faster compiled, see docs/engines.md).
+            default) compiled on structures of at least :data:`COMPILE_MIN_ATOMS` atoms and
+            eager otherwise (docs/engines.md). ``compile`` may be changed between calls.
             The first compiled call compiles (``compile_seconds``); later calls with other
             numbers of atoms or edges reuse it, as do other evaluators of the same model.
             If compilation fails (e.g. no C++ compiler), the call runs eagerly, a
@@ -243,9 +242,7 @@ class Evaluator:
             return False
         if self.compile is True:
             return True
-        # "auto": direct forces of large structures. Forces from the energy ran no faster
-        # compiled (autograd splits the graph; docs/engines.md), so they stay eager.
-        return not self.has_energy and num_atoms >= COMPILE_MIN_ATOMS
+        return num_atoms >= COMPILE_MIN_ATOMS  # "auto"
 
     def _compiled(self) -> dict[str, Any]:
         entry = _COMPILED.get(self.model)
