@@ -18,7 +18,9 @@ runs uenn-geo alone. Steps:
    and per atom), the median and worst frame's force RMSE;
 5. times force evaluation (forces from the energy, model call only, neighbour lists built
    beforehand) on one molecule and on a batch of ``--batch`` molecules, in atoms/s, each model
-   in the same process, one thread.
+   in the same process, one thread: both models eagerly (MACE's calculator default), and
+   uenn-geo also under ``torch.compile`` (what ``uenn-geo md`` runs for long runs and the
+   calculator on 256 atoms or more).
 
 Example (rMD17 ethanol, 10 minutes each)::
 
@@ -255,13 +257,29 @@ def _rate(call, atoms: int, seconds: float) -> float:
     return calls * atoms / (time.perf_counter() - start)
 
 
-def speed_uenn(path: Path, frames, batch: int, seconds: float) -> dict:
+def speed_uenn(path: Path, frames, batch: int, seconds: float, compiled: bool = False) -> dict:
+    """Atoms/s of ``energy_forces`` (eager), or (``compiled``) of the energy network under
+    :func:`torch.compile` with forces by autograd, as ``uenn-geo md`` and the calculator run
+    it (compilation before the timing)."""
     from torch_geometric.data import Batch, Data
 
     from uenn_geo.edges import edges_of
     from uenn_geo.models import load_model
+    from uenn_geo.models.response import energy_response
 
     model = load_model(path).eval()
+    network = torch.compile(model.atomic_energies, dynamic=True, fullgraph=True)
+
+    def compiled_call(data, edges):
+        species = model.species_index(data.z, data.num_nodes)
+        edges = edges.chunked(data.num_nodes)
+
+        def energy(x, e):
+            return network(x, species, e).sum().reshape(1)
+
+        with torch.no_grad():
+            return energy_response(energy, data.pos, edges, species.new_zeros(data.num_nodes))
+
     out = {}
     for name, group in (("single", frames[:1]), (f"batch {batch}", frames[:batch])):
         data = Batch.from_data_list(
@@ -275,7 +293,8 @@ def speed_uenn(path: Path, frames, batch: int, seconds: float) -> dict:
         )
         edges = edges_of(data, model.cutoff)
         n = data.num_nodes
-        out[name] = _rate(lambda d=data, e=edges: model.energy_forces(d, e), n, seconds)
+        call = compiled_call if compiled else model.energy_forces
+        out[name] = _rate(lambda d=data, e=edges, f=call: f(d, e), n, seconds)
     return out
 
 
@@ -370,6 +389,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} on {test}: {time.perf_counter() - start:.0f} s", flush=True)
         frames = next(iter(tests.values()))
         results["speed"][name] = speed(path, frames, args.batch, args.speed_seconds)
+        if speed is speed_uenn:
+            results["speed"][f"{name}, torch.compile"] = speed_uenn(
+                path, frames, args.batch, args.speed_seconds, compiled=True
+            )
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(table(results))
     return 0
