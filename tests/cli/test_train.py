@@ -142,3 +142,19 @@ def test_eval_command(files, tmp_path, capsys):
     # isolated atoms: energies exact, no force error (the model has the E0s)
     if "isolated_atom" in tables:
         assert tables["isolated_atom"]["energy_mae"] < 1e-2
+
+
+def test_compile_policy():
+    """auto compiles runs limited by time alone, of COMPILE_MIN_SECONDS or more; yes and no
+    decide; bad values are refused with the choices."""
+    from uenn_geo.cli.train_job import _compile
+    from uenn_geo.cli.train_settings import COMPILE_MIN_SECONDS
+
+    assert _compile(TrainJob(data="x", time_limit=COMPILE_MIN_SECONDS))
+    assert not _compile(TrainJob(data="x", time_limit=COMPILE_MIN_SECONDS - 1))
+    assert not _compile(TrainJob(data="x", max_epochs=5))  # epochs: reproducible, eager
+    assert _compile(TrainJob(data="x", max_epochs=5, compile="yes"))
+    assert not _compile(TrainJob(data="x", compile="no"))
+    assert not _compile(TrainJob(data="x", compile=False))
+    with pytest.raises(ValueError, match="auto, yes or no"):
+        TrainJob(data="x", compile="always")

@@ -60,3 +60,31 @@ def test_stress_and_training_graph():
     )
     trained["forces"].square().sum().backward()
     assert scale.grad is not None and scale.grad.abs() > 0
+
+
+def test_compiled_response_traces_the_derivative_and_keeps_the_training_graph():
+    """Under torch.compile the derivatives come from torch.func.grad, in one graph (fullgraph):
+    the same energy, forces and stress, and a force loss reaches what made the energy."""
+    cell = torch.tensor([[3.0, 0.0, 0.0], [0.3, 2.8, 0.0], [0.2, -0.1, 3.1]], dtype=F64)
+    pos = torch.rand(4, 3, dtype=F64, generator=torch.Generator().manual_seed(1)) @ cell
+    batch = torch.zeros(4, dtype=torch.long)
+    edges = build_edges(pos, 2.5, cell=cell.unsqueeze(0))
+    scale = torch.tensor(2.0, dtype=F64, requires_grad=True)
+
+    def loss(x):
+        out = energy_response(
+            lambda p, e: scale * pair_energy(p, e, batch, 1),
+            x, edges, batch, cell.unsqueeze(0), training=True,
+        )  # fmt: skip
+        return out, out["forces"].square().sum() + out["stress"].square().sum()
+
+    results = []
+    for fn in (loss, torch.compile(loss, fullgraph=True)):
+        out, value = fn(pos)
+        (grad,) = torch.autograd.grad(value, scale)
+        results.append((out, grad))
+    (eager, g_eager), (traced, g_traced) = results
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(traced[key], eager[key], rtol=1e-12, atol=1e-12)
+    assert g_eager.abs() > 1e-3
+    torch.testing.assert_close(g_traced, g_eager, rtol=1e-12, atol=1e-12)

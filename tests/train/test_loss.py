@@ -1,4 +1,5 @@
 import math
+import shutil
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from uenn_geo.data.lj import lennard_jones
 from uenn_geo.data.paper import sample_paper_configurations
 from uenn_geo.models import PaperForceModel, UENNForceField
 from uenn_geo.train import DenseForceData, evaluate, force_loss, has_energy
+from uenn_geo.train.loss import LossFunction
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +92,28 @@ def test_evaluate_matches_a_direct_computation():
     assert res["force_mae"] == pytest.approx(diff.abs().mean().item(), rel=1e-6)
     with pytest.raises(ValueError, match="empty"):
         evaluate(model, DenseForceData(data.pos[:0], data.forces[:0]))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None,
+    reason="inductor needs a C++ compiler (the fallback is tested without one)",
+)
+def test_compiled_loss_of_an_energy_model_matches_eager(clusters):
+    """The energy, its forces and the loss's backward through both, compiled as one graph
+    (the derivative traced by torch.func.grad), give eager's loss and parameter gradients."""
+    model = _energy_model(clusters)
+    data = list(DataLoader(clusters, batch_size=4))
+    grads = {}
+    for compile_ in (False, True):
+        loss_fn = LossFunction(model, energy_weight=2.0, compile=compile_)
+        for k, batch in enumerate(data):  # two batch shapes: no recompilation needed
+            model.zero_grad()
+            loss = loss_fn.backward(batch)
+            grads[compile_, k] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+        assert loss_fn.compiled_steps == (len(data) if compile_ else 0)
+    for k in range(len(data)):
+        (le, ge), (lc, gc) = grads[False, k], grads[True, k]
+        assert lc.item() == pytest.approx(le.item(), rel=1e-9)
+        for a, b in zip(ge, gc, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-12)

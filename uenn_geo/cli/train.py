@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from uenn_geo.cli.options import defaults_of, resolve
-from uenn_geo.cli.train_settings import TrainJob
+from uenn_geo.cli.train_settings import COMPILE_MIN_SECONDS, TrainJob
 from uenn_geo.data.registry import DATASET_NAMES
 from uenn_geo.models import MODELS
 
@@ -100,6 +100,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ]:
         group.add_argument(flag, type=kind, help=text)
     group.add_argument("--valid-fraction", dest="val_fraction", type=float, help="same")
+    group.add_argument(
+        "--compile",
+        choices=("auto", "yes", "no"),
+        help="torch.compile the training step (one process); auto: runs limited by "
+        f"--time-limit alone of {COMPILE_MIN_SECONDS:.0f} s or more (default: auto)",
+    )
     p.add_argument("--out", help=f"output folder (default: {d['out']})")
     p.add_argument("--root", help=f"processed-data cache (default: {d['root']})")
     p.add_argument("--restart", dest="resume", action="store_false", help="ignore checkpoints")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch_geometric.transforms import Compose
 
-from uenn_geo.cli.train_settings import TrainJob
+from uenn_geo.cli.train_settings import COMPILE_MIN_SECONDS, TrainJob
 from uenn_geo.data.e0s import is_isolated_atom, isolated_atom_energies, resolve_e0s
 from uenn_geo.data.extxyz import file_sha1
 from uenn_geo.data.hdf5 import SETS, H5Frames, is_prepared
@@ -66,7 +66,7 @@ class _Sets:
 _RESUMABLE_OPTIONS = frozenset(
     {"out", "root", "resume", "progress", "time_limit", "max_epochs", "test_files"}
     | {"data", "train_file", "valid_file"}
-    | {"device", "num_workers"}
+    | {"device", "num_workers", "compile"}
 )
 
 
@@ -330,4 +330,15 @@ def _train_config(job: TrainJob, model: nn.Module, energies: bool) -> TrainConfi
         stage_two=job.stage_two,
         stage_two_energy_weight=job.stage_two_energy_weight,
         progress=job.progress,
+        compile=_compile(job),
     )
+
+
+def _compile(job: TrainJob) -> bool:
+    """Whether the training step runs through :func:`torch.compile` (``job.compile``)."""
+    if distributed.world_size() > 1:
+        return False
+    if job.compile == "auto":
+        by_time = job.time_limit is not None and job.max_epochs is None
+        return by_time and job.time_limit >= COMPILE_MIN_SECONDS
+    return job.compile in (True, "yes")

@@ -14,6 +14,12 @@ __all__ = ["TrainJob"]
 _CONFIG_DEFAULTS = defaults_of(TrainConfig)
 
 
+#: With ``compile="auto"``, runs limited by time alone to at least this many seconds train
+#: through :func:`torch.compile`: the compilation then costs less than the faster steps give
+#: back (rMD17 ethanol, 1 thread: 1.8 s an epoch compiled against 3 s eagerly; docs/training.md).
+COMPILE_MIN_SECONDS = 300.0
+
+
 @dataclass(frozen=True)
 class TrainJob:
     """Settings of ``uenn-geo train`` (:func:`run_training`).
@@ -52,6 +58,12 @@ class TrainJob:
             ``train_file`` only when given).
         out, root, resume, progress: output folder, processed-data cache, continue from
             ``out/checkpoint.pt``, show progress.
+        compile: run the training step through :func:`torch.compile` (``True``), eagerly
+            (``False``), or (``"auto"``, the default) compiled for runs limited by time alone
+            with ``time_limit`` of at least :data:`COMPILE_MIN_SECONDS`. One process only
+            (several ranks train eagerly). The compilation (20 s to 2.5 minutes on 2 CPU
+            cores, less with inductor's on-disk cache) counts against ``time_limit`` but not
+            against the learning-rate schedule.
 
     Scale (``docs/scale.md``):
         device: ``"cpu"`` (default) or ``"cuda"``; under ``torchrun`` / ``srun`` each process
@@ -88,10 +100,13 @@ class TrainJob:
     seed: int = _CONFIG_DEFAULTS["seed"]
     resume: bool = True
     progress: bool = True
+    compile: bool | str = "auto"  # or "yes" / "no", as on the command line
     device: str | None = None
     num_workers: int = 0
 
     def __post_init__(self) -> None:
+        if self.compile not in (True, False, "auto", "yes", "no"):
+            raise ValueError(f"--compile must be auto, yes or no, got {self.compile!r}")
         if (self.data is None) == (self.train_file is None):
             raise ValueError("give exactly one of --data and --train-file")
         if self.model not in MODELS:

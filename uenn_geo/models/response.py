@@ -14,6 +14,12 @@ with the stress taken as the derivative with respect to a symmetric strain
 Outputs keep their autograd graph only when ``training`` (a force loss then trains the energy),
 and the derivatives are taken also under :func:`torch.no_grad` (not under
 :func:`torch.inference_mode`). As NequIP's ``ForceStressOutput`` and schnetpack's ``Forces``.
+
+Under :func:`torch.compile` the derivatives are taken with :func:`torch.func.grad` instead of
+:func:`torch.autograd.grad`: it is traced into the compiled graph, so that a compiled training
+step (the energy, its forces, and the loss's backward through both) is one forward graph and
+its first-order backward, which inductor compiles; :func:`torch.autograd.grad` with
+``create_graph`` would break the graph, and compiled regions have no double backward.
 """
 
 from __future__ import annotations
@@ -61,23 +67,20 @@ def energy_response(
         ``{"energy": energy_fn's output, "forces": (N, 3) eV/A, "stress": (B, 3, 3) eV/A^3
         or None}``.
     """
-    with torch.enable_grad():
-        leaf = pos if pos.requires_grad else pos.detach().requires_grad_(True)
-        inputs = [leaf]
-        x = leaf
-        if cell is not None:
-            strain = pos.new_zeros(cell.shape[0], 3, 3, requires_grad=True)
-            sym = 0.5 * (strain + strain.transpose(1, 2))
-            x = leaf + torch.bmm(leaf.unsqueeze(1), sym[batch]).squeeze(1)
-            shifts = edges.shifts
-            if shifts is None:
-                shifts = pos.new_zeros(edges.num_edges, 3)
-            edge_sym = sym[batch[edges.index[0]]]
-            shifts = shifts + torch.bmm(shifts.unsqueeze(1), edge_sym).squeeze(1)
-            edges = edges.with_shifts(shifts)
-            inputs.append(strain)
-        energy = energy_fn(x, edges)
-        grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training, allow_unused=True)
+    if torch.compiler.is_compiling():
+        energy, grads = _traced_gradients(energy_fn, pos, edges, batch, cell)
+    else:
+        with torch.enable_grad():
+            leaf = pos if pos.requires_grad else pos.detach().requires_grad_(True)
+            inputs = [leaf]
+            strain = None
+            if cell is not None:
+                strain = pos.new_zeros(cell.shape[0], 3, 3, requires_grad=True)
+                inputs.append(strain)
+            energy = energy_fn(*_strained(leaf, edges, batch, strain))
+            grads = torch.autograd.grad(
+                energy.sum(), inputs, create_graph=training, allow_unused=True
+            )
     forces = -grads[0] if grads[0] is not None else torch.zeros_like(pos)
     stress = None
     if cell is not None:
@@ -86,6 +89,45 @@ def energy_response(
         # A structure without a cell (zero volume, e.g. a molecule in a mixed batch): zero.
         stress = torch.where(volume > 0, d_strain / volume.clamp_min(1e-300), 0.0)
     if not training:
+        forces = forces.detach()
         energy = energy.detach()
         stress = stress.detach() if stress is not None else None
     return {"energy": energy, "forces": forces, "stress": stress}
+
+
+def _strained(
+    pos: Tensor, edges: Edges, batch: Tensor, strain: Tensor | None
+) -> tuple[Tensor, Edges]:
+    """Positions and image shifts under the symmetric part of ``strain`` :obj:`(B, 3, 3)`."""
+    if strain is None:
+        return pos, edges
+    sym = 0.5 * (strain + strain.transpose(1, 2))
+    x = pos + torch.bmm(pos.unsqueeze(1), sym[batch]).squeeze(1)
+    shifts = edges.shifts
+    if shifts is None:
+        shifts = pos.new_zeros(edges.num_edges, 3)
+    edge_sym = sym[batch[edges.index[0]]]
+    shifts = shifts + torch.bmm(shifts.unsqueeze(1), edge_sym).squeeze(1)
+    return x, edges.with_shifts(shifts)
+
+
+def _traced_gradients(
+    energy_fn: Callable[[Tensor, Edges], Tensor],
+    pos: Tensor,
+    edges: Edges,
+    batch: Tensor,
+    cell: Tensor | None,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The energy and its gradients in the positions (and the strain) by
+    :func:`torch.func.grad`, which :func:`torch.compile` traces (see the module docstring)."""
+
+    def total(x: Tensor, strain: Tensor | None) -> tuple[Tensor, Tensor]:
+        energy = energy_fn(*_strained(x, edges, batch, strain))
+        return energy.sum(), energy
+
+    if cell is None:
+        grad, energy = torch.func.grad(total, has_aux=True)(pos, None)
+        return energy, (grad,)
+    strain = pos.new_zeros(cell.shape[0], 3, 3)
+    grads, energy = torch.func.grad(total, argnums=(0, 1), has_aux=True)(pos, strain)
+    return energy, grads

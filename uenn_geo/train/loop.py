@@ -118,6 +118,7 @@ class _State:
     epoch: int = 0
     step: int = 0
     elapsed: float = 0.0
+    compile_s: float = 0.0  # the first compiled step (compilation): not in the schedule
     best_val: float = math.inf
     best_epoch: int = -1
     epochs_since_best: int = 0
@@ -128,7 +129,7 @@ class _State:
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> _State:
-        return cls(**{f.name: saved[f.name] for f in fields(cls)})
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 
 
 class _Run:
@@ -223,7 +224,7 @@ class _Run:
         )
         for k, batch in enumerate(shard):
             epoch = s.epoch + k / per_epoch
-            frac = _progress_fraction(cfg, epoch, s.step, s.elapsed + clock.now())
+            frac = _progress_fraction(cfg, epoch, s.step, s.elapsed + clock.now(), s.compile_s)
             if cosine:
                 for group in self.optimizer.param_groups:
                     group["lr"] = _cosine_lr(cfg, frac)
@@ -231,6 +232,8 @@ class _Run:
                 self.loss_fn.energy_weight = cfg.stage_two_energy_weight
             self.optimizer.zero_grad(set_to_none=True)
             loss = clock.agree(self.loss_fn.backward(batch))
+            if not s.compile_s and self.loss_fn.compile_seconds:
+                s.compile_s = self.loss_fn.compile_seconds
             if not torch.isfinite(loss):
                 return None
             if cfg.grad_clip is not None and cfg.optimizer == "adam":
@@ -458,16 +461,20 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _progress_fraction(cfg: TrainConfig, epoch: float, step: int, elapsed: float) -> float:
+def _progress_fraction(
+    cfg: TrainConfig, epoch: float, step: int, elapsed: float, compile_s: float = 0.0
+) -> float:
     """How far the run is, for the schedules: by epochs and steps when either is limited
-    (the time limit is then only a guard, so runs are reproducible), else by time."""
+    (the time limit is then only a guard, so runs are reproducible), else by time, counted
+    from the end of the compilation (``compile_s``), so that it does not use up the schedule."""
     fractions = [0.0]
     if cfg.max_epochs:
         fractions.append(epoch / cfg.max_epochs)
     if cfg.max_steps:
         fractions.append(step / cfg.max_steps)
     if cfg.time_limit and not (cfg.max_epochs or cfg.max_steps):
-        fractions.append(elapsed / cfg.time_limit)
+        left = cfg.time_limit - compile_s
+        fractions.append((elapsed - compile_s) / left if left > 0 else 1.0)
     return min(1.0, max(fractions))
 
 

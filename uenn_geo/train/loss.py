@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from typing import Any
 
@@ -142,8 +143,11 @@ class LossFunction:
         self.model = model
         self.energy_weight = energy_weight
         self.stress_weight = stress_weight
-        self.compiled = torch.compile(self._eager) if compile else None
+        # dynamic: one compilation for every batch size and number of edges
+        self.compiled = torch.compile(self._eager, dynamic=True) if compile else None
         self.compiled_steps = 0
+        #: Seconds of the first compiled step (the compilation); :obj:`None` before it.
+        self.compile_seconds: float | None = None
 
     @property
     def ran_compiled(self) -> bool:
@@ -160,8 +164,11 @@ class LossFunction:
             loss.backward()
             return loss
         try:
+            start = time.perf_counter()
             loss = self.compiled(data)
             loss.backward()  # the backward graph may compile only here
+            if self.compile_seconds is None:
+                self.compile_seconds = time.perf_counter() - start
             self.compiled_steps += 1
             return loss
         except Exception as err:
