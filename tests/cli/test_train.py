@@ -145,16 +145,20 @@ def test_eval_command(files, tmp_path, capsys):
 
 
 def test_compile_policy():
-    """auto compiles runs limited by time alone, of COMPILE_MIN_SECONDS or more; yes and no
-    decide; bad values are refused with the choices."""
-    from uenn_geo.cli.train_job import _compile
-    from uenn_geo.cli.train_settings import COMPILE_MIN_SECONDS
+    """auto compiles runs limited by time alone, of COMPILE_MIN_SECONDS or more, on small
+    structures; yes and no decide; bad values are refused with the choices."""
+    from uenn_geo.cli.train_job import _compile, _mean_atoms
+    from uenn_geo.cli.train_settings import COMPILE_MAX_ATOMS, COMPILE_MIN_SECONDS
 
-    assert _compile(TrainJob(data="x", time_limit=COMPILE_MIN_SECONDS))
-    assert not _compile(TrainJob(data="x", time_limit=COMPILE_MIN_SECONDS - 1))
-    assert not _compile(TrainJob(data="x", max_epochs=5))  # epochs: reproducible, eager
-    assert _compile(TrainJob(data="x", max_epochs=5, compile="yes"))
-    assert not _compile(TrainJob(data="x", compile="no"))
-    assert not _compile(TrainJob(data="x", compile=False))
+    small = COMPILE_MAX_ATOMS
+    assert _compile(TrainJob(data="x", time_limit=COMPILE_MIN_SECONDS), small)
+    assert not _compile(TrainJob(data="x", time_limit=COMPILE_MIN_SECONDS), small + 1)
+    assert not _compile(TrainJob(data="x", time_limit=COMPILE_MIN_SECONDS - 1), small)
+    assert not _compile(TrainJob(data="x", max_epochs=5), small)  # epochs: reproducible, eager
+    assert _compile(TrainJob(data="x", max_epochs=5, compile="yes"), 10**4)
+    assert not _compile(TrainJob(data="x", compile="no"), small)
+    assert not _compile(TrainJob(data="x", compile=False), small)
     with pytest.raises(ValueError, match="auto, yes or no"):
         TrainJob(data="x", compile="always")
+    frames = [Data(pos=torch.zeros(n, 3)) for n in (3, 5, 10)]
+    assert _mean_atoms(frames) == 6.0 and _mean_atoms([]) == 0.0

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch_geometric.transforms import Compose
 
-from uenn_geo.cli.train_settings import COMPILE_MIN_SECONDS, TrainJob
+from uenn_geo.cli.train_settings import COMPILE_MAX_ATOMS, COMPILE_MIN_SECONDS, TrainJob
 from uenn_geo.data.e0s import is_isolated_atom, isolated_atom_energies, resolve_e0s
 from uenn_geo.data.extxyz import file_sha1
 from uenn_geo.data.hdf5 import SETS, H5Frames, is_prepared
@@ -105,7 +106,8 @@ def _run_locked(job: TrainJob, out: Path, device: Any = "cpu") -> dict[str, Any]
     if refit and sets.stats is None:  # start from energies fitted by least squares
         refit_energy_shift(model, sets.train, 4 * job.batch_size)
     model.to(device)
-    cfg = _train_config(job, model, energies)
+    mean_atoms = _mean_atoms(sets.train) if job.compile == "auto" else 0.0
+    cfg = _train_config(job, model, energies, mean_atoms)
     meta = {"job": job.as_dict()}
     identity = _identity(job, sets)
     result = train(
@@ -308,7 +310,9 @@ def _fit_scales(model: nn.Module, name: str, train_set: Any) -> None:
         model.fit_scales(train_set)
 
 
-def _train_config(job: TrainJob, model: nn.Module, energies: bool) -> TrainConfig:
+def _train_config(
+    job: TrainJob, model: nn.Module, energies: bool, mean_atoms: float = 0.0
+) -> TrainConfig:
     with_energy = has_energy(model) and energies
     energy_weight = job.energy_weight
     if energy_weight is None:
@@ -330,15 +334,25 @@ def _train_config(job: TrainJob, model: nn.Module, energies: bool) -> TrainConfi
         stage_two=job.stage_two,
         stage_two_energy_weight=job.stage_two_energy_weight,
         progress=job.progress,
-        compile=_compile(job),
+        compile=_compile(job, mean_atoms),
     )
 
 
-def _compile(job: TrainJob) -> bool:
-    """Whether the training step runs through :func:`torch.compile` (``job.compile``)."""
+def _compile(job: TrainJob, mean_atoms: float) -> bool:
+    """Whether the training step runs through :func:`torch.compile` (``job.compile``), for
+    structures of ``mean_atoms`` atoms on average."""
     if distributed.world_size() > 1:
         return False
     if job.compile == "auto":
         by_time = job.time_limit is not None and job.max_epochs is None
-        return by_time and job.time_limit >= COMPILE_MIN_SECONDS
+        long = by_time and job.time_limit >= COMPILE_MIN_SECONDS
+        return long and mean_atoms <= COMPILE_MAX_ATOMS
     return job.compile in (True, "yes")
+
+
+def _mean_atoms(data: Any, sample: int = 64) -> float:
+    """The mean number of atoms of up to ``sample`` structures spread over ``data``."""
+    if len(data) == 0:
+        return 0.0
+    picks = np.unique(np.linspace(0, len(data) - 1, min(sample, len(data))).astype(int))
+    return float(np.mean([data[int(i)].num_nodes for i in picks]))
