@@ -165,7 +165,11 @@ class LossFunction:
             return loss
         try:
             start = time.perf_counter()
-            loss = self.compiled(data)
+            with warnings.catch_warnings():
+                # graph breaks around the network (neighbour search, input checks) are
+                # expected; dynamo reports each as a warning
+                warnings.filterwarnings("ignore", message="Dynamo does not know how to trace")
+                loss = self.compiled(data)
             loss.backward()  # the backward graph may compile only here
             if self.compile_seconds is None:
                 self.compile_seconds = time.perf_counter() - start
