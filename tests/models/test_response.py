@@ -74,7 +74,7 @@ def test_compiled_response_traces_the_derivative_and_keeps_the_training_graph():
     def loss(x):
         out = energy_response(
             lambda p, e: scale * pair_energy(p, e, batch, 1),
-            x, edges, batch, cell.unsqueeze(0), training=True,
+            x, edges, batch, cell.unsqueeze(0), training=True, traced=True,
         )  # fmt: skip
         return out, out["forces"].square().sum() + out["stress"].square().sum()
 

@@ -413,7 +413,7 @@ class UENNForceField(ForceModel):
             atomic = self.atomic_energies(x, species, e)
             return x.new_zeros(num_graphs).index_add(0, batch, atomic)
 
-        return energy_response(energy, pos, edges, batch, cell, training=self.training)
+        return energy_response(energy, pos, edges, batch, cell, training=self.training, traced=True)
 
     def _features(self, pos: Tensor, species: Tensor, edges: Edges) -> tuple[Tensor, Tensor]:
         """The output of the last block :obj:`(N, n + 1, C_out)` and the first layer's

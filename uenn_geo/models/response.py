@@ -15,11 +15,12 @@ Outputs keep their autograd graph only when ``training`` (a force loss then trai
 and the derivatives are taken also under :func:`torch.no_grad` (not under
 :func:`torch.inference_mode`). As NequIP's ``ForceStressOutput`` and schnetpack's ``Forces``.
 
-Under :func:`torch.compile` the derivatives are taken with :func:`torch.func.grad` instead of
-:func:`torch.autograd.grad`: it is traced into the compiled graph, so that a compiled training
-step (the energy, its forces, and the loss's backward through both) is one forward graph and
-its first-order backward, which inductor compiles; :func:`torch.autograd.grad` with
-``create_graph`` would break the graph, and compiled regions have no double backward.
+Under :func:`torch.compile`, with ``traced=True``, the derivatives are taken with
+:func:`torch.func.grad` instead of :func:`torch.autograd.grad`: it is traced into the
+compiled graph, so that a compiled training step (the energy, its forces, and the loss's
+backward through both) is one forward graph and its first-order backward, which inductor
+compiles; :func:`torch.autograd.grad` with ``create_graph`` would break the graph, and
+compiled regions have no double backward.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def energy_response(
     batch: Tensor,
     cell: Tensor | None = None,
     training: bool = False,
+    traced: bool = False,
 ) -> dict[str, Tensor | None]:
     r"""Energy, forces and (with ``cell``) stress of ``energy_fn(pos, edges)``.
 
@@ -62,12 +64,15 @@ def energy_response(
         batch (Tensor): graph index per atom :obj:`(N)`.
         cell (Tensor, optional): cells :obj:`(B, 3, 3)`; the stress is computed when given.
         training (bool): keep the graph of the outputs (``create_graph``).
+        traced (bool): under :func:`torch.compile`, take the derivatives with
+            :func:`torch.func.grad` inside the compiled graph (see above; ``energy_fn`` must
+            be traceable under it: PyG's built-in aggregations are not). Ignored eagerly.
 
     Returns:
         ``{"energy": energy_fn's output, "forces": (N, 3) eV/A, "stress": (B, 3, 3) eV/A^3
         or None}``.
     """
-    if torch.compiler.is_compiling():
+    if traced and torch.compiler.is_compiling():
         energy, grads = _traced_gradients(energy_fn, pos, edges, batch, cell)
     else:
         with torch.enable_grad():
