@@ -13,7 +13,7 @@ from uenn_geo.nn.functional import concat_scalars, safe_norm, split_scalars, uni
 from uenn_geo.nn.gram import GramInvariants
 from uenn_geo.nn.linear import EquivariantLinear
 from uenn_geo.nn.mlp import EquivariantMLP
-from uenn_geo.nn.radial import GaussianBasis, SmoothCutoff, smooth_cutoff
+from uenn_geo.nn.radial import GaussianBasis, SmoothCutoff, edge_basis, smooth_cutoff
 
 __all__ = [
     "EquivariantLinear",
@@ -28,6 +28,7 @@ __all__ = [
     "VectorGaussianConv",
     "GramInvariants",
     "SmoothCutoff",
+    "edge_basis",
     "smooth_cutoff",
     "concat_scalars",
     "split_scalars",
