@@ -236,3 +236,15 @@ def test_compile_may_change_on_resume(setup, tmp_path):
         tmp_path,
     )
     assert res.epochs == 2
+
+
+def test_the_time_schedule_starts_after_the_compilation():
+    from uenn_geo.train.loop import _progress_fraction
+
+    cfg = TrainConfig(time_limit=100.0, progress=False)
+    assert _progress_fraction(cfg, 0, 0, 60.0) == pytest.approx(0.6)
+    assert _progress_fraction(cfg, 0, 0, 60.0, compile_s=20.0) == pytest.approx(0.5)
+    assert _progress_fraction(cfg, 0, 0, 20.0, compile_s=20.0) == 0.0
+    assert _progress_fraction(cfg, 0, 0, 150.0, compile_s=120.0) == 1.0  # no time left
+    epochs = TrainConfig(time_limit=100.0, max_epochs=10, progress=False)  # epochs govern
+    assert _progress_fraction(epochs, 5, 0, 90.0, compile_s=20.0) == pytest.approx(0.5)

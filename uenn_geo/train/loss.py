@@ -143,8 +143,11 @@ class LossFunction:
         self.model = model
         self.energy_weight = energy_weight
         self.stress_weight = stress_weight
-        # dynamic: one compilation for every batch size and number of edges
-        self.compiled = torch.compile(self._eager, dynamic=True) if compile else None
+        # graph models (with a cutoff): atoms and edges vary from batch to batch, so one
+        # compilation with dynamic shapes; dense fixed-size batches (the paper's model)
+        # keep torch's default, which specialises to their shape
+        dynamic = True if getattr(model, "cutoff", None) is not None else None
+        self.compiled = torch.compile(self._eager, dynamic=dynamic) if compile else None
         self.compiled_steps = 0
         #: Seconds of the first compiled step (the compilation); :obj:`None` before it.
         self.compile_seconds: float | None = None
