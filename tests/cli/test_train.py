@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import ase.io
+import numpy as np
 import pytest
 import torch
 from torch_geometric.data import Data
@@ -162,3 +163,19 @@ def test_compile_policy():
         TrainJob(data="x", compile="always")
     frames = [Data(pos=torch.zeros(n, 3)) for n in (3, 5, 10)]
     assert _mean_atoms(frames) == 6.0 and _mean_atoms([]) == 0.0
+
+
+def test_species_the_model_leaves_out_are_refused_before_training(tmp_path):
+    frames = [ase.Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])] * 6
+    for k, atoms in enumerate(frames):
+        atoms = atoms.copy()
+        atoms.rattle(0.02, seed=k)
+        atoms.arrays["forces"] = np.zeros((3, 3))
+        frames[k] = atoms
+    ase.io.write(tmp_path / "w.xyz", frames)
+    job = TrainJob(
+        train_file=str(tmp_path / "w.xyz"), out=str(tmp_path / "run"), max_epochs=1,
+        root=str(tmp_path / "cache"), model_kwargs={"atomic_numbers": [1]}, progress=False,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"atomic numbers \[8\].*leaves out"):
+        uenn_geo.cli.train.run_training(job)

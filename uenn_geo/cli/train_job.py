@@ -266,6 +266,13 @@ def _build_model(job: TrainJob, sets: _Sets, energies: bool) -> nn.Module:
         else:
             species = sorted({int(z) for z in sets.train._data.z.unique().tolist()})
         kwargs.setdefault("atomic_numbers", species)
+        missing = sorted(set(species) - {int(z) for z in kwargs["atomic_numbers"]})
+        if missing:  # checked here, before any step: compiled steps skip the check
+            raise ValueError(
+                f"the training set has atomic numbers {missing} that --model-kwargs "
+                f"atomic_numbers {list(kwargs['atomic_numbers'])} leaves out; add them or "
+                "drop atomic_numbers (the species of the data are the default)"
+            )
         if sets.from_file:  # defaults for molecules and materials, not argon's
             kwargs.setdefault("cutoff", FILE_CUTOFF)
             kwargs = FILE_MODEL | kwargs

@@ -13,8 +13,9 @@ directory beside the target, renamed into place at the end (a prepared directory
 absent). Memory is bounded by one shard per set, whatever the size of the input.
 
 :class:`H5Frames` is the lazy data set (a :class:`torch_geometric.data.Dataset`): ``len`` and
-the shard index come from ``meta.json``; each frame is read from its shard on access (nothing
-per frame is kept in memory), the files being opened per process (so DataLoader worker
+the shard index come from ``meta.json``; each frame is read from its shard on access (of an
+open shard only its small per-frame columns are kept in memory, see :class:`_OpenShard`), the
+files being opened per process (so DataLoader worker
 processes each open their own handles) and at most :data:`MAX_OPEN_FILES` at a time.
 
 Layout of a shard ``<set>-NNNNN.h5`` with :math:`F` frames and :math:`A` atoms: ``offsets``

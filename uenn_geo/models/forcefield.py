@@ -362,7 +362,8 @@ class UENNForceField(ForceModel):
         inside = (z >= 0) & (z < self.z_to_index.numel())
         index = self.z_to_index[torch.where(inside, z, 0)]
         index = torch.where(inside, index, -1)
-        # (compiled training skips the data-dependent check; its eager retry reports it)
+        # (skipped under torch.compile, where it would break the graph: uenn-geo train
+        # checks the training set's species against the model's before the first step)
         if not torch.compiler.is_compiling() and bool((index < 0).any()):
             unknown = sorted(set(z[index < 0].tolist()))
             raise ValueError(
