@@ -34,13 +34,14 @@ CASES = {
          "interaction_channels": 2, "atomic_numbers": [1, 8], "dtype": "float64",
          "conservative": True},
     ),
-    # the chemistry options: weights per species pair, inner products, separate scalar weights
+    # the chemistry options: weights per species pair, inner products, separate scalar
+    # weights, the centre's vectors projected on its bonds
     "graph-chemistry": (
         "graph",
         {"cutoff": 4.0, "num_basis": 6, "hidden_channels": 6, "mlp_channels": [8],
          "interaction_channels": 2, "atomic_numbers": [1, 8], "dtype": "float64",
          "conservative": True, "species_pairs": True, "gram_channels": 3,
-         "separate_scalars": True, "own_species": True},
+         "separate_scalars": True, "own_species": True, "centre_vectors": True},
     ),
     "schnet": (
         "schnet",

@@ -150,6 +150,45 @@ def test_general_layer_matches_dense_einsum(edges_per_chunk, shuffle):
     assert torch.allclose(out[:, n], sigma(pre_s.unsqueeze(1)).squeeze(1), atol=1e-12)
 
 
+def test_centre_vectors_match_dense_einsum():
+    # The centre's own vectors projected on each bond: r_hat (r_hat . x_i) in the vector
+    # rows, (r_hat . x_i)^2 in the scalar row, after the neighbour's columns.
+    rc, num, n = 4.5, 6, 3
+    conv = VectorGaussianConv(2, 4, 3, rc, vector_channels=2, output="both", dtype=F64,
+                              centre_vectors=True)  # fmt: skip
+    assert conv.weight.shape == (3, 2 + 2 * 2, 4)
+    pos, v, x = cluster(num, n), torch.randn(num, 2, dtype=F64), torch.randn(num, n, 2, dtype=F64)
+    out = conv(pos, all_pairs(num), v, x)
+    pre_d = torch.zeros(num, n, 4, dtype=F64)
+    pre_s = torch.zeros(num, 4, dtype=F64)
+    w, ws = conv.weight, conv.scalar_weight
+    for i in range(num):
+        for j in range(num):
+            if i == j:
+                continue
+            rij = pos[j] - pos[i]
+            e = dense_radial(rij.norm().item(), conv.basis.rs, conv.basis.eta, rc)
+            u = rij / rij.norm()
+            p = u @ x[i]  # (F_v,)
+            pre_d[i] += torch.einsum("k,b,d,bda->ka", u, e, v[j], w[:, :2])
+            pre_d[i] += torch.einsum("b,kc,bca->ka", e, x[j], w[:, 2:4])
+            pre_d[i] += torch.einsum("k,b,c,bca->ka", u, e, p, w[:, 4:])
+            pre_s[i] += torch.einsum("b,d,bda->a", e, v[j], ws[:, :2])
+            pre_s[i] += torch.einsum("b,c,bca->a", e, u @ x[j], ws[:, 2:4])
+            pre_s[i] += torch.einsum("b,c,bca->a", e, p**2, ws[:, 4:])
+    assert pre_d.abs().max() > 0.1
+    assert torch.allclose(out[:, :n], pre_d, atol=1e-12)
+    assert torch.allclose(out[:, n], pre_s, atol=1e-12)
+    U = random_orthogonal(n, reflection=True)
+    err = assert_equivariant(
+        lambda p, xx: conv(p, all_pairs(num), v, xx), (pos, x), U, axis=(-1, -2),
+        out_axis=-2, out_num_scalars=1,
+    )  # fmt: skip
+    assert err < 1e-12
+    with pytest.raises(ValueError, match="vector_channels"):
+        VectorGaussianConv(2, 4, 3, rc, centre_vectors=True)
+
+
 def test_edge_chunks_place_each_edge_once():
     index = torch.tensor([3, 0, 3, 3, 1, 3, 0, 3, 3])  # atom 2 has no edge, atom 3 has six
     chunk, slot, chunk_node = _edge_chunks(index, num_nodes=5, size=4)

@@ -127,3 +127,32 @@ def test_files_from_rank_0_and_resume_with_one_process(runs):
     assert resumed["epochs"] == 4
     assert resumed["history"][:3] == two[0]["history"]
     assert resumed["steps"] == two[0]["steps"] + 32 // 4  # one process: 8 steps an epoch
+
+
+def test_worker_batches_equal_pyg_collation():
+    # Worker processes hand batches over as arrays; the main process gets the Batch that
+    # PyG's own collation gives (values, dtypes, non-tensor fields, num_graphs).
+    import torch
+    from torch_geometric.data import Batch, Data
+
+    from uenn_geo.train.distributed import _loader
+
+    gen = torch.Generator().manual_seed(0)
+    frames = [
+        Data(pos=torch.randn(n, 3, dtype=torch.float64, generator=gen),
+             z=torch.randint(1, 9, (n,), generator=gen), energy=torch.tensor([float(n)]),
+             pbc=torch.tensor([[False, True, False]]), config_type=f"t{n % 2}")
+        for n in (3, 5, 4, 6, 2)
+    ]  # fmt: skip
+    batches = list(_loader(frames, 2, range(len(frames)), workers=1))
+    assert [b.num_graphs for b in batches] == [2, 2, 1]
+    for k, got in enumerate(batches):
+        want = Batch.from_data_list(frames[2 * k : 2 * k + 2])
+        assert isinstance(got, Batch)
+        assert sorted(got.keys()) == sorted(want.keys())
+        for key in want.keys():
+            if isinstance(want[key], torch.Tensor):
+                assert got[key].dtype == want[key].dtype
+                assert torch.equal(got[key], want[key]), key
+            else:
+                assert got[key] == want[key], key

@@ -129,9 +129,8 @@ class UENNForceField(ForceModel):
     :meth:`fit_scales` (:meth:`fit_pair`), and the network learns what the pair term leaves,
     at unit spread. This is the paper's vector descriptor (eq. 33) with a linear readout: the
     part of the forces that pair interactions explain costs no training (docs/graph.md
-    measures what it leaves on Lennard-Jones argon). It costs one small matrix product: the
-    neighbour sums are shared with the first layer. Until :meth:`fit_scales` is given graphs
-    (with positions) the weights are zero and the model is the network alone.
+    measures what it leaves on Lennard-Jones argon); the neighbour sums are shared with the
+    first layer. Until :meth:`fit_scales` is given graphs the weights are zero.
 
     **Conservative mode.** Invariant scalars can be read out of equivariant vectors through
     their norms (Ma & Chan, sec. 3.6). The last MLP then has :math:`M` = ``hidden_channels``
@@ -196,6 +195,8 @@ class UENNForceField(ForceModel):
             (:class:`~uenn_geo.nn.GramInvariants`) as scalar channels (default: :obj:`0`).
         separate_scalars (bool): the MLPs' scalar rows get weights of their own
             (:class:`~uenn_geo.nn.EquivariantLinear`) (default: :obj:`False`).
+        centre_vectors (bool): blocks :math:`k \geq 2` also project the atom's own vectors
+            on its bonds (:class:`~uenn_geo.nn.VectorGaussianConv`) (default: :obj:`False`).
 
     Shapes:
         - input: a PyG ``Data``/``Batch`` with ``pos`` :obj:`(N, 3)` (Angstrom), ``z``
@@ -224,6 +225,7 @@ class UENNForceField(ForceModel):
         "species_pairs": False,
         "gram_channels": 0,
         "separate_scalars": False,
+        "centre_vectors": False,
     }
 
     def __init__(
@@ -247,6 +249,7 @@ class UENNForceField(ForceModel):
         species_pairs: bool = False,
         gram_channels: int = 0,
         separate_scalars: bool = False,
+        centre_vectors: bool = False,
     ) -> None:
         super().__init__()
         dtype = resolve_dtype(dtype)
@@ -270,6 +273,7 @@ class UENNForceField(ForceModel):
             species_pairs=bool(species_pairs),
             gram_channels=int(gram_channels),
             separate_scalars=bool(separate_scalars),
+            centre_vectors=bool(centre_vectors),
         )
         self.cutoff = float(cutoff)
         self.num_species = len(atomic_numbers)
@@ -325,7 +329,8 @@ class UENNForceField(ForceModel):
             if k > 0:
                 self.mixes.append(EquivariantLinear(m, c, bias=False, num_scalars=1, dtype=dtype))
                 inter = {**conv, "num_basis": cfg["interaction_basis"] or cfg["num_basis"]}
-                self.convs.append(VectorGaussianConv(species + c, m, vector_channels=c, **inter))
+                inter.update(vector_channels=c, centre_vectors=cfg["centre_vectors"])
+                self.convs.append(VectorGaussianConv(species + c, m, **inter))
         readout = None
         if self.conservative:
             # alpha_a (squared norms) and beta_a (scalar rows) of the energy readout.

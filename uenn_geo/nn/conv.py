@@ -157,6 +157,15 @@ class VectorGaussianConv(MessagePassing):
             functions :math:`\sum_b e^b_{ij} w^{(z_i)}_{b z_j a}` depend on the species pair;
             :meth:`forward` then needs ``centre`` (species indices :obj:`(N)`) (default:
             :obj:`0`, one weight for every centre).
+        centre_vectors (bool): also project the centre's own vector features on each bond,
+            :math:`p_{ic} = \hat{\mathbf{r}}_{ij} \cdot \mathbf{x}_{ic}`, giving :math:`F_v`
+            more columns: :math:`\hat{\mathbf{r}}_{ij}\, p_{ic}` in the vector form and
+            :math:`p_{ic}^2` in the scalar form. Summed over :math:`j` with the radial
+            functions, the vector columns are the neighbourhood's rank-2 tensor
+            :math:`\sum_j e_{ij} \hat{\mathbf{r}}_{ij} \hat{\mathbf{r}}_{ij}^\top` acting on
+            :math:`\mathbf{x}_i`: angular information of order two (three-body terms in
+            :math:`\cos^2 \theta_{jik}`) with no spherical harmonics and no tensor product
+            (default: :obj:`False`; needs ``vector_channels``).
         eps (float): floor of :math:`r_{ij}` in the unit vector (default: :obj:`1e-6`).
         device, dtype: factory arguments; ``dtype`` must be real (default:
             :obj:`torch.get_default_dtype()`).
@@ -193,6 +202,7 @@ class VectorGaussianConv(MessagePassing):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         centre_species: int = 0,
+        centre_vectors: bool = False,
     ) -> None:
         super().__init__(aggr="add", flow="target_to_source", node_dim=0)
         if in_channels < 1 or out_channels < 1 or num_basis < 1:
@@ -204,6 +214,8 @@ class VectorGaussianConv(MessagePassing):
             raise ValueError(f"vector_channels must be >= 0, got {vector_channels}")
         if centre_species < 0:
             raise ValueError(f"centre_species must be >= 0, got {centre_species}")
+        if centre_vectors and not vector_channels:
+            raise ValueError("centre_vectors needs vector features: set vector_channels >= 1")
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)):
@@ -223,12 +235,13 @@ class VectorGaussianConv(MessagePassing):
         self.output = output
         self.eps = eps
         self.centre_species = int(centre_species)
+        self.centre_vectors = bool(centre_vectors)
         self.act = resolve_activation(act)
         factory = {"device": device, "dtype": dtype}
         self.basis = GaussianBasis(
             num_basis, r_min, self.cutoff, eta=eta, learnable=learnable_basis, **factory
         )
-        shape = (num_basis, in_channels + vector_channels, out_channels)
+        shape = (num_basis, self.feature_width, out_channels)
         if self.centre_species:
             shape = (self.centre_species, *shape)
         if output in ("vector", "both"):
@@ -245,6 +258,12 @@ class VectorGaussianConv(MessagePassing):
     def dtype(self) -> torch.dtype:
         return self.basis.rs.dtype
 
+    @property
+    def feature_width(self) -> int:
+        r"""Columns of :math:`\mathrm{feat}_{ij}`: :math:`F + F_v`, or :math:`F + 2 F_v` with
+        ``centre_vectors``."""
+        return self.in_channels + self.vector_channels * (2 if self.centre_vectors else 1)
+
     def reset_parameters(self) -> None:
         r"""Normalised Xavier for :math:`w` seen as a :math:`(B (F + F_v), M_0)` matrix."""
         super().reset_parameters()
@@ -252,7 +271,7 @@ class VectorGaussianConv(MessagePassing):
         for w in (self.weight, self.scalar_weight):
             if w is not None:
                 # one (B (F + F_v), M_0) matrix per centre species (or one for all)
-                rows = self.num_basis * (self.in_channels + self.vector_channels)
+                rows = self.num_basis * self.feature_width
                 per_centre = w.view(-1, rows, self.out_channels)
                 for z in range(per_centre.shape[0]):
                     xavier_uniform_(per_centre[z])
@@ -343,6 +362,7 @@ class VectorGaussianConv(MessagePassing):
         pos_i: Tensor,
         pos_j: Tensor,
         v_j: Tensor,
+        x_i: Tensor | None,
         x_j: Tensor | None,
         shifts: Tensor | None,
     ) -> Tensor:
@@ -357,14 +377,22 @@ class VectorGaussianConv(MessagePassing):
         # scalar row, where the vector features enter as (r_ij / r_ij) . x_j.
         dirs: list[Tensor] = []
         x_rows: list[Tensor] = []
+        # centre_vectors: the centre's own vectors projected on the bond, p = r_hat . x_i,
+        # enter as r_hat p (vector rows) and p^2 (scalar row): the rank-2 tensor
+        # sum_j e_ij r_hat r_hat^T of the neighbourhood acting on x_i, with no tensor product.
+        proj = None
+        if self.centre_vectors and x_i is not None:
+            proj = (unit.unsqueeze(-1) * x_i).sum(dim=1, keepdim=True)  # (E, 1, F_v)
         if self.weight is not None:
             dirs.append(unit)
             if x_j is not None:
-                x_rows.append(x_j)
+                own = [] if proj is None else [unit.unsqueeze(-1) * proj]
+                x_rows.append(torch.cat([x_j, *own], dim=-1) if own else x_j)
         if self.scalar_weight is not None:
             dirs.append(torch.ones_like(r))
             if x_j is not None:
-                x_rows.append((unit.unsqueeze(-1) * x_j).sum(dim=1, keepdim=True))
+                along = (unit.unsqueeze(-1) * x_j).sum(dim=1, keepdim=True)
+                x_rows.append(along if proj is None else torch.cat([along, proj.square()], -1))
         d = dirs[0] if len(dirs) == 1 else torch.cat(dirs, dim=-1)  # (E, R)
         feat = d.unsqueeze(-1) * v_j.unsqueeze(1)  # (E, R, F)
         if x_j is not None:

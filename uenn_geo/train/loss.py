@@ -6,10 +6,12 @@ The loss is the mean squared force error (Ma & Chan, sec. 4, eq. 42) in units of
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -120,6 +122,21 @@ def evaluate(model: nn.Module, data: Any, batch_size: int = 4096) -> dict[str, f
     return {"force_rmse": math.sqrt(sq / count), "force_mae": ab / count, "components": count}
 
 
+@contextlib.contextmanager
+def _quiet_graph_breaks() -> Iterator[None]:
+    """Graph breaks around the network (neighbour search, input checks) are expected; dynamo
+    reports each as a warning and (``Tensor.item()``) as a logged traceback: silence both."""
+    logger = logging.getLogger("torch._dynamo.variables.tensor")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Dynamo does not know how to trace")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 class LossFunction:
     """:func:`force_loss` of ``model``, through :func:`torch.compile` if asked and it works.
 
@@ -168,10 +185,7 @@ class LossFunction:
             return loss
         try:
             start = time.perf_counter()
-            with warnings.catch_warnings():
-                # graph breaks around the network (neighbour search, input checks) are
-                # expected; dynamo reports each as a warning
-                warnings.filterwarnings("ignore", message="Dynamo does not know how to trace")
+            with _quiet_graph_breaks():
                 loss = self.compiled(data)
             loss.backward()  # the backward graph may compile only here
             if self.compile_seconds is None:
