@@ -156,3 +156,18 @@ def test_worker_batches_equal_pyg_collation():
                 assert torch.equal(got[key], want[key]), key
             else:
                 assert got[key] == want[key], key
+
+
+def test_permutation_is_random_sampler_order():
+    # The one-process sampler keeps the order as a tensor, not a list of ints, and draws
+    # exactly RandomSampler's orders (resumed runs and old checkpoints see the same epochs).
+    import torch
+
+    from uenn_geo.train.distributed import _Permutation
+
+    mine, theirs = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    sampler = torch.utils.data.RandomSampler(range(9000), generator=theirs)
+    for _ in range(3):
+        order = list(_Permutation(9000, mine))
+        assert order == list(sampler)
+        assert sorted(order) == list(range(9000))
