@@ -5,6 +5,7 @@ from uenn_geo.nn import (
     ACTIVATIONS,
     Identity,
     NormActivation,
+    SmoothSoftsignResidual,
     SoftsignResidual,
     VectorLeakyReLU,
     VectorReLU,
@@ -19,6 +20,7 @@ ACTS = [
     VectorLeakyReLU(0.3, 0.05),
     NormActivation(torch.tanh),
     Identity(),
+    SmoothSoftsignResidual(),
 ]
 
 
@@ -40,6 +42,25 @@ def test_softsign_residual_formula():
     u = torch.randn(5, 3, 4, dtype=torch.float64)
     r = u.norm(dim=-2, keepdim=True)
     torch.testing.assert_close(SoftsignResidual(0.2)(u), u / (1 + r) + 0.2 * u)
+
+
+def test_smooth_softsign_residual_formula_and_smoothness_at_zero():
+    u = torch.randn(5, 3, 4, dtype=torch.float64)
+    r = u.norm(dim=-2, keepdim=True)
+    torch.testing.assert_close(SmoothSoftsignResidual(0.2)(u), u / (1 + r**2).sqrt() + 0.2 * u)
+    # second derivatives near 0 do not depend on the direction of approach (eq. 13's do)
+    c = torch.randn(3, 1, dtype=torch.float64)
+
+    def hessian_at(act, point):
+        return torch.autograd.functional.hessian(lambda x: (act(x) * c).sum(), point)
+
+    d1, d2 = torch.randn(2, 3, 1, dtype=torch.float64)
+    smooth, paper = SmoothSoftsignResidual(), SoftsignResidual()
+    gap = (hessian_at(smooth, 1e-7 * d1) - hessian_at(smooth, 1e-7 * d2)).abs().max()
+    assert gap < 1e-5
+    assert (hessian_at(paper, 1e-7 * d1) - hessian_at(paper, 1e-7 * d2)).abs().max() > 1e-2
+    u = torch.randn(3, 3, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(smooth, (u,))
 
 
 def test_vector_relu_and_leaky_relu_norms():
@@ -74,7 +95,9 @@ def test_gradcheck(act, dtype):
 
 
 def test_registry_and_errors():
-    assert set(ACTIVATIONS) == {"softsign_residual", "relu", "leaky_relu", "identity"}
+    assert set(ACTIVATIONS) == {
+        "softsign_residual", "smooth_softsign_residual", "relu", "leaky_relu", "identity"
+    }  # fmt: skip
     assert isinstance(resolve_activation("relu"), VectorReLU)
     assert isinstance(resolve_activation(None), Identity)
     with pytest.raises(ValueError, match="unknown activation 'gelu'"):

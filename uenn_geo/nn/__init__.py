@@ -4,6 +4,7 @@ from uenn_geo.nn.activation import (
     ACTIVATIONS,
     Identity,
     NormActivation,
+    SmoothSoftsignResidual,
     SoftsignResidual,
     VectorLeakyReLU,
     VectorReLU,
@@ -18,6 +19,7 @@ from uenn_geo.nn.radial import GaussianBasis, SmoothCutoff, edge_basis, smooth_c
 __all__ = [
     "EquivariantLinear",
     "EquivariantMLP",
+    "SmoothSoftsignResidual",
     "SoftsignResidual",
     "NormActivation",
     "VectorReLU",

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
-from uenn_geo.nn.functional import DEFAULT_EPS, safe_norm
+from uenn_geo.nn.functional import DEFAULT_EPS, safe_norm, squared_norm
 
 __all__ = [
     "SoftsignResidual",
+    "SmoothSoftsignResidual",
     "NormActivation",
     "VectorReLU",
     "VectorLeakyReLU",
@@ -63,6 +65,25 @@ class SoftsignResidual(nn.Module):
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(a={self.a:g})"
+
+
+class SmoothSoftsignResidual(SoftsignResidual):
+    r"""The softsign of eq. 13 with :math:`\sqrt{1 + \|u\|^2}` in place of :math:`1 + \|u\|`.
+
+    .. math::
+        \sigma(u) = \frac{u}{\sqrt{1 + \|u\|^2}} + a\, u
+
+    The same shape (slope :math:`1 + a` at zero, saturating at norm 1, then slope :math:`a`),
+    but a function of :math:`\|u\|^2`, hence smooth (:math:`C^\infty`) at :math:`u = 0` too,
+    where eq. 13's second derivative jumps with the direction of :math:`u`. Forces taken
+    from an energy contain :math:`\sigma'`, and training them differentiates once more.
+
+    Args:
+        a (float): the residue (default: :obj:`0.1`).
+    """
+
+    def forward(self, u: Tensor) -> Tensor:
+        return u * (torch.rsqrt(1.0 + squared_norm(u)) + self.a)
 
 
 class NormActivation(nn.Module):
@@ -176,6 +197,7 @@ class Identity(nn.Module):
 #: Activations by name, for configuration files and the command line.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "softsign_residual": SoftsignResidual,
+    "smooth_softsign_residual": SmoothSoftsignResidual,
     "relu": VectorReLU,
     "leaky_relu": VectorLeakyReLU,
     "identity": Identity,
