@@ -179,3 +179,19 @@ def test_species_the_model_leaves_out_are_refused_before_training(tmp_path):
     )  # fmt: skip
     with pytest.raises(ValueError, match=r"atomic numbers \[8\].*leaves out"):
         uenn_geo.cli.train.run_training(job)
+
+
+def test_energy_weight_defaults():
+    """0.01 (MACE's ratio) for a model with an energy on data with energies, else 0; an
+    explicit weight is kept."""
+    from uenn_geo.cli.train_job import FILE_ENERGY_WEIGHT, _train_config
+    from uenn_geo.models import UENNForceField
+
+    energy, direct = UENNForceField(conservative=True), UENNForceField()
+    assert FILE_ENERGY_WEIGHT == 0.01
+    job = TrainJob(data="x", max_epochs=1)
+    assert _train_config(job, energy, energies=True).energy_weight == FILE_ENERGY_WEIGHT
+    assert _train_config(job, energy, energies=False).energy_weight == 0.0
+    assert _train_config(job, direct, energies=True).energy_weight == 0.0
+    job = TrainJob(data="x", max_epochs=1, energy_weight=2.0)
+    assert _train_config(job, energy, energies=True).energy_weight == 2.0

@@ -86,7 +86,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--model-kwargs", type=_json, help="JSON, e.g. '{\"num_blocks\": 3}'")
     group = p.add_argument_group("training")
     for flag, kind, text in [
-        ("--energy-weight", float, "per-atom energy term (default: 1 with energies)"),
+        ("--energy-weight", float, "per-atom energy term (default: 0.01 with energies)"),
         ("--stress-weight", float, f"(default: {d['stress_weight']})"),
         ("--stage-two", float, "budget fraction where stage two starts (default: none)"),
         ("--stage-two-energy-weight", float, f"(default: {d['stage_two_energy_weight']})"),

@@ -54,8 +54,8 @@ class TrainJob:
         model_kwargs: further keyword arguments of the model.
 
     Training (see :class:`~uenn_geo.train.TrainConfig`):
-        energy_weight: weight of the per-atom energy term (default: 1 when the model has an
-            energy and the data energies, else 0); stress_weight likewise (default 0).
+        energy_weight: weight of the per-atom energy term (default: 0.01 when the model has
+            an energy and the data energies, else 0); stress_weight likewise (default 0).
         stage_two: fraction of the budget after which the energy weight becomes
             ``stage_two_energy_weight`` (default: one stage).
         time_limit, max_epochs, batch_size, lr, seed: as in TrainConfig.

@@ -506,6 +506,8 @@ class VectorGaussianConv(MessagePassing):
         parts += [f"num_basis={self.num_basis}", f"cutoff={self.cutoff}"]
         if self.centre_species:
             parts.append(f"centre_species={self.centre_species}")
+        if self.centre_vectors:
+            parts.append("centre_vectors=True")
         parts.append(f"output={self.output}")
         if not isinstance(self.act, type(resolve_activation(None))):
             parts.append(f"act={self.act!r}")
