@@ -195,3 +195,52 @@ def test_energy_weight_defaults():
     assert _train_config(job, direct, energies=True).energy_weight == 0.0
     job = TrainJob(data="x", max_epochs=1, energy_weight=2.0)
     assert _train_config(job, energy, energies=True).energy_weight == 2.0
+
+
+def test_weight_decay_and_ema_decay_reach_the_optimiser():
+    """``--weight-decay`` and ``--ema-decay`` pass to TrainConfig; ``--ema-decay 0`` turns the
+    moving average off; out-of-range values are refused."""
+    from uenn_geo.cli.train_job import _train_config
+    from uenn_geo.models import UENNForceField
+
+    model = UENNForceField(conservative=True)
+    config = _train_config(TrainJob(data="x", max_epochs=1), model, energies=True)
+    assert (config.weight_decay, config.ema_decay) == (0.0, 0.999)
+    job = TrainJob(data="x", max_epochs=1, weight_decay=0.1, ema_decay=0.99)
+    config = _train_config(job, model, energies=True)
+    assert (config.weight_decay, config.ema_decay) == (0.1, 0.99)
+    job = TrainJob(data="x", max_epochs=1, ema_decay=0.0)
+    assert _train_config(job, model, energies=True).ema_decay is None
+    for bad in ({"weight_decay": -1.0}, {"ema_decay": 1.0}):
+        with pytest.raises(ValueError, match="--weight-decay must be >= 0"):
+            TrainJob(data="x", max_epochs=1, **bad)
+
+
+def test_in_memory_sets_get_their_neighbour_lists_once():
+    """Small in-memory sets carry their lists (built once, as the model would build them);
+    shifts only where a structure is periodic; over the limit the sets stay as they are."""
+    from ase.build import bulk, molecule
+
+    from uenn_geo.cli.train_job import _Sets, _with_edges
+    from uenn_geo.edges import edges_of
+
+    def graph(atoms):
+        data = Data(pos=torch.tensor(atoms.positions), z=torch.tensor(atoms.numbers))
+        if atoms.pbc.any():
+            data.cell = torch.tensor(atoms.cell.array).unsqueeze(0)
+            data.pbc = torch.tensor(atoms.pbc).unsqueeze(0)
+        return data
+
+    clusters = [graph(molecule("CH3CH2OH")), graph(molecule("H2O"))]
+    mixed = [graph(molecule("H2O")), graph(bulk("Cu", cubic=True))]
+    sets = _with_edges(_Sets(clusters, clusters[:1], {"t": mixed}), 3.0)
+    for data in sets.train + sets.tests["t"]:
+        assert data.edge_cutoff.tolist() == [3.0]
+        built = edges_of(
+            Data(**{k: data[k] for k in ("pos", "z", "cell", "pbc") if k in data}), 3.0
+        )
+        assert torch.equal(data.edge_index, built.index)
+    assert "shifts" not in sets.train[0] and "shifts" in sets.tests["t"][0]
+    assert sets.tests["t"][1].shifts.abs().sum() > 0  # the copper cell's images
+    unchanged = _Sets(clusters, clusters[:1])
+    assert _with_edges(unchanged, 3.0, limit=10) is unchanged

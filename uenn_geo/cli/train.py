@@ -94,6 +94,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ("--max-epochs", int, "(default: none)"),
         ("--batch-size", int, f"structures per step and process (default: {d['batch_size']})"),
         ("--lr", float, f"Adam's learning rate (default: {d['lr']})"),
+        ("--weight-decay", float, f"AdamW's (default: {d['weight_decay']})"),
+        ("--ema-decay", float, f"weight average, 0: none (default: {d['ema_decay']})"),
         ("--val-fraction", float, f"(default: {d['val_fraction']})"),
         ("--test-fraction", float, "(default: 0.1 of --data)"),
         ("--seed", int, f"(default: {d['seed']})"),

@@ -58,7 +58,8 @@ class TrainJob:
             an energy and the data energies, else 0); stress_weight likewise (default 0).
         stage_two: fraction of the budget after which the energy weight becomes
             ``stage_two_energy_weight`` (default: one stage).
-        time_limit, max_epochs, batch_size, lr, seed: as in TrainConfig.
+        time_limit, max_epochs, batch_size, lr, weight_decay, ema_decay, seed: as in
+            TrainConfig (``ema_decay`` 0 turns the moving average off).
         val_fraction, test_fraction: shares of ``data`` held out (``test_fraction`` of a
             ``train_file`` only when given).
         out, root, resume, progress: output folder, processed-data cache, continue from
@@ -101,6 +102,8 @@ class TrainJob:
     max_epochs: int | None = None
     batch_size: int = 16
     lr: float = _CONFIG_DEFAULTS["lr"]
+    weight_decay: float = _CONFIG_DEFAULTS["weight_decay"]
+    ema_decay: float = _CONFIG_DEFAULTS["ema_decay"]
     val_fraction: float = 0.1
     test_fraction: float | None = None
     seed: int = _CONFIG_DEFAULTS["seed"]
@@ -122,6 +125,8 @@ class TrainJob:
         test = self.test_fraction or 0.0
         if not 0 <= test < 1 or self.val_fraction + test >= 1:
             raise ValueError("--test-fraction must lie in [0, 1) and leave training data")
+        if not self.weight_decay >= 0 or not 0 <= self.ema_decay < 1:
+            raise ValueError("--weight-decay must be >= 0 and --ema-decay lie in [0, 1)")
         for name in ("time_limit", "max_epochs", "batch_size", "lr", "cutoff"):
             value = getattr(self, name)
             if value is not None and not value > 0:
