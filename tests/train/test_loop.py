@@ -248,3 +248,40 @@ def test_the_time_schedule_starts_after_the_compilation():
     assert _progress_fraction(cfg, 0, 0, 150.0, compile_s=120.0) == 1.0  # no time left
     epochs = TrainConfig(time_limit=100.0, max_epochs=10, progress=False)  # epochs govern
     assert _progress_fraction(epochs, 5, 0, 90.0, compile_s=20.0) == pytest.approx(0.5)
+
+
+def test_stage_two_starts_once_from_the_averaged_weights(tmp_path, monkeypatch):
+    """At the switch the live weights take the moving average's and Adam starts afresh;
+    the energy weight is raised; a resumed run past the switch does not switch again."""
+    from uenn_geo.data import LJClusters
+    from uenn_geo.models import UENNForceField
+    from uenn_geo.train import loop
+
+    clusters = LJClusters(str(tmp_path / "lj"), num_configs=8, min_atoms=3, max_atoms=6, log=False)
+    torch.manual_seed(0)
+    model = UENNForceField(
+        cutoff=6.0,
+        num_blocks=1,
+        hidden_channels=8,
+        mlp_channels=[8],
+        conservative=True,
+        dtype="float64",
+    )
+    model.fit_scales(clusters)
+    seen = []
+    start = loop._Run.start_stage_two
+
+    def spy(run):
+        averaged = [s.clone() for s in run.ema.shadow]
+        start(run)
+        same = all(torch.equal(p, a) for p, a in zip(run.ema.params, averaged, strict=True))
+        seen.append((run.state.epoch, same, len(run.optimizer.state)))
+
+    monkeypatch.setattr(loop._Run, "start_stage_two", spy)
+    cfg = TrainConfig(max_epochs=4, batch_size=4, energy_weight=0.01, stage_two=0.5, progress=False)
+    train(model, clusters[:6], clusters[6:], cfg, out_dir=tmp_path / "run")
+    assert seen == [(2, True, 0)]  # at the first step of epoch 3 (epochs counted from 0)
+    train(
+        model, clusters[:6], clusters[6:], dataclasses.replace(cfg, max_epochs=6), tmp_path / "run"
+    )
+    assert len(seen) == 1

@@ -122,6 +122,7 @@ class _State:
     best_val: float = math.inf
     best_epoch: int = -1
     epochs_since_best: int = 0
+    stage_two_started: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -229,6 +230,8 @@ class _Run:
                 for group in self.optimizer.param_groups:
                     group["lr"] = _cosine_lr(cfg, frac)
             if cfg.stage_two is not None and frac >= cfg.stage_two:
+                if not s.stage_two_started:
+                    self.start_stage_two()
                 self.loss_fn.energy_weight = cfg.stage_two_energy_weight
             self.optimizer.zero_grad(set_to_none=True)
             loss = clock.agree(self.loss_fn.backward(batch))
@@ -295,6 +298,17 @@ class _Run:
         if self.config.optimizer == "fire":
             row["fire_dt"] = group["dt"]
         s.history.append(row)
+
+    def start_stage_two(self) -> None:
+        """Stage two goes on from the averaged weights (those validated so far), with fresh
+        Adam moments: the live weights' energies drift where a light energy term leaves
+        them free, and the moments were scaled to the forces' gradients alone."""
+        self.state.stage_two_started = True
+        if self.ema is not None:
+            with torch.no_grad():
+                for p, averaged in zip(self.ema.params, self.ema.shadow, strict=True):
+                    p.copy_(averaged)
+        self.optimizer.state.clear()
 
     def save(self) -> None:
         """Write ``checkpoint.pt`` and ``log.csv`` (with an output directory)."""
