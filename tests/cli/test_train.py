@@ -244,3 +244,16 @@ def test_in_memory_sets_get_their_neighbour_lists_once():
     assert sets.tests["t"][1].shifts.abs().sum() > 0  # the copper cell's images
     unchanged = _Sets(clusters, clusters[:1])
     assert _with_edges(unchanged, 3.0, limit=10) is unchanged
+
+
+def test_batch_size_default_follows_the_structures():
+    """16 structures a step, 8 for files of structures of more than 20 atoms on average;
+    built-in sets and explicit sizes keep theirs."""
+    from uenn_geo.cli.train_settings import BATCH, COMPILE_MAX_ATOMS, SMALL_BATCH
+
+    job = TrainJob(data="x", max_epochs=1)
+    assert (BATCH, SMALL_BATCH) == (16, 8)
+    assert job.resolved_batch_size(True, 9.0) == BATCH
+    assert job.resolved_batch_size(True, COMPILE_MAX_ATOMS + 0.5) == SMALL_BATCH
+    assert job.resolved_batch_size(False, 30.0) == BATCH  # a built-in set
+    assert TrainJob(data="x", max_epochs=1, batch_size=5).resolved_batch_size(True, 30.0) == 5

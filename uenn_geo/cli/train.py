@@ -92,7 +92,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ("--stage-two-energy-weight", float, f"(default: {d['stage_two_energy_weight']})"),
         ("--time-limit", float, f"seconds (default: {d['time_limit']})"),
         ("--max-epochs", int, "(default: none)"),
-        ("--batch-size", int, f"structures per step and process (default: {d['batch_size']})"),
+        (
+            "--batch-size",
+            int,
+            "structures per step and process (default: 16; 8 for files "
+            "of more than 20 atoms a structure)",
+        ),
         ("--lr", float, f"Adam's learning rate (default: {d['lr']})"),
         ("--weight-decay", float, f"AdamW's (default: {d['weight_decay']})"),
         ("--ema-decay", float, f"weight average, 0: none (default: {d['ema_decay']})"),

@@ -102,11 +102,13 @@ def run_job(job: TrainJob) -> dict[str, Any]:
 
 
 def _run_locked(job: TrainJob, out: Path, device: Any = "cpu") -> dict[str, Any]:
+    with distributed.main_first():  # rank 0 fills the processed-data cache
+        sets = _load_sets(job)
+    mean_atoms = _mean_atoms(sets.train)
+    job = replace(job, batch_size=job.resolved_batch_size(sets.from_file, mean_atoms))
     _print_config(job)
     if distributed.is_main():
         atomic_write(out / "config.yaml", lambda f: _dump_yaml(job.as_dict(), f), mode="w")
-    with distributed.main_first():  # rank 0 fills the processed-data cache
-        sets = _load_sets(job)
     energies = getattr(sets.train[0], "energy", None) is not None
     model = _build_model(job, sets, energies)
     transform = _transform(job, model)
@@ -122,7 +124,6 @@ def _run_locked(job: TrainJob, out: Path, device: Any = "cpu") -> dict[str, Any]
     if refit and sets.stats is None:  # start from energies fitted by least squares
         refit_energy_shift(model, sets.train, 4 * job.batch_size)
     model.to(device)
-    mean_atoms = _mean_atoms(sets.train) if job.compile == "auto" else 0.0
     cfg = _train_config(job, model, energies, mean_atoms)
     meta = {"job": job.as_dict()}
     result = train(
@@ -370,15 +371,16 @@ def _train_config(
             "--energy-weight > 0 needs energies in the data and a model with an energy "
             "(drop --direct)"
         )
+    batch = job.resolved_batch_size(True, mean_atoms)
     return TrainConfig(
         lr=job.lr,
         weight_decay=job.weight_decay,
         ema_decay=job.ema_decay or None,
-        batch_size=job.batch_size,
+        batch_size=batch,
         time_limit=job.time_limit,
         max_epochs=job.max_epochs,
         seed=job.seed,
-        eval_batch_size=4 * job.batch_size,
+        eval_batch_size=4 * batch,
         energy_weight=energy_weight,
         stress_weight=job.stress_weight,
         stage_two=job.stage_two,
