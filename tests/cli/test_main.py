@@ -86,14 +86,17 @@ def test_train_defaults_are_the_dataclass_defaults():
 
 
 def test_train_help_prints_the_dataclass_defaults(capsys, monkeypatch):
+    from uenn_geo.cli.train_settings import BATCH, COMPILE_MAX_ATOMS, SMALL_BATCH
+
     monkeypatch.setenv("COLUMNS", "300")  # no wrapped help texts
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     entries = capsys.readouterr().out.split("options:")[1].replace("\n   ", " ").splitlines()
     lines = [" ".join(entry.split()) for entry in entries]  # one line per option
     job = TrainJob(data="x")
+    small = f"{SMALL_BATCH} for files of more than {COMPILE_MAX_ATOMS} atoms a structure"
     for flag, value in [
-        ("--batch-size", job.batch_size),
+        ("--batch-size", f"{BATCH}; {small}"),  # job.batch_size is None: set by the data
         ("--lr", job.lr),
         ("--time-limit", job.time_limit),
         ("--seed", job.seed),

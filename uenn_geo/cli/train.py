@@ -13,7 +13,13 @@ import json
 from typing import Any
 
 from uenn_geo.cli.options import defaults_of, resolve
-from uenn_geo.cli.train_settings import COMPILE_MIN_SECONDS, TrainJob
+from uenn_geo.cli.train_settings import (
+    BATCH,
+    COMPILE_MAX_ATOMS,
+    COMPILE_MIN_SECONDS,
+    SMALL_BATCH,
+    TrainJob,
+)
 from uenn_geo.data.registry import DATASET_NAMES
 from uenn_geo.models import MODELS
 
@@ -95,8 +101,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         (
             "--batch-size",
             int,
-            "structures per step and process (default: 16; 8 for files "
-            "of more than 20 atoms a structure)",
+            f"structures per step and process (default: {BATCH}; {SMALL_BATCH} for files "
+            f"of more than {COMPILE_MAX_ATOMS} atoms a structure)",
         ),
         ("--lr", float, f"Adam's learning rate (default: {d['lr']})"),
         ("--weight-decay", float, f"AdamW's (default: {d['weight_decay']})"),
