@@ -250,24 +250,14 @@ def test_the_time_schedule_starts_after_the_compilation():
     assert _progress_fraction(epochs, 5, 0, 90.0, compile_s=20.0) == pytest.approx(0.5)
 
 
-def test_stage_two_starts_once_from_the_averaged_weights(tmp_path, monkeypatch):
+def test_stage_two_starts_once_from_the_averaged_weights(tmp_path, monkeypatch, small_energy_model):
     """At the switch the live weights take the moving average's and Adam starts afresh;
     the energy weight is raised; a resumed run past the switch does not switch again."""
     from uenn_geo.data import LJClusters
-    from uenn_geo.models import UENNForceField
     from uenn_geo.train import loop
 
     clusters = LJClusters(str(tmp_path / "lj"), num_configs=8, min_atoms=3, max_atoms=6, log=False)
-    torch.manual_seed(0)
-    model = UENNForceField(
-        cutoff=6.0,
-        num_blocks=1,
-        hidden_channels=8,
-        mlp_channels=[8],
-        conservative=True,
-        dtype="float64",
-    )
-    model.fit_scales(clusters)
+    model = small_energy_model(clusters)
     seen = []
     start = loop._Run.start_stage_two
 

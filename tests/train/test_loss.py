@@ -9,7 +9,7 @@ from torch_geometric.loader import DataLoader
 from uenn_geo.data import LJClusters
 from uenn_geo.data.lj import lennard_jones
 from uenn_geo.data.paper import sample_paper_configurations
-from uenn_geo.models import PaperForceModel, UENNForceField
+from uenn_geo.models import PaperForceModel
 from uenn_geo.train import DenseForceData, evaluate, force_loss, has_energy
 from uenn_geo.train.loss import LossFunction
 
@@ -18,20 +18,6 @@ from uenn_geo.train.loss import LossFunction
 def clusters(tmp_path_factory):
     root = tmp_path_factory.mktemp("clusters")
     return LJClusters(str(root), num_configs=8, min_atoms=3, max_atoms=6, log=False)
-
-
-def _energy_model(clusters):
-    torch.manual_seed(0)
-    model = UENNForceField(
-        cutoff=6.0,
-        num_blocks=1,
-        hidden_channels=8,
-        mlp_channels=[8],
-        dtype="float64",
-        conservative=True,
-    )
-    model.fit_scales(clusters)
-    return model
 
 
 class _Old(nn.Module):
@@ -55,8 +41,8 @@ def test_has_energy_reads_the_contract_then_the_old_attribute():
     assert not has_energy(nn.Linear(2, 2))
 
 
-def test_energy_term_of_the_loss(clusters):
-    model = _energy_model(clusters)
+def test_energy_term_of_the_loss(clusters, small_energy_model):
+    model = small_energy_model(clusters)
     batch = next(iter(DataLoader(clusters, batch_size=len(clusters))))
     out = model.energy_forces(batch)
     atoms = torch.bincount(batch.batch).double()
@@ -99,10 +85,10 @@ def test_evaluate_matches_a_direct_computation():
     shutil.which("g++") is None and shutil.which("c++") is None,
     reason="inductor needs a C++ compiler (the fallback is tested without one)",
 )
-def test_compiled_loss_of_an_energy_model_matches_eager(clusters):
+def test_compiled_loss_of_an_energy_model_matches_eager(clusters, small_energy_model):
     """The energy, its forces and the loss's backward through both, compiled as one graph
     (the derivative traced by torch.func.grad), give eager's loss and parameter gradients."""
-    model = _energy_model(clusters)
+    model = small_energy_model(clusters)
     data = list(DataLoader(clusters, batch_size=4))
     grads = {}
     for compile_ in (False, True):
