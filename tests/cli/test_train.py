@@ -246,6 +246,30 @@ def test_in_memory_sets_get_their_neighbour_lists_once():
     assert _with_edges(unchanged, 3.0, limit=10) is unchanged
 
 
+def test_compiled_steps_take_static_shapes_only_for_uniform_structures():
+    """Frames of one molecule with lists of one length compile for their shape; a list of
+    molecules of other sizes, other list lengths, or a set read from disk do not."""
+    from ase.build import molecule
+
+    from uenn_geo.cli.train_job import _Sets, _uniform, _with_edges
+
+    def frames(name, n, cutoff):
+        atoms = molecule(name)
+        rng = np.random.default_rng(0)
+        graphs = [
+            Data(pos=torch.tensor(atoms.positions + 0.05 * rng.standard_normal((len(atoms), 3))),
+                 z=torch.tensor(atoms.numbers))
+            for _ in range(n)
+        ]
+        return _with_edges(_Sets(graphs, graphs[:1], {}), cutoff).train
+
+    assert _uniform(frames("CH3CH2OH", 5, 5.0))  # every pair within 5 A
+    assert not _uniform(frames("CH3CH2OH", 3, 5.0) + frames("H2O", 2, 5.0))
+    assert not _uniform(frames("CH3CH2OH", 5, 2.4))  # lists of different lengths
+    assert not _uniform([])
+    assert not _uniform(tuple(frames("H2O", 2, 5.0)))  # not an in-memory list
+
+
 def test_batch_size_default_follows_the_structures():
     """16 structures a step, 8 for files of structures of more than 20 atoms on average;
     built-in sets and explicit sizes keep theirs."""

@@ -223,6 +223,34 @@ def test_data_errors_are_not_blamed_on_compilation(setup, monkeypatch):
             train(model, bad, va, cfg)
 
 
+def test_static_shapes_skip_the_short_batch(setup, monkeypatch):
+    """With one compiled shape, the short last batch of each epoch is skipped; eager and
+    shape-agnostic compiled runs take every batch."""
+    model, _, tr, va = _fresh(setup)
+    calls = []
+
+    def record(fn, **kwargs):
+        calls.append(kwargs)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", record)  # "compiled" = eager, its options kept
+    cfg = TrainConfig(max_epochs=2, batch_size=48, progress=False, compile=True)
+    every = train(model, tr, va, cfg)
+    static = train(model, tr, va, dataclasses.replace(cfg, static_shapes=True))
+    eager = train(model, tr, va, dataclasses.replace(cfg, compile=False, static_shapes=True))
+    assert every.steps == eager.steps == 2 * math.ceil(256 / 48)
+    assert static.steps == 2 * (256 // 48)
+    assert calls[1]["dynamic"] is None  # specialise first (a dense model: never dynamic=True)
+
+
+def test_adam_is_fused_where_torch_has_it(setup):
+    from uenn_geo.train.loop import _make_optimizer
+
+    model, *_ = setup
+    assert _make_optimizer(model, TrainConfig(max_epochs=1)).defaults["fused"]
+    assert _make_optimizer(model.double(), TrainConfig(max_epochs=1)).defaults["fused"]
+
+
 @pytest.mark.slow
 def test_compile_may_change_on_resume(setup, tmp_path):
     model, _, tr, va = _fresh(setup)

@@ -125,6 +125,8 @@ def _run_locked(job: TrainJob, out: Path, device: Any = "cpu") -> dict[str, Any]
         refit_energy_shift(model, sets.train, 4 * job.batch_size)
     model.to(device)
     cfg = _train_config(job, model, energies, mean_atoms)
+    if cfg.compile and _uniform(sets.train):  # one compiled shape (skips the short batch)
+        cfg = replace(cfg, static_shapes=True)
     meta = {"job": job.as_dict()}
     result = train(
         model, sets.train, sets.val, cfg, out, job.resume, metadata=meta, identity=identity
@@ -175,6 +177,19 @@ def _with_edges(sets: _Sets, cutoff: float, limit: int = STORED_EDGES_LIMIT) -> 
         parts.append(frames)
     tests = dict(zip(sets.tests, parts[2:], strict=True))
     return replace(sets, train=parts[0], val=parts[1], tests=tests)
+
+
+def _uniform(data: Any) -> bool:
+    """Whether ``data`` is a list of structures that all have the same number of atoms and
+    of stored edges (frames of one small molecule, every pair within the cutoff), so that
+    every full batch has the same shapes."""
+    if not isinstance(data, list) or not data:
+        return False
+    first = data[0]
+    if getattr(first, "edge_index", None) is None:
+        return False
+    shape = (first.num_nodes, first.edge_index.shape[1])
+    return all((d.num_nodes, d.edge_index.shape[1]) == shape for d in data)
 
 
 def _periodic(data: Any) -> bool:

@@ -158,6 +158,7 @@ class _Run:
             config.energy_weight,
             config.compile and adam,
             config.stress_weight,
+            static_shapes=config.static_shapes,
         )
         self.state = _State(best_state=_copy_state(model))
         self.identity: dict[str, Any] | None = None
@@ -218,12 +219,18 @@ class _Run:
         self.model.train()
         loss_sum, loss_count = 0.0, 0
         per_epoch = distributed.batches_per_epoch(len(data), cfg.batch_size)
+        skip_short = self.loss_fn.compiled is not None and cfg.static_shapes and cfg.batch_size
+        skip_short = bool(skip_short) and distributed.world_size() == 1
+        if skip_short and per_epoch > 1 and len(data) % cfg.batch_size:
+            per_epoch -= 1  # the short last batch is skipped (one compiled shape)
         clock = distributed.StepClock(t0)  # one clock (and loss) for all ranks
         device = distributed.device_of(self.model)
         shard = _Timed(
             distributed.train_batches(data, cfg.batch_size, self.gen, cfg.seed, s.epoch, device)
         )
         for k, batch in enumerate(shard):
+            if skip_short and k == per_epoch:
+                continue  # the short last batch (its structures come in other epochs)
             epoch = s.epoch + k / per_epoch
             frac = _progress_fraction(cfg, epoch, s.step, s.elapsed + clock.now(), s.compile_s)
             if cosine:
@@ -472,7 +479,14 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         from uenn_geo.optim import FIRE
 
         return FIRE(model.parameters(), **cfg.fire)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = list(model.parameters())
+    # one fused kernel for all parameters where torch has it (CPU, CUDA): on the ethanol model
+    # (29 tensors, 117 k numbers) 0.4 ms a step against 2.1-2.5 ms for the loop over tensors
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
+    fused = fused and all(p.dtype in (torch.float32, torch.float64) for p in params)
+    return torch.optim.AdamW(
+        params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None
+    )
 
 
 def _progress_fraction(

@@ -148,6 +148,9 @@ class LossFunction:
         model: the model being trained.
         energy_weight: see :func:`force_loss`.
         compile: try :func:`torch.compile`.
+        static_shapes: compile for the shapes of the first batch (then, should another shape
+            come, for any shape: torch's automatic dynamic shapes) rather than for any shape
+            from the start (see :class:`~uenn_geo.train.TrainConfig`).
     """
 
     def __init__(
@@ -156,14 +159,17 @@ class LossFunction:
         energy_weight: float = 0.0,
         compile: bool = False,
         stress_weight: float = 0.0,
+        static_shapes: bool = False,
     ):
         self.model = model
         self.energy_weight = energy_weight
         self.stress_weight = stress_weight
         # graph models (with a cutoff): atoms and edges vary from batch to batch, so one
-        # compilation with dynamic shapes; dense fixed-size batches (the paper's model)
-        # keep torch's default, which specialises to their shape
-        dynamic = True if getattr(model, "cutoff", None) is not None else None
+        # compilation with dynamic shapes, unless every batch has the same shapes; dense
+        # fixed-size batches (the paper's model) keep torch's default, which specialises
+        # to their shape
+        graph = getattr(model, "cutoff", None) is not None
+        dynamic = True if graph and not static_shapes else None
         self.compiled = torch.compile(self._eager, dynamic=dynamic) if compile else None
         self.compiled_steps = 0
         #: Seconds of the first compiled step (the compilation); :obj:`None` before it.
