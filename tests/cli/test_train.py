@@ -251,19 +251,24 @@ def test_compiled_steps_take_static_shapes_only_for_uniform_structures():
     molecules of other sizes, other list lengths, or a set read from disk do not."""
     from ase.build import molecule
 
-    from uenn_geo.cli.train_job import _Sets, _uniform, _with_edges
+    from uenn_geo.cli.train_job import _Sets, _stacked, _uniform, _with_edges
+    from uenn_geo.train.dense import StackedGraphs
 
     def frames(name, n, cutoff):
         atoms = molecule(name)
         rng = np.random.default_rng(0)
         graphs = [
-            Data(pos=torch.tensor(atoms.positions + 0.05 * rng.standard_normal((len(atoms), 3))),
-                 z=torch.tensor(atoms.numbers))
+            Data(
+                pos=torch.tensor(atoms.positions + 0.05 * rng.standard_normal((len(atoms), 3))),
+                z=torch.tensor(atoms.numbers),
+            )
             for _ in range(n)
         ]
         return _with_edges(_Sets(graphs, graphs[:1], {}), cutoff).train
 
     assert _uniform(frames("CH3CH2OH", 5, 5.0))  # every pair within 5 A
+    assert isinstance(_stacked(frames("CH3CH2OH", 5, 5.0)), StackedGraphs)  # batched by index
+    assert not isinstance(_stacked(frames("CH3CH2OH", 5, 2.4)), StackedGraphs)
     assert not _uniform(frames("CH3CH2OH", 3, 5.0) + frames("H2O", 2, 5.0))
     assert not _uniform(frames("CH3CH2OH", 5, 2.4))  # lists of different lengths
     assert not _uniform([])

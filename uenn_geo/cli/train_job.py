@@ -31,6 +31,7 @@ from uenn_geo.models import MODELS, save_model
 from uenn_geo.models.scales import refit_energy_shift, set_scales_from_statistics
 from uenn_geo.neighbors import RadiusGraph
 from uenn_geo.train import DenseForceData, TrainConfig, distributed, train
+from uenn_geo.train.dense import StackedGraphs
 from uenn_geo.train.loss import has_energy
 from uenn_geo.train.metrics import format_table
 
@@ -117,6 +118,7 @@ def _run_locked(job: TrainJob, out: Path, device: Any = "cpu") -> dict[str, Any]
     identity = _identity(job, sets)
     if sets.stats is None and job.model != "paper":  # in memory: lists built once
         sets = _with_edges(sets, model.cutoff)
+        sets = replace(sets, train=_stacked(sets.train), val=_stacked(sets.val))
     if sets.stats is None:  # a prepared set is not read at start (no pass over the data)
         _warn_no_edges(model, sets.train)
     _fit_scales(model, job.model, sets.train)
@@ -177,6 +179,12 @@ def _with_edges(sets: _Sets, cutoff: float, limit: int = STORED_EDGES_LIMIT) -> 
         parts.append(frames)
     tests = dict(zip(sets.tests, parts[2:], strict=True))
     return replace(sets, train=parts[0], val=parts[1], tests=tests)
+
+
+def _stacked(data: Any) -> Any:
+    """``data`` as :class:`~uenn_geo.train.dense.StackedGraphs` (batched by indexing) when
+    it is a list of graphs of one shape, else as it is."""
+    return StackedGraphs(data) if StackedGraphs.fits(data) else data
 
 
 def _uniform(data: Any) -> bool:

@@ -223,7 +223,7 @@ def _train_batches(
 ) -> Iterator[Any]:
     from torch.utils.data import DistributedSampler
 
-    from uenn_geo.train.dense import DenseForceData, batches
+    from uenn_geo.train.dense import DenseForceData, StackedGraphs, batches
 
     workers = int(getattr(data, "num_workers", 0) or 0)
     if not is_distributed() and workers == 0:
@@ -236,7 +236,7 @@ def _train_batches(
         sampler.set_epoch(epoch)
     else:
         sampler = _Permutation(n, generator)
-    if isinstance(data, DenseForceData):
+    if isinstance(data, (DenseForceData, StackedGraphs)):
         order = torch.tensor(list(sampler), dtype=torch.long)
         for start in range(0, len(order), size):
             yield data._make(order[start : start + size])
