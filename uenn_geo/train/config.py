@@ -48,8 +48,8 @@ class TrainConfig:
         static_shapes: with ``compile``, specialise the compiled step to the shapes of the
             first batch instead of compiling for any shape: for structures that all have the
             same atoms and neighbour-list length (frames of one small molecule), where the
-            generated kernels then index without symbolic sizes (on rMD17 ethanol a third
-            faster, docs/training.md). The last batch of an epoch, when smaller, is skipped
+            generated kernels then index without symbolic sizes (faster; docs/training.md
+            measures it). The last batch of an epoch, when smaller, is skipped
             (its structures come in other epochs: every epoch is shuffled), so that one
             compilation serves every step; a batch of another shape still runs (compiled
             again, for any shape).
