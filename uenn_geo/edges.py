@@ -206,8 +206,10 @@ def edges_of(data: Any, cutoff: float) -> Edges:
     A graph that carries ``edge_index`` (e.g. from :class:`uenn_geo.neighbors.RadiusGraph`)
     must also carry ``edge_cutoff``, the cutoff the list was built for, and it must equal
     ``cutoff``; otherwise the list is refused (a list from another cutoff would be silently
-    wrong). Without ``edge_index`` the list is built from ``pos``, ``batch``, ``cell`` and
-    ``pbc``.
+    wrong). A list laid out in chunks (:meth:`Edges.chunked`) says so with the integer
+    ``edge_chunk``, its chunk size (as :class:`uenn_geo.train.packing.PackedGraphs` sets it on
+    its batches). Without ``edge_index`` the list is built from ``pos``, ``batch``, ``cell``
+    and ``pbc``.
     """
     index = getattr(data, "edge_index", None)
     if index is None:
@@ -232,7 +234,9 @@ def edges_of(data: Any, cutoff: float) -> Edges:
             f"the model's cutoff is {cutoff} A; delete edge_index or rebuild it with "
             f"uenn_geo.neighbors.RadiusGraph({cutoff})"
         )
-    return Edges(index, getattr(data, "shifts", None), float(cutoff))
+    chunk = getattr(data, "edge_chunk", 0)
+    chunk = chunk if isinstance(chunk, int) else 0  # PyG's collation makes a list of it
+    return Edges(index, getattr(data, "shifts", None), float(cutoff), chunk)
 
 
 def nearest_edges(edges: Edges, pos: Tensor, k: int) -> Edges:

@@ -158,6 +158,9 @@ def test_compile_policy():
     assert not _compile(TrainJob(data="x", max_epochs=5), small)  # epochs: reproducible, eager
     assert _compile(TrainJob(data="x", max_epochs=5, compile="yes"), 10**4)
     assert not _compile(TrainJob(data="x", compile="no"), small)
+    # larger structures with stored lists: packed into batches of one shape, compiled
+    assert _compile(TrainJob(data="x", time_limit=COMPILE_MIN_SECONDS), small + 1, True)
+    assert not _compile(TrainJob(data="x", time_limit=COMPILE_MIN_SECONDS - 1), small + 1, True)
     assert not _compile(TrainJob(data="x", compile=False), small)
     with pytest.raises(ValueError, match="auto, yes or no"):
         TrainJob(data="x", compile="always")
@@ -273,6 +276,34 @@ def test_compiled_steps_take_static_shapes_only_for_uniform_structures():
     assert not _uniform(frames("CH3CH2OH", 5, 2.4))  # lists of different lengths
     assert not _uniform([])
     assert not _uniform(tuple(frames("H2O", 2, 5.0)))  # not an in-memory list
+
+
+def test_compiled_steps_on_structures_of_many_sizes_take_packed_batches():
+    """Stored lists of structures of different sizes are packed and padded to one shape
+    (chunked for the graph model); eager steps and unstored lists keep their batches."""
+    from ase.build import molecule
+
+    from uenn_geo.cli.train_job import _one_shape, _Sets, _with_edges
+    from uenn_geo.models import SchNetForceField, UENNForceField
+    from uenn_geo.train import TrainConfig
+    from uenn_geo.train.packing import PackedGraphs
+
+    graphs = []
+    for name in ("CH3CH2OH", "H2O", "CH4"):
+        atoms = molecule(name)
+        graphs.append(Data(pos=torch.tensor(atoms.positions), z=torch.tensor(atoms.numbers)))
+    model = UENNForceField(cutoff=5.0, atomic_numbers=[1, 6, 8], conservative=True)
+    sets = _with_edges(_Sets(graphs, graphs[:1], {}), model.cutoff)
+    cfg = TrainConfig(max_epochs=1, compile=True)
+    packed, packed_cfg = _one_shape(sets, cfg, model)
+    assert isinstance(packed.train, PackedGraphs) and packed.train.chunk
+    assert packed_cfg.static_shapes
+    plain, _ = _one_shape(sets, cfg, SchNetForceField(cutoff=5.0))
+    assert isinstance(plain.train, PackedGraphs) and not plain.train.chunk
+    eager, eager_cfg = _one_shape(sets, TrainConfig(max_epochs=1), model)
+    assert eager.train is sets.train and not eager_cfg.static_shapes
+    unstored = _Sets(graphs, graphs[:1], {})
+    assert _one_shape(unstored, cfg, model)[0].train is graphs
 
 
 def test_batch_size_default_follows_the_structures():

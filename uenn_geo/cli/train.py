@@ -116,8 +116,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group.add_argument(
         "--compile",
         choices=("auto", "yes", "no"),
-        help="torch.compile the training step (one process); auto: runs limited by "
-        f"--time-limit alone of {COMPILE_MIN_SECONDS:.0f} s or more (default: auto)",
+        help="torch.compile the training step (one process; structures of many sizes in "
+        "packed batches of one shape); auto: runs limited by --time-limit alone of "
+        f"{COMPILE_MIN_SECONDS:.0f} s or more (default: auto)",
     )
     p.add_argument("--out", help=f"output folder (default: {d['out']})")
     p.add_argument("--root", help=f"processed-data cache (default: {d['root']})")

@@ -27,13 +27,14 @@ from uenn_geo.data.hdf5 import SETS, H5Frames, is_prepared
 from uenn_geo.data.registry import load_dataset
 from uenn_geo.data.transforms import CastFloats, ConfigTypeWeights
 from uenn_geo.files import RunLock, atomic_write, check_output_dir, sweep_temporaries, write_json
-from uenn_geo.models import MODELS, save_model
+from uenn_geo.models import MODELS, UENNForceField, save_model
 from uenn_geo.models.scales import refit_energy_shift, set_scales_from_statistics
 from uenn_geo.neighbors import RadiusGraph
 from uenn_geo.train import DenseForceData, TrainConfig, distributed, train
 from uenn_geo.train.dense import StackedGraphs
 from uenn_geo.train.loss import has_energy
 from uenn_geo.train.metrics import format_table
+from uenn_geo.train.packing import PackedGraphs, chunk_size
 
 __all__ = ["run_job", "FILE_CUTOFF", "FILE_ENERGY_WEIGHT", "FILE_MODEL"]
 
@@ -126,9 +127,9 @@ def _run_locked(job: TrainJob, out: Path, device: Any = "cpu") -> dict[str, Any]
     if refit and sets.stats is None:  # start from energies fitted by least squares
         refit_energy_shift(model, sets.train, 4 * job.batch_size)
     model.to(device)
-    cfg = _train_config(job, model, energies, mean_atoms)
-    if cfg.compile and _uniform(sets.train):  # one compiled shape (skips the short batch)
-        cfg = replace(cfg, static_shapes=True)
+    one_shape = PackedGraphs.fits(sets.train)  # lists stored: batches of one shape possible
+    cfg = _train_config(job, model, energies, mean_atoms, one_shape)
+    sets, cfg = _one_shape(sets, cfg, model)
     meta = {"job": job.as_dict()}
     result = train(
         model, sets.train, sets.val, cfg, out, job.resume, metadata=meta, identity=identity
@@ -179,6 +180,21 @@ def _with_edges(sets: _Sets, cutoff: float, limit: int = STORED_EDGES_LIMIT) -> 
         parts.append(frames)
     tests = dict(zip(sets.tests, parts[2:], strict=True))
     return replace(sets, train=parts[0], val=parts[1], tests=tests)
+
+
+def _one_shape(sets: _Sets, cfg: TrainConfig, model: nn.Module) -> tuple[_Sets, TrainConfig]:
+    """For a compiled step, training batches of one shape where the lists are stored: frames
+    of one molecule as they are (the short last batch skipped), other structures packed and
+    padded (:class:`PackedGraphs`, in the chunked layout of :class:`UENNForceField`)."""
+    if not cfg.compile:
+        return sets, cfg
+    if _uniform(sets.train):
+        return sets, replace(cfg, static_shapes=True)
+    if PackedGraphs.fits(sets.train):
+        chunk = chunk_size(sets.train) if isinstance(model, UENNForceField) else None
+        packed = PackedGraphs(sets.train, model.cutoff, chunk)
+        return replace(sets, train=packed), replace(cfg, static_shapes=True)
+    return sets, cfg
 
 
 def _stacked(data: Any) -> Any:
@@ -383,7 +399,11 @@ def _fit_scales(model: nn.Module, name: str, train_set: Any) -> None:
 
 
 def _train_config(
-    job: TrainJob, model: nn.Module, energies: bool, mean_atoms: float = 0.0
+    job: TrainJob,
+    model: nn.Module,
+    energies: bool,
+    mean_atoms: float = 0.0,
+    one_shape: bool = False,
 ) -> TrainConfig:
     with_energy = has_energy(model) and energies
     energy_weight = job.energy_weight
@@ -409,19 +429,20 @@ def _train_config(
         stage_two=job.stage_two,
         stage_two_energy_weight=job.stage_two_energy_weight,
         progress=job.progress,
-        compile=_compile(job, mean_atoms),
+        compile=_compile(job, mean_atoms, one_shape),
     )
 
 
-def _compile(job: TrainJob, mean_atoms: float) -> bool:
+def _compile(job: TrainJob, mean_atoms: float, one_shape: bool = False) -> bool:
     """Whether the training step runs through :func:`torch.compile` (``job.compile``), for
-    structures of ``mean_atoms`` atoms on average."""
+    structures of ``mean_atoms`` atoms on average; ``one_shape``: their neighbour lists are
+    stored, so that the batches can all have one shape (:class:`PackedGraphs`)."""
     if distributed.world_size() > 1:
         return False
     if job.compile == "auto":
         by_time = job.time_limit is not None and job.max_epochs is None
         long = by_time and job.time_limit >= COMPILE_MIN_SECONDS
-        return long and mean_atoms <= COMPILE_MAX_ATOMS
+        return long and (mean_atoms <= COMPILE_MAX_ATOMS or one_shape)
     return job.compile in (True, "yes")
 
 

@@ -14,13 +14,12 @@ __all__ = ["TrainJob"]
 _CONFIG_DEFAULTS = defaults_of(TrainConfig)
 
 
-#: With ``compile="auto"``, runs limited by time alone to at least this many seconds, on
-#: structures of at most :data:`COMPILE_MAX_ATOMS` atoms on average, train through
-#: :func:`torch.compile`: there a step is mostly per-operation overhead, which compiling
-#: removes, and the compilation costs less than the faster steps give back (rMD17 ethanol, 9
-#: atoms, 1 thread: 1.8 s an epoch compiled against 2.7 s eagerly). On larger structures the
-#: step is arithmetic and compiling gained little (EMT copper, 30 atoms on average: 43 against
-#: 48 ms a step, after 85 s of compilation; docs/training.md).
+#: With ``compile="auto"``, runs limited by time alone to at least this many seconds train
+#: through :func:`torch.compile` on structures of at most :data:`COMPILE_MAX_ATOMS` atoms on
+#: average (a step is then mostly per-operation overhead, which compiling removes), and on
+#: larger structures whose neighbour lists are stored, packed into batches of one shape
+#: (:class:`~uenn_geo.train.packing.PackedGraphs`); the compilation costs less than the
+#: faster steps give back (docs/training.md measures both).
 COMPILE_MIN_SECONDS = 300.0
 COMPILE_MAX_ATOMS = 20
 
@@ -78,7 +77,8 @@ class TrainJob:
         compile: run the training step through :func:`torch.compile` (``True``), eagerly
             (``False``), or (``"auto"``, the default) compiled for runs limited by time alone
             with ``time_limit`` of at least :data:`COMPILE_MIN_SECONDS` on structures of at
-            most :data:`COMPILE_MAX_ATOMS` atoms on average (small molecules). One process only
+            most :data:`COMPILE_MAX_ATOMS` atoms on average (small molecules) or with stored
+            neighbour lists (packed into batches of one shape). One process only
             (several ranks train eagerly). The compilation (20 s to 2.5 minutes on 2 CPU
             cores, less with inductor's on-disk cache) counts against ``time_limit`` but not
             against the learning-rate schedule.

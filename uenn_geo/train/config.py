@@ -52,7 +52,8 @@ class TrainConfig:
             measures it). The last batch of an epoch, when smaller, is skipped
             (its structures come in other epochs: every epoch is shuffled), so that one
             compilation serves every step; a batch of another shape still runs (compiled
-            again, for any shape).
+            again, for any shape). A :class:`~uenn_geo.train.packing.PackedGraphs` training
+            set makes every batch one shape itself (nothing is skipped).
     """
 
     optimizer: str = "adam"

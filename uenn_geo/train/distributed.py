@@ -27,7 +27,7 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -205,16 +205,26 @@ def train_batches(
     seed: int,
     epoch: int,
     device: torch.device | None = None,
-) -> Iterator[Any]:
+) -> Iterable[Any]:
     """The training batches of one epoch for this rank.
 
     One process: :func:`uenn_geo.train.dense.batches` (shuffled with ``generator``), or a
     DataLoader with ``data.num_workers`` worker processes when the data set asks for them
     (lazy on-disk data, :class:`~uenn_geo.data.hdf5.H5Frames`). Several ranks: a
     DistributedSampler (``seed``, ``set_epoch(epoch)``) gives each rank its shard. Batches
-    are moved to ``device`` (default: where they are).
+    are moved to ``device`` (default: where they are). A
+    :class:`~uenn_geo.train.packing.PackedGraphs` in one process gives its padded batches of
+    one shape, whose number (``len``) varies from epoch to epoch.
     """
-    for batch in _train_batches(data, batch_size, generator, seed, epoch):
+    from uenn_geo.train.packing import PackedGraphs
+
+    if isinstance(data, PackedGraphs) and not is_distributed():
+        return data.batches(batch_size, True, generator, device)
+    return _moved(_train_batches(data, batch_size, generator, seed, epoch), device)
+
+
+def _moved(batches: Iterator[Any], device: torch.device | None) -> Iterator[Any]:
+    for batch in batches:
         yield batch if device is None else batch.to(device)
 
 

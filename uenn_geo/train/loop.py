@@ -218,16 +218,21 @@ class _Run:
         cosine = cfg.optimizer == "adam" and cfg.schedule == "cosine"
         self.model.train()
         loss_sum, loss_count = 0.0, 0
-        per_epoch = distributed.batches_per_epoch(len(data), cfg.batch_size)
+        device = distributed.device_of(self.model)
+        batches = distributed.train_batches(
+            data, cfg.batch_size, self.gen, cfg.seed, s.epoch, device
+        )
+        padded = hasattr(batches, "__len__")  # packed and padded: one shape, their own number
+        if padded:
+            per_epoch = len(batches)
+        else:
+            per_epoch = distributed.batches_per_epoch(len(data), cfg.batch_size)
         skip_short = self.loss_fn.compiled is not None and cfg.static_shapes and cfg.batch_size
-        skip_short = bool(skip_short) and distributed.world_size() == 1
+        skip_short = bool(skip_short) and distributed.world_size() == 1 and not padded
         if skip_short and per_epoch > 1 and len(data) % cfg.batch_size:
             per_epoch -= 1  # the short last batch is skipped (one compiled shape)
         clock = distributed.StepClock(t0)  # one clock (and loss) for all ranks
-        device = distributed.device_of(self.model)
-        shard = _Timed(
-            distributed.train_batches(data, cfg.batch_size, self.gen, cfg.seed, s.epoch, device)
-        )
+        shard = _Timed(batches)
         for k, batch in enumerate(shard):
             if skip_short and k == per_epoch:
                 continue  # the short last batch (its structures come in other epochs)

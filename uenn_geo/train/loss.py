@@ -67,7 +67,7 @@ def _full_loss(model: nn.Module, data: Data, energy_weight: float, stress_weight
     f_err = ((pred - data.forces.to(pred.dtype)) / model.force_scale).square().sum(dim=1)
     loss = _weighted_mean(f_err, w[batch]) / 3
     if energy is not None and energy_weight > 0 and getattr(data, "energy", None) is not None:
-        atoms = torch.bincount(batch, minlength=energy.shape[0]).to(energy.dtype)
+        atoms = torch.bincount(batch, minlength=energy.shape[0]).clamp_min(1).to(energy.dtype)
         ref = data.energy.reshape(-1).to(energy.dtype)
         e_err = ((energy - ref) / (model.energy_scale * atoms)).square()
         loss = loss + energy_weight * _weighted_mean(e_err, w)
