@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from uenn_geo.calculator import UENNCalculator
 from uenn_geo.engines import evaluator as evaluator_module
@@ -110,3 +111,31 @@ def test_compiled_equals_eager_to_round_off(model_factory, liquid_atoms, conserv
     again = Evaluator(model, compile=True)
     again(liquid_atoms.positions, liquid_atoms.numbers, liquid_atoms.cell.array)
     assert again.compile_seconds == compiled.evaluator.compile_seconds
+
+
+def test_padded_edges_change_nothing(model_factory, liquid_atoms):
+    """Self-pairs of atom 0 appended to the list (whole chunks) leave energy, forces and
+    stress as they were; the evaluator keeps one padded length while the list fits."""
+    from torch_geometric.data import Data
+
+    from uenn_geo.edges import build_edges
+    from uenn_geo.engines.evaluator import EDGE_SLACK, pad_edges
+
+    model = model_factory(conservative=True)
+    pos = torch.tensor(liquid_atoms.positions, dtype=model.dtype)
+    cell = torch.tensor(liquid_atoms.cell.array, dtype=model.dtype)
+    data = Data(pos=pos, z=torch.tensor(liquid_atoms.numbers), cell=cell.unsqueeze(0))
+    edges = build_edges(pos, model.cutoff, cell=cell).chunked(len(pos))
+    padded = pad_edges(edges, edges.num_edges + 3 * max(edges.chunk, 1))
+    assert padded.num_edges > edges.num_edges and padded.chunk == edges.chunk
+    padded.check(len(pos), model.cutoff)
+    want = model.energy_forces(data, edges, compute_stress=True)
+    got = model.energy_forces(data, padded, compute_stress=True)
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-12)
+    ev = Evaluator(model, compile=False)
+    first = ev._padded(edges, len(pos))
+    assert edges.num_edges < first.num_edges <= edges.num_edges * (1 + EDGE_SLACK) + edges.chunk
+    assert ev._padded(pad_edges(edges, edges.num_edges + 1), len(pos)).num_edges == first.num_edges
+    grown = pad_edges(edges, first.num_edges + 1)
+    assert ev._padded(grown, len(pos)).num_edges > first.num_edges  # no longer fits: grows

@@ -26,8 +26,8 @@ COMPILE_MAX_ATOMS = 20
 #: Structures per step when ``batch_size`` is not given: :data:`SMALL_BATCH` for files whose
 #: structures hold more than :data:`COMPILE_MAX_ATOMS` atoms on average, else
 #: :data:`BATCH`. On EMT copper (30 atoms) batches of 8 lowered the test force RMSE of a
-#: 600-s run by a third against 16; on rMD17 ethanol (9 atoms) the forces were equal and the
-#: energies worse (docs/training.md).
+#: 600-s run by a third against 16 (4 did better still on copper, but diverged on 3BPA); on
+#: rMD17 ethanol (9 atoms) 8 gave equal forces and worse energies than 16 (docs/training.md).
 BATCH = 16
 SMALL_BATCH = 8
 

@@ -9,9 +9,11 @@ The ASE calculator (:class:`uenn_geo.calculator.UENNCalculator`), OpenMM
   than half the skin, and robust to the engines' wrapping of atoms back into the box;
 * optionally :func:`torch.compile` of the network (:meth:`UENNForceField.compute_forces` for
   direct forces, :meth:`UENNForceField.atomic_energies` under
-  :func:`uenn_geo.models.response.energy_response` for energy, forces and stress), with
-  dynamic shapes (atoms and edges change from call to call), paid once per model and process,
-  and an eager fallback when compilation fails.
+  :func:`uenn_geo.models.response.energy_response` for energy, forces and stress); energy
+  models are compiled for the first structure's shape, with the neighbour list padded to a
+  length kept from call to call (:data:`EDGE_SLACK`), so that MD runs one specialised graph
+  (a structure of another shape compiles once more, for any shape), direct models for any
+  shape; an eager fallback when compilation fails.
 
 Units: the library's (Angstrom, eV, eV/A, eV/A\ :sup:`3`); the stress has ASE's sign,
 :math:`\sigma = \frac{1}{V} \partial E / \partial \varepsilon` (positive under tension).
@@ -20,6 +22,7 @@ Units: the library's (Angstrom, eV, eV/A, eV/A\ :sup:`3`); the stress has ASE's 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import warnings
@@ -49,6 +52,11 @@ log = logging.getLogger(__name__)
 #: With ``compile="auto"``, models on structures of at least this many atoms run compiled
 #: (below it, one compilation costs more than a short run saves; docs/engines.md).
 COMPILE_MIN_ATOMS = 256
+
+#: Spare room for edges in the compiled path of energy models: the list is padded to this fraction
+#: above its length when first seen (then kept until it no longer fits), so that MD steps,
+#: whose lists change length a little from step to step, all have one shape.
+EDGE_SLACK = 0.05
 
 #: Compiled functions per model, shared by every evaluator of the model in this process.
 _COMPILED: weakref.WeakKeyDictionary[nn.Module, dict[str, Any]] = weakref.WeakKeyDictionary()
@@ -203,8 +211,11 @@ class Evaluator:
             through :func:`torch.compile` (``True``), eagerly (``False``), or (``"auto"``, the
             default) compiled on structures of at least :data:`COMPILE_MIN_ATOMS` atoms and
             eager otherwise (docs/engines.md). ``compile`` may be changed between calls.
-            The first compiled call compiles (``compile_seconds``); later calls with other
-            numbers of atoms or edges reuse it, as do other evaluators of the same model.
+            The first compiled call compiles (``compile_seconds``); for an energy model, for
+            its number of atoms and its padded neighbour list, so that later calls of that
+            shape (MD) reuse it and the first call of another shape compiles once more, for
+            any shape (torch's automatic dynamic shapes); for direct forces, for any shape.
+            Other evaluators of the same model share the compiled function.
             If compilation fails (e.g. no C++ compiler), the call runs eagerly, a
             :class:`RuntimeWarning` says why, and the evaluator stays eager.
 
@@ -231,6 +242,7 @@ class Evaluator:
         self.compile_seconds: float | None = None
         #: Calls that ran compiled.
         self.compiled_calls = 0
+        self._edge_room: tuple[int, int] = (-1, 0)  # (atoms, edges) of the padded lists
 
     @property
     def num_builds(self) -> int:
@@ -248,7 +260,10 @@ class Evaluator:
         entry = _COMPILED.get(self.model)
         if entry is None:
             model = self.model
-            options = {"fullgraph": True, "dynamic": True}
+            # energy models: torch's default, compiled for the first shape and for any shape
+            # (automatic dynamic shapes) once another comes, the padded lists keeping MD at
+            # the first; direct forces: any shape from the start (one shape gained little)
+            options = {"fullgraph": True, "dynamic": None if self.has_energy else True}
             fn = model.atomic_energies if self.has_energy else model.compute_forces
             entry = {"fn": torch.compile(fn, **options), "seconds": None}
             _COMPILED[model] = entry
@@ -318,6 +333,8 @@ class Evaluator:
         model = self.model
         species = model.species_index(z, pos.shape[0])
         edges = edges.chunked(pos.shape[0])
+        if self.has_energy:  # one length while it fits: one compiled shape in MD
+            edges = self._padded(edges, pos.shape[0])
         first = entry["seconds"] is None
         start = time.perf_counter()
         try:
@@ -339,6 +356,29 @@ class Evaluator:
         self.compile_seconds = entry["seconds"]
         self.compiled_calls += 1
         return out
+
+    def _padded(self, edges: Edges, num_atoms: int) -> Edges:
+        """``edges`` padded with :data:`EDGE_SLACK` to spare, the length kept while it fits."""
+        atoms, room = self._edge_room
+        if atoms != num_atoms or edges.num_edges > room:
+            unit = edges.chunk or 1
+            room = math.ceil(edges.num_edges * (1 + EDGE_SLACK) / unit) * unit
+            self._edge_room = (num_atoms, room)
+        return pad_edges(edges, room)
+
+
+def pad_edges(edges: Edges, num_edges: int) -> Edges:
+    """``edges`` with self-pairs of atom 0 (zero shift) appended up to ``num_edges``: whole
+    chunks of atom 0 in a chunked layout. A pair of length zero contributes nothing to the
+    graph layers (eq. 31 is zero at :math:`r = 0`, and so are its derivatives)."""
+    extra = num_edges - edges.num_edges
+    if extra <= 0:
+        return edges
+    index = torch.cat([edges.index, edges.index.new_zeros(2, extra)], dim=1)
+    shifts = edges.shifts
+    if shifts is not None:
+        shifts = torch.cat([shifts, shifts.new_zeros(extra, shifts.shape[1])])
+    return Edges(index, shifts, edges.cutoff, edges.chunk)
 
 
 def _network(
