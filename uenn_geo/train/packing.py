@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -141,18 +142,18 @@ class PackedGraphs(list):
         over up to :data:`LOOK_AHEAD` structures that do not fit (they start the next)."""
         room = self.budget(batch_size)
         atoms, edges = self.atoms.tolist(), self.edges.tolist()
-        queue, groups = [int(i) for i in order], []
+        queue, groups = deque(order.tolist()), []
         while queue:
             group, n, e, waiting = [], 0, 0, []
             while queue and len(waiting) < LOOK_AHEAD and len(group) < room.graphs - 1:
-                i = queue.pop(0)
+                i = queue.popleft()
                 if n + atoms[i] <= room.atoms - 2 and e + edges[i] <= room.edges:
                     group.append(i)
                     n, e = n + atoms[i], e + edges[i]
                 else:
                     waiting.append(i)
             groups.append(group)
-            queue = waiting + queue
+            queue.extendleft(reversed(waiting))  # passed over: first in the next batch
         return groups
 
     def batches(
@@ -172,8 +173,7 @@ class PackedGraphs(list):
     def make(self, group: list[int], room: Budget) -> Batch:
         """The batch of the structures ``group``, padded to ``room``."""
         graphs = [self[i] for i in group]
-        atoms = sum(int(g.num_nodes) for g in graphs)
-        edges = sum(int(g.edge_index.shape[1]) for g in graphs)
+        atoms, edges = int(self.atoms[group].sum()), int(self.edges[group].sum())
         template = graphs[0] if graphs else self[0]
         empty = [self._padding(template, 0, 0) for _ in range(room.graphs - len(graphs) - 1)]
         pad = self._padding(template, room.atoms - atoms, room.edges - edges)
@@ -188,17 +188,17 @@ class PackedGraphs(list):
 
     def _padding(self, template: Data, atoms: int, edges: int) -> Data:
         """A structure of ``atoms`` atoms, ``2 r_c + 1`` apart along x, whose ``edges``
-        edges all join its first two atoms (none for fewer than two atoms; whole chunks of
-        the first atom's edges); weight 0."""
+        edges all join its first two atoms (whole chunks of the first atom's edges); weight 0.
+        The budget leaves the padding structure at least two atoms; the empty ones get no
+        edges."""
         pad = Data()
         for key, value in template:
             if not isinstance(value, Tensor):
                 pad[key] = value
-            elif key == "edge_index":
-                pairs = torch.tensor([[0], [1]]) if atoms >= 2 else value.new_zeros(2, 1)
-                pad[key] = pairs.to(value).expand(2, edges if atoms >= 2 else 0).clone()
+            elif key == "edge_index":  # every edge from atom 0 to atom 1
+                pad[key] = value.new_tensor([[0], [1]]).expand(2, edges).clone()
             elif template.is_edge_attr(key):
-                pad[key] = value.new_zeros(edges if atoms >= 2 else 0, *value.shape[1:])
+                pad[key] = value.new_zeros(edges, *value.shape[1:])
             elif template.is_node_attr(key):
                 pad[key] = self._padding_atoms(key, value, atoms)
             elif key in _ZEROED:
