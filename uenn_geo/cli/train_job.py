@@ -127,9 +127,11 @@ def _run_locked(job: TrainJob, out: Path, device: Any = "cpu") -> dict[str, Any]
     if refit and sets.stats is None:  # start from energies fitted by least squares
         refit_energy_shift(model, sets.train, 4 * job.batch_size)
     model.to(device)
-    # lists stored: batches of one shape possible (auto compiles them for our model; SchNet's
-    # autograd forces need a double backward, which compiled graphs lack)
-    one_shape = PackedGraphs.fits(sets.train) and isinstance(model, UENNForceField)
+    # lists stored: batches of one shape possible; auto compiles them for our model on files
+    # (measured on copper and 3BPA; built-in sets keep their eager steps; SchNet's autograd
+    # forces need a double backward, which compiled graphs lack)
+    one_shape = sets.from_file and isinstance(model, UENNForceField)
+    one_shape = one_shape and PackedGraphs.fits(sets.train)
     cfg = _train_config(job, model, energies, mean_atoms, one_shape)
     sets, cfg = _one_shape(sets, cfg, model)
     meta = {"job": job.as_dict()}

@@ -17,7 +17,7 @@ _CONFIG_DEFAULTS = defaults_of(TrainConfig)
 #: With ``compile="auto"``, runs limited by time alone to at least this many seconds train
 #: through :func:`torch.compile` on structures of at most :data:`COMPILE_MAX_ATOMS` atoms on
 #: average (a step is then mostly per-operation overhead, which compiling removes), and on
-#: larger structures whose neighbour lists are stored, packed into batches of one shape
+#: larger structures of files whose neighbour lists are stored, packed into batches of one shape
 #: (:class:`~uenn_geo.train.packing.PackedGraphs`); the compilation costs less than the
 #: faster steps give back (docs/training.md measures both).
 COMPILE_MIN_SECONDS = 300.0
@@ -77,8 +77,9 @@ class TrainJob:
         compile: run the training step through :func:`torch.compile` (``True``), eagerly
             (``False``), or (``"auto"``, the default) compiled for runs limited by time alone
             with ``time_limit`` of at least :data:`COMPILE_MIN_SECONDS` on structures of at
-            most :data:`COMPILE_MAX_ATOMS` atoms on average (small molecules) or with stored
-            neighbour lists (packed into batches of one shape). One process only
+            most :data:`COMPILE_MAX_ATOMS` atoms on average (small molecules) or, for files and
+            the default graph model, with stored neighbour lists (packed into batches of one
+            shape). One process only
             (several ranks train eagerly). The compilation (20 s to 2.5 minutes on 2 CPU
             cores, less with inductor's on-disk cache) counts against ``time_limit`` but not
             against the learning-rate schedule.
