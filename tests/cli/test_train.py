@@ -219,6 +219,30 @@ def test_weight_decay_and_ema_decay_reach_the_optimiser():
             TrainJob(data="x", max_epochs=1, **bad)
 
 
+def test_grad_clip_and_amsgrad_reach_the_optimiser():
+    """``--grad-clip`` and ``--amsgrad`` pass to TrainConfig (and AMSGrad to Adam); files
+    are clipped by default, built-in sets not, ``--grad-clip 0`` turns it off; a negative
+    clip is refused."""
+    from uenn_geo.cli.train_job import FILE_GRAD_CLIP, _train_config
+    from uenn_geo.models import UENNForceField
+    from uenn_geo.train.loop import _make_optimizer
+
+    model = UENNForceField(conservative=True)
+    args = build_parser().parse_args(["train", "--data", "x", "--grad-clip", "5", "--amsgrad"])
+    config = _train_config(job_from_args(args), model, energies=True)
+    assert (config.grad_clip, config.amsgrad) == (5.0, True)
+    assert _make_optimizer(model, config).defaults["amsgrad"]
+    job = TrainJob(data="x", max_epochs=1)
+    config = _train_config(job, model, energies=True)
+    assert (config.grad_clip, config.amsgrad) == (None, False)
+    assert not _make_optimizer(model, config).defaults["amsgrad"]
+    assert _train_config(job, model, energies=True, from_file=True).grad_clip == FILE_GRAD_CLIP
+    job = TrainJob(data="x", max_epochs=1, grad_clip=0.0)
+    assert _train_config(job, model, energies=True, from_file=True).grad_clip is None
+    with pytest.raises(ValueError, match="--grad-clip must be >= 0"):
+        TrainJob(data="x", max_epochs=1, grad_clip=-1.0)
+
+
 def test_in_memory_sets_get_their_neighbour_lists_once():
     """Small in-memory sets carry their lists (built once, as the model would build them);
     shifts only where a structure is periodic; over the limit the sets stay as they are."""

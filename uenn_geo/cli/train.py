@@ -107,11 +107,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ("--lr", float, f"Adam's learning rate (default: {d['lr']})"),
         ("--weight-decay", float, f"AdamW's (default: {d['weight_decay']})"),
         ("--ema-decay", float, f"weight average, 0: none (default: {d['ema_decay']})"),
+        ("--grad-clip", float, "gradient-norm clip, 0: none (default: 0.3 for files)"),
         ("--val-fraction", float, f"(default: {d['val_fraction']})"),
         ("--test-fraction", float, "(default: 0.1 of --data)"),
         ("--seed", int, f"(default: {d['seed']})"),
     ]:
         group.add_argument(flag, type=kind, help=text)
+    group.add_argument(
+        "--amsgrad",
+        action=argparse.BooleanOptionalAction,
+        help=f"Adam's AMSGrad variant, as in MACE (default: {d['amsgrad']})",
+    )
     group.add_argument("--valid-fraction", dest="val_fraction", type=float, help="same")
     group.add_argument(
         "--compile",

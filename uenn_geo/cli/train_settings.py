@@ -65,8 +65,10 @@ class TrainJob:
             an energy and the data energies, else 0); stress_weight likewise (default 0).
         stage_two: fraction of the budget after which the energy weight becomes
             ``stage_two_energy_weight`` (default: one stage).
-        time_limit, max_epochs, lr, weight_decay, ema_decay, seed: as in TrainConfig
+        time_limit, max_epochs, lr, weight_decay, ema_decay, amsgrad, seed: as in TrainConfig
             (``ema_decay`` 0 turns the moving average off).
+        grad_clip: clip the gradient norm to this; 0 turns it off (default: ``FILE_GRAD_CLIP``
+            of :mod:`uenn_geo.cli.train_job` for files, none for built-in sets).
         batch_size: structures per step (and process); default (:obj:`None`):
             :data:`SMALL_BATCH` for files of structures of more than :data:`COMPILE_MAX_ATOMS`
             atoms on average, :data:`BATCH` otherwise (:meth:`resolved_batch_size`).
@@ -116,6 +118,8 @@ class TrainJob:
     lr: float = _CONFIG_DEFAULTS["lr"]
     weight_decay: float = _CONFIG_DEFAULTS["weight_decay"]
     ema_decay: float = _CONFIG_DEFAULTS["ema_decay"]
+    grad_clip: float | None = None
+    amsgrad: bool = _CONFIG_DEFAULTS["amsgrad"]
     val_fraction: float = 0.1
     test_fraction: float | None = None
     seed: int = _CONFIG_DEFAULTS["seed"]
@@ -139,6 +143,8 @@ class TrainJob:
             raise ValueError("--test-fraction must lie in [0, 1) and leave training data")
         if not self.weight_decay >= 0 or not 0 <= self.ema_decay < 1:
             raise ValueError("--weight-decay must be >= 0 and --ema-decay lie in [0, 1)")
+        if self.grad_clip is not None and not self.grad_clip >= 0:
+            raise ValueError(f"--grad-clip must be >= 0 (0: no clipping), got {self.grad_clip}")
         for name in ("time_limit", "max_epochs", "batch_size", "lr", "cutoff"):
             value = getattr(self, name)
             if value is not None and not value > 0:

@@ -24,6 +24,8 @@ class TrainConfig:
         patience: stop after this many epochs without validation improvement.
         weight_decay: Adam's (decoupled, AdamW) weight decay.
         grad_clip: clip the gradient norm to this value (Adam only).
+        amsgrad: Adam's AMSGrad variant (the running maximum of the second moments), as in
+            MACE.
         seed: seeds parameter-independent randomness (shuffling, resampling).
         eval_batch_size: structures per evaluation batch.
         fire: keyword arguments of :class:`~uenn_geo.optim.FIRE`.
@@ -67,6 +69,7 @@ class TrainConfig:
     patience: int | None = None
     weight_decay: float = 0.0
     grad_clip: float | None = None
+    amsgrad: bool = False
     seed: int = 0
     eval_batch_size: int = 4096
     fire: dict[str, float] = field(default_factory=dict)

@@ -489,7 +489,9 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     # over the tensors (docs/training.md measures the difference)
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
     fused = fused and all(p.dtype in (torch.float32, torch.float64) for p in params)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+    return torch.optim.AdamW(
+        params, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad, fused=fused or None
+    )
 
 
 def _progress_fraction(
