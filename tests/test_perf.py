@@ -133,3 +133,46 @@ def test_cli_keeps_freed_memory_unless_told_not_to(monkeypatch, tmp_path, opt_ou
     missing = str(tmp_path / "missing.extxyz")
     assert main(["train", "--data", missing, "--out", str(tmp_path / "run")]) == 2
     assert calls == ([] if opt_out else [1])
+
+
+DENORMAL_CHILD = textwrap.dedent(
+    """
+    import json, torch
+    from uenn_geo.perf import flush_denormals
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a float32 denormal
+    before = float(tiny * 1.0)
+    supported = flush_denormals()
+    after = float(torch.tensor([1e-39], dtype=torch.float32) * 1.0)
+    print(json.dumps({"before": before, "supported": supported, "after": after}))
+    """
+)
+
+
+def test_flush_denormals_in_a_fresh_process():
+    done = subprocess.run(
+        [sys.executable, "-c", DENORMAL_CHILD],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["before"] > 0.0  # denormals are kept by default
+    if not report["supported"]:
+        pytest.skip("this CPU cannot flush denormals")
+    assert report["after"] == 0.0
+
+
+@pytest.mark.parametrize("opt_out", [False, True])
+def test_cli_flushes_denormals_unless_told_not_to(monkeypatch, tmp_path, opt_out):
+    from uenn_geo.cli import main
+
+    calls = []
+    monkeypatch.setattr(uenn_geo.perf, "flush_denormals", lambda: calls.append(1) or True)
+    if opt_out:
+        monkeypatch.setenv("UENN_GEO_KEEP_DENORMALS", "1")
+    else:
+        monkeypatch.delenv("UENN_GEO_KEEP_DENORMALS", raising=False)
+    missing = str(tmp_path / "missing.extxyz")
+    assert main(["train", "--data", missing, "--out", str(tmp_path / "run")]) == 2
+    assert calls == ([] if opt_out else [1])

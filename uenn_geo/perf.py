@@ -1,4 +1,4 @@
-"""Process-level settings that make the CPU force evaluations faster.
+r"""Process-level settings that make the CPU force evaluations faster.
 
 PyTorch has no caching allocator on the CPU: every tensor comes from ``malloc`` and goes back
 with ``free``. For blocks above glibc's mmap threshold (128 KiB, raised dynamically up to
@@ -7,6 +7,11 @@ and glibc returns freed memory at the top of the heap to the system above its tr
 threshold. The graph layers create tensors of tens of megabytes per call, so on Linux the
 page faults can cost more than their arithmetic; :func:`keep_freed_memory` has glibc keep and
 reuse freed memory instead (measurements: docs/bench.md).
+
+Floats too small for their format's normal range (denormals, below about 1.2e-38 in float32)
+take the CPU's slow path, tens of times slower per operation; Gaussian radial bases make many
+of them (:math:`e^{-\gamma (r - \mu)^2}` underflows through that range). :func:`flush_denormals`
+has the CPU treat them as zero (measurements: docs/training.md).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["keep_freed_memory", "freed_memory_kept", "warn_graph_memory"]
+__all__ = ["keep_freed_memory", "freed_memory_kept", "flush_denormals", "warn_graph_memory"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -71,6 +76,21 @@ def keep_freed_memory(max_block: int = 2**30) -> bool:
 def freed_memory_kept() -> bool | None:
     """Whether :func:`keep_freed_memory` was applied in this process (:obj:`None`: not called)."""
     return _applied
+
+
+def flush_denormals() -> bool:
+    """Have the CPU flush denormal floats to zero (FTZ and DAZ on x86 with SSE3), through
+    :func:`torch.set_flush_denormal`.
+
+    Values below the normal range (about 1.2e-38 in float32, 2.2e-308 in float64) change
+    nothing a force field computes but can make a step several times slower. The setting is
+    the calling thread's (threads started later inherit it), so, like
+    :func:`keep_freed_memory`, the library never calls it on import; the ``uenn-geo``
+    commands do, before any work. Returns whether the CPU supports it.
+    """
+    import torch
+
+    return bool(torch.set_flush_denormal(True))
 
 
 #: Memory per neighbour pair of a graph model's force evaluation in float32 (bytes): edge

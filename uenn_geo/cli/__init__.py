@@ -52,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from uenn_geo.perf import keep_freed_memory
 
         keep_freed_memory()  # faster CPU force evaluations on Linux (uenn_geo.perf)
+    if not os.environ.get("UENN_GEO_KEEP_DENORMALS"):
+        from uenn_geo.perf import flush_denormals
+
+        flush_denormals()  # denormal floats as zero: no slow path (uenn_geo.perf)
     try:
         with _one_line_warnings(args.command):
             return args.func(args)
