@@ -11,7 +11,7 @@ reuse freed memory instead (measurements: docs/bench.md).
 Floats too small for their format's normal range (denormals, below about 1.2e-38 in float32)
 take the CPU's slow path, tens of times slower per operation; Gaussian radial bases make many
 of them (:math:`e^{-\gamma (r - \mu)^2}` underflows through that range). :func:`flush_denormals`
-has the CPU treat them as zero (measurements: docs/training.md).
+has the CPU treat them as zero (measurements: docs/bench.md).
 """
 
 from __future__ import annotations
