@@ -120,16 +120,27 @@ def test_keep_freed_memory_in_a_fresh_process():
     }
 
 
+@pytest.mark.parametrize(
+    "setting, opt_out_variable",
+    [
+        ("keep_freed_memory", "UENN_GEO_SYSTEM_MALLOC"),
+        ("flush_denormals", "UENN_GEO_KEEP_DENORMALS"),
+    ],
+)
 @pytest.mark.parametrize("opt_out", [False, True])
-def test_cli_keeps_freed_memory_unless_told_not_to(monkeypatch, tmp_path, opt_out):
+def test_cli_applies_process_settings_unless_told_not_to(
+    monkeypatch, tmp_path, setting, opt_out_variable, opt_out
+):
+    """The ``uenn-geo`` commands apply each process-level setting of :mod:`uenn_geo.perf`
+    before any work, unless its environment variable opts out."""
     from uenn_geo.cli import main
 
     calls = []
-    monkeypatch.setattr(uenn_geo.perf, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(uenn_geo.perf, setting, lambda: calls.append(1) or True)
     if opt_out:
-        monkeypatch.setenv("UENN_GEO_SYSTEM_MALLOC", "1")
+        monkeypatch.setenv(opt_out_variable, "1")
     else:
-        monkeypatch.delenv("UENN_GEO_SYSTEM_MALLOC", raising=False)
+        monkeypatch.delenv(opt_out_variable, raising=False)
     missing = str(tmp_path / "missing.extxyz")
     assert main(["train", "--data", missing, "--out", str(tmp_path / "run")]) == 2
     assert calls == ([] if opt_out else [1])
@@ -161,18 +172,3 @@ def test_flush_denormals_in_a_fresh_process():
     if not report["supported"]:
         pytest.skip("this CPU cannot flush denormals")
     assert report["after"] == 0.0
-
-
-@pytest.mark.parametrize("opt_out", [False, True])
-def test_cli_flushes_denormals_unless_told_not_to(monkeypatch, tmp_path, opt_out):
-    from uenn_geo.cli import main
-
-    calls = []
-    monkeypatch.setattr(uenn_geo.perf, "flush_denormals", lambda: calls.append(1) or True)
-    if opt_out:
-        monkeypatch.setenv("UENN_GEO_KEEP_DENORMALS", "1")
-    else:
-        monkeypatch.delenv("UENN_GEO_KEEP_DENORMALS", raising=False)
-    missing = str(tmp_path / "missing.extxyz")
-    assert main(["train", "--data", missing, "--out", str(tmp_path / "run")]) == 2
-    assert calls == ([] if opt_out else [1])
