@@ -41,7 +41,8 @@ CASES = {
         {"cutoff": 4.0, "num_basis": 6, "hidden_channels": 6, "mlp_channels": [8],
          "interaction_channels": 2, "atomic_numbers": [1, 8], "dtype": "float64",
          "conservative": True, "species_pairs": True, "gram_channels": 3,
-         "separate_scalars": True, "own_species": True, "centre_vectors": True},
+         "separate_scalars": True, "own_species": True, "centre_vectors": True,
+         "bond_vectors": True},
     ),
     "schnet": (
         "schnet",

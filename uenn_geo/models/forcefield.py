@@ -197,6 +197,10 @@ class UENNForceField(ForceModel):
             (:class:`~uenn_geo.nn.EquivariantLinear`) (default: :obj:`False`).
         centre_vectors (bool): blocks :math:`k \geq 2` also project the atom's own vectors
             on its bonds (:class:`~uenn_geo.nn.VectorGaussianConv`) (default: :obj:`False`).
+        bond_vectors (bool): blocks :math:`k \geq 2` also carry the neighbours' vectors
+            projected on the bond along it, :math:`\hat{\mathbf{r}}_{ij}
+            (\hat{\mathbf{r}}_{ij} \cdot \mathbf{x}_j)` (angular coupling of order two;
+            :class:`~uenn_geo.nn.VectorGaussianConv`) (default: :obj:`False`).
 
     Shapes:
         - input: a PyG ``Data``/``Batch`` with ``pos`` :obj:`(N, 3)` (Angstrom), ``z``
@@ -226,6 +230,7 @@ class UENNForceField(ForceModel):
         "gram_channels": 0,
         "separate_scalars": False,
         "centre_vectors": False,
+        "bond_vectors": False,
     }
 
     def __init__(
@@ -250,6 +255,7 @@ class UENNForceField(ForceModel):
         gram_channels: int = 0,
         separate_scalars: bool = False,
         centre_vectors: bool = False,
+        bond_vectors: bool = False,
     ) -> None:
         super().__init__()
         dtype = resolve_dtype(dtype)
@@ -274,6 +280,7 @@ class UENNForceField(ForceModel):
             gram_channels=int(gram_channels),
             separate_scalars=bool(separate_scalars),
             centre_vectors=bool(centre_vectors),
+            bond_vectors=bool(bond_vectors),
         )
         self.cutoff = float(cutoff)
         self.num_species = len(atomic_numbers)
@@ -330,6 +337,7 @@ class UENNForceField(ForceModel):
                 self.mixes.append(EquivariantLinear(m, c, bias=False, num_scalars=1, dtype=dtype))
                 inter = {**conv, "num_basis": cfg["interaction_basis"] or cfg["num_basis"]}
                 inter.update(vector_channels=c, centre_vectors=cfg["centre_vectors"])
+                inter.update(bond_vectors=cfg["bond_vectors"])
                 self.convs.append(VectorGaussianConv(species + c, m, **inter))
         readout = None
         if self.conservative:

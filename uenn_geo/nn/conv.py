@@ -166,6 +166,14 @@ class VectorGaussianConv(MessagePassing):
             :math:`\mathbf{x}_i`: angular information of order two (three-body terms in
             :math:`\cos^2 \theta_{jik}`) with no spherical harmonics and no tensor product
             (default: :obj:`False`; needs ``vector_channels``).
+        bond_vectors (bool): also project the neighbours' vector features on the bond,
+            :math:`q_{jc} = \hat{\mathbf{r}}_{ij} \cdot \mathbf{x}_{jc}`, and carry them along
+            it, giving :math:`F_v` more columns: :math:`\hat{\mathbf{r}}_{ij}\, q_{jc} =
+            (\hat{\mathbf{r}}_{ij} \hat{\mathbf{r}}_{ij}^\top) \mathbf{x}_{jc}` in the vector
+            form and :math:`q_{jc}^2` in the scalar form: the neighbour's vectors coupled to
+            the bond at order two (the path that a spherical tensor product of a vector with
+            :math:`Y^2(\hat{\mathbf{r}}_{ij})` contributes to a vector), as two inner
+            products (default: :obj:`False`; needs ``vector_channels``).
         eps (float): floor of :math:`r_{ij}` in the unit vector (default: :obj:`1e-6`).
         device, dtype: factory arguments; ``dtype`` must be real (default:
             :obj:`torch.get_default_dtype()`).
@@ -203,6 +211,7 @@ class VectorGaussianConv(MessagePassing):
         dtype: torch.dtype | None = None,
         centre_species: int = 0,
         centre_vectors: bool = False,
+        bond_vectors: bool = False,
     ) -> None:
         super().__init__(aggr="add", flow="target_to_source", node_dim=0)
         if in_channels < 1 or out_channels < 1 or num_basis < 1:
@@ -214,8 +223,9 @@ class VectorGaussianConv(MessagePassing):
             raise ValueError(f"vector_channels must be >= 0, got {vector_channels}")
         if centre_species < 0:
             raise ValueError(f"centre_species must be >= 0, got {centre_species}")
-        if centre_vectors and not vector_channels:
-            raise ValueError("centre_vectors needs vector features: set vector_channels >= 1")
+        for name, flag in (("centre_vectors", centre_vectors), ("bond_vectors", bond_vectors)):
+            if flag and not vector_channels:
+                raise ValueError(f"{name} needs vector features: set vector_channels >= 1")
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)):
@@ -236,6 +246,7 @@ class VectorGaussianConv(MessagePassing):
         self.eps = eps
         self.centre_species = int(centre_species)
         self.centre_vectors = bool(centre_vectors)
+        self.bond_vectors = bool(bond_vectors)
         self.act = resolve_activation(act)
         factory = {"device": device, "dtype": dtype}
         self.basis = GaussianBasis(
@@ -260,9 +271,11 @@ class VectorGaussianConv(MessagePassing):
 
     @property
     def feature_width(self) -> int:
-        r"""Columns of :math:`\mathrm{feat}_{ij}`: :math:`F + F_v`, or :math:`F + 2 F_v` with
-        ``centre_vectors``."""
-        return self.in_channels + self.vector_channels * (2 if self.centre_vectors else 1)
+        r"""Columns of :math:`\mathrm{feat}_{ij}`: :math:`F + F_v`, plus :math:`F_v` for each of
+        ``centre_vectors`` and ``bond_vectors``."""
+        return self.in_channels + self.vector_channels * (
+            1 + int(self.centre_vectors) + int(self.bond_vectors)
+        )
 
     def reset_parameters(self) -> None:
         r"""Normalised Xavier for :math:`w` seen as a :math:`(B (F + F_v), M_0)` matrix."""
@@ -380,19 +393,29 @@ class VectorGaussianConv(MessagePassing):
         # centre_vectors: the centre's own vectors projected on the bond, p = r_hat . x_i,
         # enter as r_hat p (vector rows) and p^2 (scalar row): the rank-2 tensor
         # sum_j e_ij r_hat r_hat^T of the neighbourhood acting on x_i, with no tensor product.
+        # bond_vectors: the neighbour's vectors projected on the bond, q = r_hat . x_j, enter
+        # as r_hat q (vector rows) and q^2 (scalar row): (r_hat r_hat^T) x_j, the order-two
+        # coupling of a neighbour's vector with the bond direction.
         proj = None
         if self.centre_vectors and x_i is not None:
             proj = (unit.unsqueeze(-1) * x_i).sum(dim=1, keepdim=True)  # (E, 1, F_v)
+        along = None
+        if x_j is not None and (self.scalar_weight is not None or self.bond_vectors):
+            along = (unit.unsqueeze(-1) * x_j).sum(dim=1, keepdim=True)  # (E, 1, F_v)
         if self.weight is not None:
             dirs.append(unit)
             if x_j is not None:
-                own = [] if proj is None else [unit.unsqueeze(-1) * proj]
-                x_rows.append(torch.cat([x_j, *own], dim=-1) if own else x_j)
+                extra = [] if proj is None else [unit.unsqueeze(-1) * proj]
+                if self.bond_vectors:
+                    extra.append(unit.unsqueeze(-1) * along)
+                x_rows.append(torch.cat([x_j, *extra], dim=-1) if extra else x_j)
         if self.scalar_weight is not None:
             dirs.append(torch.ones_like(r))
             if x_j is not None:
-                along = (unit.unsqueeze(-1) * x_j).sum(dim=1, keepdim=True)
-                x_rows.append(along if proj is None else torch.cat([along, proj.square()], -1))
+                extra = [] if proj is None else [proj.square()]
+                if self.bond_vectors:
+                    extra.append(along.square())
+                x_rows.append(torch.cat([along, *extra], dim=-1) if extra else along)
         d = dirs[0] if len(dirs) == 1 else torch.cat(dirs, dim=-1)  # (E, R)
         feat = d.unsqueeze(-1) * v_j.unsqueeze(1)  # (E, R, F)
         if x_j is not None:
@@ -508,6 +531,8 @@ class VectorGaussianConv(MessagePassing):
             parts.append(f"centre_species={self.centre_species}")
         if self.centre_vectors:
             parts.append("centre_vectors=True")
+        if self.bond_vectors:
+            parts.append("bond_vectors=True")
         parts.append(f"output={self.output}")
         if not isinstance(self.act, type(resolve_activation(None))):
             parts.append(f"act={self.act!r}")
