@@ -423,6 +423,29 @@ def test_smooth_at_cutoff():
     assert torch.equal(outs[2], torch.zeros_like(outs[2]))
 
 
+def test_bond_vectors_smooth_at_cutoff_and_differentiable():
+    # The order-two columns carry the radial functions' cutoff too: nothing jumps at r_c, and
+    # the derivatives (forces; their derivatives in training) are right.
+    rc = 4.0
+    conv = VectorGaussianConv(1, 4, 5, rc, vector_channels=2, output="both", dtype=F64,
+                              bond_vectors=True, centre_vectors=True)  # fmt: skip
+    x = torch.randn(2, 3, 2, dtype=F64)
+    outs = []
+    for r in (rc - 1e-3, rc, rc + 1e-3):
+        pos = torch.tensor([[0.0, 0.0, 0.0], [r, 0.0, 0.0]], dtype=F64)
+        outs.append(conv(pos, all_pairs(2), x=x))
+    assert outs[0].abs().max() < 1e-7
+    assert torch.equal(outs[1], torch.zeros_like(outs[1]))
+    assert torch.equal(outs[2], torch.zeros_like(outs[2]))
+    num = 4
+    pos = cluster(num, spread=1.5).requires_grad_(True)
+    xx = torch.randn(num, 3, 2, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda p, y: conv(p, all_pairs(num), x=y), (pos, xx))
+    assert torch.autograd.gradgradcheck(
+        lambda p, y: conv(p, all_pairs(num), x=y), (pos, xx), fast_mode=True
+    )
+
+
 def test_gradcheck():
     conv = VectorGaussianConv(
         2, 2, 3, 4.0, 1, "both", "softsign_residual", learnable_basis=True, dtype=F64
