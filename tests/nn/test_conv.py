@@ -150,12 +150,14 @@ def test_general_layer_matches_dense_einsum(edges_per_chunk, shuffle):
     assert torch.allclose(out[:, n], sigma(pre_s.unsqueeze(1)).squeeze(1), atol=1e-12)
 
 
-def test_centre_vectors_match_dense_einsum():
-    # The centre's own vectors projected on each bond: r_hat (r_hat . x_i) in the vector
-    # rows, (r_hat . x_i)^2 in the scalar row, after the neighbour's columns.
+@pytest.mark.parametrize("option", ["centre_vectors", "bond_vectors"])
+def test_projected_vectors_match_dense_einsum(option):
+    # centre_vectors: the centre's own vectors projected on each bond, r_hat (r_hat . x_i);
+    # bond_vectors: the neighbour's, r_hat (r_hat . x_j). Vector rows get r_hat p, the scalar
+    # row p^2, after the neighbour's columns.
     rc, num, n = 4.5, 6, 3
     conv = VectorGaussianConv(2, 4, 3, rc, vector_channels=2, output="both", dtype=F64,
-                              centre_vectors=True)  # fmt: skip
+                              **{option: True})  # fmt: skip
     assert conv.weight.shape == (3, 2 + 2 * 2, 4)
     pos, v, x = cluster(num, n), torch.randn(num, 2, dtype=F64), torch.randn(num, n, 2, dtype=F64)
     out = conv(pos, all_pairs(num), v, x)
@@ -169,7 +171,7 @@ def test_centre_vectors_match_dense_einsum():
             rij = pos[j] - pos[i]
             e = dense_radial(rij.norm().item(), conv.basis.rs, conv.basis.eta, rc)
             u = rij / rij.norm()
-            p = u @ x[i]  # (F_v,)
+            p = u @ (x[i] if option == "centre_vectors" else x[j])  # (F_v,)
             pre_d[i] += torch.einsum("k,b,d,bda->ka", u, e, v[j], w[:, :2])
             pre_d[i] += torch.einsum("b,kc,bca->ka", e, x[j], w[:, 2:4])
             pre_d[i] += torch.einsum("k,b,c,bca->ka", u, e, p, w[:, 4:])
@@ -185,52 +187,24 @@ def test_centre_vectors_match_dense_einsum():
         out_axis=-2, out_num_scalars=1,
     )  # fmt: skip
     assert err < 1e-12
-    with pytest.raises(ValueError, match="vector_channels"):
-        VectorGaussianConv(2, 4, 3, rc, centre_vectors=True)
+    with pytest.raises(ValueError, match=f"{option} needs vector features"):
+        VectorGaussianConv(2, 4, 3, rc, **{option: True})
 
 
-def test_bond_vectors_match_dense_einsum():
-    # The neighbour's vectors projected on the bond and carried along it: r_hat (r_hat . x_j)
-    # in the vector rows, (r_hat . x_j)^2 in the scalar row, after the neighbour's columns.
+def test_both_projections_centre_columns_first():
     rc, num, n = 4.5, 6, 3
-    conv = VectorGaussianConv(2, 4, 3, rc, vector_channels=2, output="both", dtype=F64,
-                              bond_vectors=True)  # fmt: skip
-    assert conv.weight.shape == (3, 2 + 2 * 2, 4)
     pos, v, x = cluster(num, n), torch.randn(num, 2, dtype=F64), torch.randn(num, n, 2, dtype=F64)
-    out = conv(pos, all_pairs(num), v, x)
-    pre_d = torch.zeros(num, n, 4, dtype=F64)
-    pre_s = torch.zeros(num, 4, dtype=F64)
-    w, ws = conv.weight, conv.scalar_weight
-    for i in range(num):
-        for j in range(num):
-            if i == j:
-                continue
-            rij = pos[j] - pos[i]
-            e = dense_radial(rij.norm().item(), conv.basis.rs, conv.basis.eta, rc)
-            u = rij / rij.norm()
-            q = u @ x[j]  # (F_v,)
-            pre_d[i] += torch.einsum("k,b,d,bda->ka", u, e, v[j], w[:, :2])
-            pre_d[i] += torch.einsum("b,kc,bca->ka", e, x[j], w[:, 2:4])
-            pre_d[i] += torch.einsum("k,b,c,bca->ka", u, e, q, w[:, 4:])
-            pre_s[i] += torch.einsum("b,d,bda->a", e, v[j], ws[:, :2])
-            pre_s[i] += torch.einsum("b,c,bca->a", e, q, ws[:, 2:4])
-            pre_s[i] += torch.einsum("b,c,bca->a", e, q**2, ws[:, 4:])
-    assert pre_d.abs().max() > 0.1
-    assert torch.allclose(out[:, :n], pre_d, atol=1e-12)
-    assert torch.allclose(out[:, n], pre_s, atol=1e-12)
-    U = random_orthogonal(n, reflection=True)
-    err = assert_equivariant(
-        lambda p, xx: conv(p, all_pairs(num), v, xx), (pos, x), U, axis=(-1, -2),
-        out_axis=-2, out_num_scalars=1,
-    )  # fmt: skip
-    assert err < 1e-12
-    with pytest.raises(ValueError, match="bond_vectors needs vector features"):
-        VectorGaussianConv(2, 4, 3, rc, bond_vectors=True)
-    # both projections: the centre's columns first, then the neighbour's
     both = VectorGaussianConv(2, 4, 3, rc, vector_channels=2, centre_vectors=True,
                               bond_vectors=True, dtype=F64)  # fmt: skip
     assert both.weight.shape == (3, 2 + 3 * 2, 4)
-    assert both(pos, all_pairs(num), v, x).shape == (num, n, 4)
+    out = both(pos, all_pairs(num), v, x)
+    # zeroing the last columns' weights leaves the centre_vectors layer with the same weights
+    centre = VectorGaussianConv(2, 4, 3, rc, vector_channels=2, centre_vectors=True, dtype=F64)
+    with torch.no_grad():
+        centre.weight.copy_(both.weight[:, :6])
+        both.weight[:, 6:] = 0.0
+    assert not torch.allclose(out, both(pos, all_pairs(num), v, x))
+    assert torch.allclose(both(pos, all_pairs(num), v, x), centre(pos, all_pairs(num), v, x))
 
 
 def test_edge_chunks_place_each_edge_once():
