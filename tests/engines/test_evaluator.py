@@ -107,6 +107,8 @@ def test_compiled_equals_eager_to_round_off(model_factory, liquid_atoms, conserv
             np.testing.assert_allclose(a.get_stress(), b.get_stress(), rtol=0, atol=1e-10)
     assert compiled.evaluator.compiled_calls == 2
     assert compiled.evaluator.compile_seconds > 0
+    # The weights were frozen for the compiled calls only (no gradients of theirs computed).
+    assert all(p.requires_grad for p in model.parameters())
     # A second evaluator of the same model reuses the compiled function.
     again = Evaluator(model, compile=True)
     again(liquid_atoms.positions, liquid_atoms.numbers, liquid_atoms.cell.array)
@@ -139,3 +141,13 @@ def test_padded_edges_change_nothing(model_factory, liquid_atoms):
     assert ev._padded(pad_edges(edges, edges.num_edges + 1), len(pos)).num_edges == first.num_edges
     grown = pad_edges(edges, first.num_edges + 1)
     assert ev._padded(grown, len(pos)).num_edges > first.num_edges  # no longer fits: grows
+
+
+def test_weights_are_frozen_for_the_call_only(argon_model):
+    from uenn_geo.engines.evaluator import _weights_frozen
+
+    with pytest.raises(RuntimeError, match="inside"):
+        with _weights_frozen(argon_model):
+            assert not any(p.requires_grad for p in argon_model.parameters())
+            raise RuntimeError("inside")
+    assert all(p.requires_grad for p in argon_model.parameters())

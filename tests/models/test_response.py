@@ -62,6 +62,31 @@ def test_stress_and_training_graph():
     assert scale.grad is not None and scale.grad.abs() > 0
 
 
+def test_stress_of_a_batch_is_that_of_each_structure():
+    """The virial is summed per structure: two cells in one batch give each its own stress
+    (checked against the finite differences above through the single-structure path)."""
+    gen = torch.Generator().manual_seed(2)
+    cells = torch.stack(
+        [
+            torch.tensor([[3.0, 0.0, 0.0], [0.3, 2.8, 0.0], [0.2, -0.1, 3.1]], dtype=F64),
+            torch.tensor([[3.4, 0.1, 0.0], [0.0, 3.0, 0.2], [-0.3, 0.0, 2.9]], dtype=F64),
+        ]
+    )
+    positions = [torch.rand(4, 3, dtype=F64, generator=gen) @ c for c in cells]
+    single = []
+    for pos, cell in zip(positions, cells, strict=True):
+        batch = torch.zeros(4, dtype=torch.long)
+        edges = build_edges(pos, 2.5, cell=cell.unsqueeze(0))
+        fn = lambda x, e, b=batch: pair_energy(x, e, b, 1)  # noqa: E731
+        single.append(energy_response(fn, pos, edges, batch, cell.unsqueeze(0))["stress"][0])
+    batch = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    pos = torch.cat(positions)
+    edges = build_edges(pos, 2.5, batch=batch, cell=cells)
+    out = energy_response(lambda x, e: pair_energy(x, e, batch, 2), pos, edges, batch, cells)
+    assert not torch.allclose(single[0], single[1], atol=1e-3)
+    torch.testing.assert_close(out["stress"], torch.stack(single), rtol=1e-12, atol=1e-12)
+
+
 def test_compiled_response_traces_the_derivative_and_keeps_the_training_graph():
     """Under torch.compile the derivatives come from torch.func.grad, in one graph (fullgraph):
     the same energy, forces and stress, and a force loss reaches what made the energy."""

@@ -21,12 +21,14 @@ Units: the library's (Angstrom, eV, eV/A, eV/A\ :sup:`3`); the stress has ASE's 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
 import warnings
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,9 +166,11 @@ class NeighbourCache:
             self._inverse = None if cell is None else torch.linalg.pinv(cell.double())
             self.num_builds += 1
         edge_index, shifts = self._edge_index, self._shifts
-        r = pos[edge_index[1]] - pos[edge_index[0]] + shifts
-        keep = r.square().sum(dim=1) < self.cutoff**2
-        return Edges(edge_index[:, keep], shifts[keep], self.cutoff)
+        # index_select and one list of kept positions: about half the time of boolean-mask
+        # indexing of the three tensors (864 argon atoms, 1 thread: 2.7 against 5.1 ms)
+        r = pos.index_select(0, edge_index[1]) - pos.index_select(0, edge_index[0]) + shifts
+        keep = torch.nonzero(r.square().sum(dim=1) < self.cutoff**2).squeeze(1)
+        return Edges(edge_index.index_select(1, keep), shifts.index_select(0, keep), self.cutoff)
 
 
 @dataclass(frozen=True)
@@ -394,4 +398,22 @@ def _network(
         def energy(x: Tensor, e: Edges) -> Tensor:
             return fn(x, species, e).sum().reshape(1)
 
-        return energy_response(energy, pos, edges, batch, cells)
+        with _weights_frozen(model):
+            return energy_response(energy, pos, edges, batch, cells)
+
+
+@contextlib.contextmanager
+def _weights_frozen(model: nn.Module) -> Iterator[None]:
+    """The model's parameters without ``requires_grad`` for the duration of a call.
+
+    The compiled backward of an energy model then computes the derivatives in the positions
+    and shifts only: compiled while the weights require gradients, it also computes theirs
+    (which the forces never use), whatever :func:`torch.autograd.grad` asks for."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    for p in trained:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trained:
+            p.requires_grad_(True)
