@@ -122,19 +122,25 @@ def evaluate(model: nn.Module, data: Any, batch_size: int = 4096) -> dict[str, f
     return {"force_rmse": math.sqrt(sq / count), "force_mae": ab / count, "components": count}
 
 
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
+
+
 @contextlib.contextmanager
 def _quiet_graph_breaks() -> Iterator[None]:
     """Graph breaks around the network (neighbour search, input checks) are expected; dynamo
-    reports each as a warning and (``Tensor.item()``) as a logged traceback: silence both."""
+    reports each as a warning and (``Tensor.item()``) as a logged traceback: silence both.
+
+    A filter, not a level: ``Logger.setLevel`` clears the cache of every logger of the
+    process, at every step (docs/training.md)."""
     logger = logging.getLogger("torch._dynamo.variables.tensor")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.addFilter(_errors_only)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Dynamo does not know how to trace")
             yield
     finally:
-        logger.setLevel(level)
+        logger.removeFilter(_errors_only)
 
 
 class LossFunction:
