@@ -104,7 +104,10 @@ class Edges:
                 f"shifts must have shape ({num_edges}, n), one row per edge, "
                 f"got {tuple(shifts.shape)}"
             )
-        if num_edges and (int(index.min()) < 0 or int(index.max()) >= num_nodes):
+        # (the values are checked eagerly only: under torch.compile each read of a value
+        # would break the graph; uenn-geo train checks every list before its compiled step)
+        tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        if num_edges and not tracing and (int(index.min()) < 0 or int(index.max()) >= num_nodes):
             raise ValueError(
                 f"the edges refer to atoms outside 0..{num_nodes - 1}: "
                 f"min {int(index.min())}, max {int(index.max())}"
@@ -125,6 +128,8 @@ class Edges:
                 f"{self.num_edges}; lay it out with Edges.chunked"
             )
         centres = self.index[0].reshape(-1, size)
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return  # values are checked eagerly only (see check)
         if bool((centres != centres[:, :1]).any()):
             raise ValueError(
                 f"in a chunked edge list every {size} consecutive edges share their centre "
@@ -145,9 +150,12 @@ class Edges:
         ``max_padding`` (32 for liquids and solids at the usual cutoffs, 8 for small
         molecules). Returns the list unchanged when it is chunked already, empty, or when
         padding would grow it by more than ``max_padding`` (sparse neighbourhoods, where the
-        plain list is faster). Run eagerly: it counts the edges.
+        plain list is faster). Run eagerly: it counts the edges; under :func:`torch.compile`
+        it returns the list unchanged (the graph layers then lay it out in the graph, for a
+        bound on the chunks), so lay lists out before a compiled call.
         """
-        if self.chunk or self.num_edges == 0:
+        tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        if self.chunk or self.num_edges == 0 or tracing:
             return self
         centre, neighbour = self.index
         num_edges = centre.shape[0]

@@ -204,7 +204,9 @@ def test_failed_compiled_backward_falls_back_cleanly(setup, monkeypatch):
     cfg = TrainConfig(max_epochs=1, batch_size=64, progress=False)
     eager = train(model, tr, va, cfg)
     model.load_state_dict(init)
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda d: _FailingBackward.apply(fn(d)))
+    monkeypatch.setattr(
+        torch, "compile", lambda fn, **kw: lambda *a: _FailingBackward.apply(fn(*a))
+    )
     with pytest.warns(RuntimeWarning, match="CppCompileError"):
         fallback = train(model, tr, va, dataclasses.replace(cfg, compile=True))
     # the failed step's partial gradients were dropped: the same result as eager

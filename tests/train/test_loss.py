@@ -103,3 +103,30 @@ def test_compiled_loss_of_an_energy_model_matches_eager(clusters, small_energy_m
         assert lc.item() == pytest.approx(le.item(), rel=1e-9)
         for a, b in zip(ge, gc, strict=True):
             torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-12)
+
+
+def test_the_compiled_step_traces_as_one_graph(clusters, small_energy_model):
+    """The neighbour list is read, checked and laid out in chunks before the compiled step,
+    and the atoms per structure come from PyG's ``ptr``: the step (energy, forces and loss)
+    traces as one graph, with no break for data-dependent sizes or checks."""
+    model = small_energy_model(clusters)
+    batch = next(iter(DataLoader(clusters, batch_size=4)))
+    loss_fn = LossFunction(model, energy_weight=2.0)
+    edges = loss_fn._edges(batch)
+    assert edges.chunk == 0  # small clusters: not worth laying out, and not tried in the graph
+
+    def step(data, e):
+        return force_loss(model, data, 2.0, 0.0, e)
+
+    explained = torch._dynamo.explain(step)(batch, edges)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert explained.graph_count == 1
+    torch.testing.assert_close(
+        step(batch, edges), force_loss(model, batch, 2.0), rtol=1e-10, atol=0
+    )
+    dense = next(iter(DataLoader(clusters, batch_size=4)))  # the same list, laid out in chunks
+    chunked = edges.chunked(dense.pos.shape[0], size=4, max_padding=100.0)
+    assert chunked.chunk == 4
+    explained = torch._dynamo.explain(step)(dense, chunked)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    torch.testing.assert_close(step(dense, chunked), step(batch, edges), rtol=1e-10, atol=0)

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
+from uenn_geo.edges import Edges
+from uenn_geo.models.base import batch_of
 from uenn_geo.train.dense import batches
 
 __all__ = ["has_energy", "force_loss", "evaluate", "LossFunction"]
@@ -46,7 +48,26 @@ def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
     return (values * weights).sum() / weights.sum().clamp_min(1e-300)
 
 
-def _full_loss(model: nn.Module, data: Data, energy_weight: float, stress_weight: float) -> Tensor:
+def _forces(model: nn.Module, data: Data, edges: Edges | None) -> Tensor:
+    return model(data) if edges is None else model(data, edges)
+
+
+def _atoms_per_graph(data: Data, batch: Tensor, num_graphs: int) -> Tensor:
+    """Atoms of each structure :obj:`(B)`: from PyG's ``ptr`` where the batch has one (no
+    data-dependent shape: nothing to break a compiled graph), otherwise counted."""
+    ptr = getattr(data, "ptr", None)
+    if isinstance(ptr, Tensor) and ptr.shape == (num_graphs + 1,):
+        return ptr[1:] - ptr[:-1]
+    return torch.bincount(batch, minlength=num_graphs)
+
+
+def _full_loss(
+    model: nn.Module,
+    data: Data,
+    energy_weight: float,
+    stress_weight: float,
+    edges: Edges | None = None,
+) -> Tensor:
     """Forces, per-atom energies and stresses, weighted per structure."""
     if (energy_weight > 0 or stress_weight > 0) and not has_energy(model):
         raise ValueError(
@@ -55,19 +76,16 @@ def _full_loss(model: nn.Module, data: Data, energy_weight: float, stress_weight
         )
     want_stress = stress_weight > 0 and getattr(data, "stress", None) is not None
     if energy_weight > 0 or want_stress:
-        out = model.energy_forces(data, compute_stress=want_stress)
+        out = model.energy_forces(data, edges, compute_stress=want_stress)
     else:
-        out = {"forces": model(data), "energy": None, "stress": None}
+        out = {"forces": _forces(model, data, edges), "energy": None, "stress": None}
     pred, energy = out["forces"], out["energy"]
-    batch = getattr(data, "batch", None)
-    if batch is None:
-        batch = torch.zeros(pred.shape[0], dtype=torch.long, device=pred.device)
-    num_graphs = int(batch.max()) + 1 if batch.numel() else 1
+    batch, num_graphs = batch_of(data, pred.shape[0], pred.device)
     w = _graph_weights(data, num_graphs, pred)
     f_err = ((pred - data.forces.to(pred.dtype)) / model.force_scale).square().sum(dim=1)
     loss = _weighted_mean(f_err, w[batch]) / 3
     if energy is not None and energy_weight > 0 and getattr(data, "energy", None) is not None:
-        atoms = torch.bincount(batch, minlength=energy.shape[0]).clamp_min(1).to(energy.dtype)
+        atoms = _atoms_per_graph(data, batch, energy.shape[0]).clamp_min(1).to(energy.dtype)
         ref = data.energy.reshape(-1).to(energy.dtype)
         e_err = ((energy - ref) / (model.energy_scale * atoms)).square()
         loss = loss + energy_weight * _weighted_mean(e_err, w)
@@ -81,7 +99,11 @@ def _full_loss(model: nn.Module, data: Data, energy_weight: float, stress_weight
 
 
 def force_loss(
-    model: nn.Module, data: Data, energy_weight: float = 0.0, stress_weight: float = 0.0
+    model: nn.Module,
+    data: Data,
+    energy_weight: float = 0.0,
+    stress_weight: float = 0.0,
+    edges: Edges | None = None,
 ) -> Tensor:
     r"""The training loss: mean squared force error in units of ``model.force_scale``.
 
@@ -91,11 +113,12 @@ def force_loss(
     and with ``stress_weight`` :math:`w_\sigma > 0` the mean squared stress error in units of
     ``force_scale`` per A\ :sup:`2` (graphs with ``stress``; ``stress_weight`` 0 on a graph
     masks it). Graphs with ``weight`` (per structure, e.g. from ``config_type``) count with
-    that weight in every term.
+    that weight in every term. ``edges``: the neighbour list of ``data`` for graph models
+    (default: the model's own, :meth:`~uenn_geo.models.ForceModel.edges`).
     """
     if energy_weight > 0 or stress_weight > 0 or getattr(data, "weight", None) is not None:
-        return _full_loss(model, data, energy_weight, stress_weight)
-    pred = model(data)
+        return _full_loss(model, data, energy_weight, stress_weight, edges)
+    pred = _forces(model, data, edges)
     target = data.forces.to(pred.dtype)
     if pred.shape != target.shape:
         raise ValueError(
@@ -186,8 +209,23 @@ class LossFunction:
         """Whether steps ran compiled, and compilation is still on."""
         return self.compiled is not None and self.compiled_steps > 0
 
-    def _eager(self, data: Data) -> Tensor:
-        return force_loss(self.model, data, self.energy_weight, self.stress_weight)
+    def _eager(self, data: Data, edges: Edges | None = None) -> Tensor:
+        return force_loss(self.model, data, self.energy_weight, self.stress_weight, edges)
+
+    def _edges(self, data: Data) -> Edges | None:
+        """The neighbour list of ``data``, built (or read), checked and, for the graph
+        layers of :class:`~uenn_geo.models.UENNForceField`, laid out in chunks, all eagerly:
+        these steps have data-dependent sizes and checks, each of which would break the
+        compiled graph (nine breaks a step on ethanol before; docs/training.md)."""
+        from uenn_geo.models.forcefield import UENNForceField
+
+        model = self.model
+        if getattr(model, "cutoff", None) is None or not hasattr(model, "edges"):
+            return None
+        edges = model.edges(data)
+        if isinstance(model, UENNForceField):
+            edges = edges.chunked(data.pos.shape[0])
+        return edges
 
     def backward(self, data: Data) -> Tensor:
         """The loss of ``data``, its gradient accumulated into the parameters."""
@@ -197,8 +235,9 @@ class LossFunction:
             return loss
         try:
             start = time.perf_counter()
+            edges = self._edges(data)
             with _quiet_graph_breaks():
-                loss = self.compiled(data)
+                loss = self.compiled(data, edges)
             loss.backward()  # the backward graph may compile only here
             if self.compile_seconds is None:
                 self.compile_seconds = time.perf_counter() - start
