@@ -216,7 +216,7 @@ class LossFunction:
         """The neighbour list of ``data``, built (or read), checked and, for the graph
         layers of :class:`~uenn_geo.models.UENNForceField`, laid out in chunks, all eagerly:
         these steps have data-dependent sizes and checks, each of which would break the
-        compiled graph (nine breaks a step on ethanol before; docs/training.md)."""
+        compiled graph (docs/training.md)."""
         from uenn_geo.models.forcefield import UENNForceField
 
         model = self.model
