@@ -50,6 +50,26 @@ def test_chunked_layout_holds_every_edge_once():
     assert ring.chunked(5).chunk == 8  # 8 neighbours each: chunks of 8, no padding
 
 
+@pytest.mark.parametrize("sort", [True, False])
+def test_chunked_subset_equals_selecting_first(sort):
+    pos, cell = box(num=10, side=3.5)
+    edges = build_edges(pos, 4.0, cell=cell.unsqueeze(0))
+    if not sort:  # the layout also holds for lists not sorted by centre
+        perm = torch.randperm(edges.num_edges)
+        edges = Edges(edges.index[:, perm], edges.shifts[perm], edges.cutoff)
+    keep = torch.nonzero(edges.vectors(pos).norm(dim=1) < 3.0).squeeze(1)
+    assert 0 < keep.numel() < edges.num_edges
+    plain = Edges(edges.index[:, keep], edges.shifts[keep], edges.cutoff)
+    for size, padding in ((8, float("inf")), (None, 1.5), (8, 1.0)):
+        want = plain.chunked(10, size=size, max_padding=padding)
+        got = edges.chunked(10, size=size, max_padding=padding, subset=keep)
+        assert got.chunk == want.chunk
+        assert torch.equal(got.index, want.index) and torch.equal(got.shifts, want.shifts)
+    assert edges.chunked(10, subset=keep[:0]).num_edges == 0
+    with pytest.raises(ValueError, match="plain"):
+        plain.chunked(10, size=8, max_padding=float("inf")).chunked(10, subset=keep)
+
+
 def test_check_names_the_problem():
     pos, cell = box()
     edges = build_edges(pos, 3.0, cell=cell.unsqueeze(0))

@@ -141,6 +141,7 @@ class Edges:
         num_nodes: int,
         size: int | None = None,
         max_padding: float = MAX_CHUNK_PADDING,
+        subset: Tensor | None = None,
     ) -> Edges:
         r"""The same list laid out in chunks of ``size`` edges that share their centre.
 
@@ -153,12 +154,23 @@ class Edges:
         plain list is faster). Run eagerly: it counts the edges; under :func:`torch.compile`
         it returns the list unchanged (the graph layers then lay it out in the graph, for a
         bound on the chunks), so lay lists out before a compiled call.
+
+        ``subset`` (ascending edge indices, long) lays out only those edges: the result equals
+        ``Edges(index[:, subset], shifts[subset], cutoff).chunked(num_nodes)`` with one gather
+        instead of two (a Verlet list filtered to the cutoff in every MD step,
+        :class:`uenn_geo.engines.NeighbourCache`).
         """
         tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
-        if self.chunk or self.num_edges == 0 or tracing:
+        if subset is not None and (self.chunk or tracing):
+            raise ValueError("subset needs a plain (not chunked) list, outside torch.compile")
+        if self.chunk or tracing:
             return self
         centre, neighbour = self.index
+        if subset is not None:
+            centre = centre.index_select(0, subset)
         num_edges = centre.shape[0]
+        if num_edges == 0:
+            return self if subset is None else self._select(subset)
         count = torch.bincount(centre, minlength=num_nodes)
         for size in CHUNK_SIZES if size is None else (size,):  # noqa: B020
             num_own = (count + size - 1) // size  # chunks of each atom
@@ -166,7 +178,7 @@ class Edges:
             if total <= max_padding * num_edges:
                 break
         else:
-            return self
+            return self if subset is None else self._select(subset)
         first_edge = torch.cumsum(count, 0) - count  # in the list sorted by centre
         first_place = (torch.cumsum(num_own, 0) - num_own) * size
         atoms = torch.arange(num_nodes, device=centre.device)
@@ -177,11 +189,18 @@ class Edges:
         edge = (first_edge.index_select(0, padded_centre) + k).clamp_(max=num_edges - 1)
         if not bool((centre[1:] >= centre[:-1]).all()):  # not sorted by centre
             edge = torch.index_select(torch.argsort(centre, stable=True), 0, edge)
+        if subset is not None:
+            edge = subset.index_select(0, edge)
         padded = torch.where(valid, torch.index_select(neighbour, 0, edge), padded_centre)
         shifts = self.shifts
         if shifts is not None:
             shifts = torch.where(valid.unsqueeze(1), torch.index_select(shifts, 0, edge), 0.0)
         return Edges(torch.stack([padded_centre, padded]), shifts, self.cutoff, size)
+
+    def _select(self, subset: Tensor) -> Edges:
+        """The plain list of the edges ``subset``."""
+        shifts = None if self.shifts is None else self.shifts.index_select(0, subset)
+        return Edges(self.index.index_select(1, subset), shifts, self.cutoff)
 
 
 register_pytree_node(

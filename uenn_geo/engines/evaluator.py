@@ -110,7 +110,8 @@ class NeighbourCache:
     whose image shifts follow it. Each call filters the stored pairs to
     :math:`|\mathbf{r}_{ij}| < r_c`, in a canonical order (by :math:`i`, :math:`j`, then cell
     shift), so the edges are those of a fresh build at :math:`r_c` and the results do not
-    depend on when the list was built.
+    depend on when the list was built; they come laid out in chunks
+    (:meth:`~uenn_geo.edges.Edges.chunked`) where that layout applies.
     """
 
     def __init__(self, cutoff: float, skin: float) -> None:
@@ -170,7 +171,8 @@ class NeighbourCache:
         # indexing of the three tensors (864 argon atoms, 1 thread: 2.7 against 5.1 ms)
         r = pos.index_select(0, edge_index[1]) - pos.index_select(0, edge_index[0]) + shifts
         keep = torch.nonzero(r.square().sum(dim=1) < self.cutoff**2).squeeze(1)
-        return Edges(edge_index.index_select(1, keep), shifts.index_select(0, keep), self.cutoff)
+        # filtered and laid out in chunks (Edges.chunked) with one gather of the kept pairs
+        return Edges(edge_index, shifts, self.cutoff).chunked(pos.shape[0], subset=keep)
 
 
 @dataclass(frozen=True)
