@@ -44,6 +44,13 @@ CASES = {
          "separate_scalars": True, "own_species": True, "centre_vectors": True,
          "bond_vectors": True},
     ),
+    # learned radial functions and Gaussians (no pair term: it reads them as fixed)
+    "graph-radial": (
+        "graph",
+        {"cutoff": 4.0, "num_basis": 6, "hidden_channels": 6, "mlp_channels": [8],
+         "interaction_channels": 2, "atomic_numbers": [1, 8], "dtype": "float64",
+         "conservative": True, "pair_term": False, "radial_mlp": 5, "learnable_basis": True},
+    ),
     "schnet": (
         "schnet",
         {"cutoff": 4.0, "hidden_channels": 8, "num_filters": 8, "num_interactions": 2,
@@ -63,6 +70,9 @@ def make(case: str) -> ForceModel:
         for buffer in ("pair_weight", "energy_shift"):
             if getattr(model, buffer, None) is not None:
                 getattr(model, buffer).uniform_(-0.1, 0.1)
+        for module in model.modules():  # learned radial functions start at zero: not here
+            if getattr(module, "radial", None) is not None:
+                module.radial[2].weight.uniform_(-0.5, 0.5)
     return model
 
 

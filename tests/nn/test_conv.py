@@ -526,3 +526,46 @@ def test_centre_species_weights_are_one_layer_per_species(output):
     )  # fmt: skip
     with pytest.raises(ValueError, match="centre"):
         conv(pos, edge_index, v)
+
+
+def test_radial_mlp_learns_functions_of_the_gaussians():
+    # e -> e + W2 silu(W1 e): the plain layer at the start (W2 = 0), then a function of r
+    # alone (equivariant), zero at r = 0 and from r_c on, and differentiable twice.
+    rc, num, n = 4.0, 5, 3
+    kw = {"vector_channels": 2, "output": "both", "dtype": F64}
+    conv = VectorGaussianConv(2, 4, 5, rc, radial_hidden=6, **kw)
+    plain = VectorGaussianConv(2, 4, 5, rc, **kw)
+    plain.load_state_dict({k: v for k, v in conv.state_dict().items() if "radial" not in k})
+    pos, v, x = cluster(num, n), torch.randn(num, 2, dtype=F64), torch.randn(num, n, 2, dtype=F64)
+    assert torch.equal(conv(pos, all_pairs(num), v, x), plain(pos, all_pairs(num), v, x))
+    with torch.no_grad():
+        conv.radial[2].weight.uniform_(-1.0, 1.0)
+    out = conv(pos, all_pairs(num), v, x)
+    assert not torch.allclose(out, plain(pos, all_pairs(num), v, x))
+    # the same as the plain layer fed the learned functions: sums of e' (x) feat
+    r = (pos[1] - pos[0]).norm()
+    e = dense_radial(r.item(), conv.basis.rs, conv.basis.eta, rc)
+    learned = e + conv.radial(e)
+    one = conv(pos[:2], torch.tensor([[0], [1]]), v[:2], x[:2])
+    u = (pos[1] - pos[0]) / r
+    want_s = torch.einsum("b,d,bda->a", learned, v[1], conv.scalar_weight[:, :2])
+    want_s += torch.einsum("b,c,bca->a", learned, u @ x[1], conv.scalar_weight[:, 2:])
+    assert torch.allclose(one[0, n], conv.act(want_s.view(1, 1, 4)).view(4), atol=1e-12)
+    U = random_orthogonal(n, reflection=True)
+    err = assert_equivariant(
+        lambda p, xx: conv(p, all_pairs(num), v, xx), (pos, x), U, axis=(-1, -2),
+        out_axis=-2, out_num_scalars=1,
+    )  # fmt: skip
+    assert err < 1e-12
+    for r, small in ((rc - 1e-3, True), (rc, False), (rc + 1e-3, False)):
+        two = torch.tensor([[0.0, 0.0, 0.0], [r, 0.0, 0.0]], dtype=F64)
+        got = conv(two, all_pairs(2), v[:2], x[:2])
+        assert got.abs().max() < 1e-7 if small else torch.equal(got, torch.zeros_like(got))
+    p = cluster(4, spread=1.5).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda q: conv(q, all_pairs(4), v[:4], x[:4]), (p,))
+    assert torch.autograd.gradgradcheck(
+        lambda q: conv(q, all_pairs(4), v[:4], x[:4]), (p,), fast_mode=True
+    )
+    assert "radial_hidden=6" in repr(conv)
+    with pytest.raises(ValueError, match="radial_hidden"):
+        VectorGaussianConv(2, 4, 5, rc, radial_hidden=-1)

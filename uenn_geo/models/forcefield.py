@@ -44,6 +44,14 @@ def _checked_config(**cfg: Any) -> dict[str, Any]:
             f"interaction_channels={cfg['interaction_channels']}, "
             f"mlp_channels={cfg['mlp_channels']}"
         )
+    if cfg["radial_mlp"] < 0:
+        raise ValueError(f"radial_mlp must be >= 0 (0: none), got {cfg['radial_mlp']}")
+    for name in ("radial_mlp", "learnable_basis"):
+        if cfg[name] and cfg["pair_term"]:
+            raise ValueError(
+                f"{name} trains the radial functions that the pair term's closed-form fit "
+                f"reads as fixed; set pair_term=False with {name}"
+            )
     if cfg["gram_channels"] < 0:
         raise ValueError(f"gram_channels must be >= 0, got {cfg['gram_channels']}")
     e0s = cfg["e0s"]
@@ -201,6 +209,11 @@ class UENNForceField(ForceModel):
             projected on the bond along it, :math:`\hat{\mathbf{r}}_{ij}
             (\hat{\mathbf{r}}_{ij} \cdot \mathbf{x}_j)` (angular coupling of order two;
             :class:`~uenn_geo.nn.VectorGaussianConv`) (default: :obj:`False`).
+        radial_mlp (int): hidden width of learned radial functions of the Gaussians in every
+            graph layer (``radial_hidden`` of :class:`~uenn_geo.nn.VectorGaussianConv`;
+            default: :obj:`0`, none).
+        learnable_basis (bool): train the Gaussians' centres and widths in every graph layer
+            (:class:`~uenn_geo.nn.GaussianBasis`) (default: :obj:`False`).
 
     Shapes:
         - input: a PyG ``Data``/``Batch`` with ``pos`` :obj:`(N, 3)` (Angstrom), ``z``
@@ -231,6 +244,8 @@ class UENNForceField(ForceModel):
         "separate_scalars": False,
         "centre_vectors": False,
         "bond_vectors": False,
+        "radial_mlp": 0,
+        "learnable_basis": False,
     }
 
     def __init__(
@@ -256,6 +271,8 @@ class UENNForceField(ForceModel):
         separate_scalars: bool = False,
         centre_vectors: bool = False,
         bond_vectors: bool = False,
+        radial_mlp: int = 0,
+        learnable_basis: bool = False,
     ) -> None:
         super().__init__()
         dtype = resolve_dtype(dtype)
@@ -281,6 +298,8 @@ class UENNForceField(ForceModel):
             separate_scalars=bool(separate_scalars),
             centre_vectors=bool(centre_vectors),
             bond_vectors=bool(bond_vectors),
+            radial_mlp=int(radial_mlp),
+            learnable_basis=bool(learnable_basis),
         )
         self.cutoff = float(cutoff)
         self.num_species = len(atomic_numbers)
@@ -315,7 +334,8 @@ class UENNForceField(ForceModel):
         cfg, species = self.config, self.num_species
         m, c, num_blocks = cfg["hidden_channels"], cfg["interaction_channels"], cfg["num_blocks"]
         conv = {"num_basis": cfg["num_basis"], "cutoff": self.cutoff, "r_min": cfg["r_min"]}
-        conv.update(output="both", dtype=dtype)
+        conv.update(output="both", dtype=dtype, radial_hidden=cfg["radial_mlp"])
+        conv.update(learnable_basis=cfg["learnable_basis"])
         conv.update(centre_species=species if cfg["species_pairs"] else 0)
         self.convs = nn.ModuleList([VectorGaussianConv(species, m, **conv)])
         self.mixes = nn.ModuleList()

@@ -174,6 +174,12 @@ class VectorGaussianConv(MessagePassing):
             the bond at order two (the path that a spherical tensor product of a vector with
             :math:`Y^2(\hat{\mathbf{r}}_{ij})` contributes to a vector), as two inner
             products (default: :obj:`False`; needs ``vector_channels``).
+        radial_hidden (int): with :math:`H > 0`, the radial functions become learned
+            functions of the Gaussians, :math:`e_{ij} \to e_{ij} + W_2\, \mathrm{silu}(W_1
+            e_{ij})` (:math:`W_1` of shape :math:`(H, B)`, :math:`W_2` of :math:`(B, H)`, no
+            biases, :math:`W_2` starting at zero): still zero at :math:`r = 0` and beyond
+            :math:`r_c`, as smooth as :math:`e`, and contracted with :math:`w` as before; the
+            role of the radial MLPs of NequIP and MACE (default: :obj:`0`, none).
         eps (float): floor of :math:`r_{ij}` in the unit vector (default: :obj:`1e-6`).
         device, dtype: factory arguments; ``dtype`` must be real (default:
             :obj:`torch.get_default_dtype()`).
@@ -212,6 +218,7 @@ class VectorGaussianConv(MessagePassing):
         centre_species: int = 0,
         centre_vectors: bool = False,
         bond_vectors: bool = False,
+        radial_hidden: int = 0,
     ) -> None:
         super().__init__(aggr="add", flow="target_to_source", node_dim=0)
         if in_channels < 1 or out_channels < 1 or num_basis < 1:
@@ -223,6 +230,8 @@ class VectorGaussianConv(MessagePassing):
             raise ValueError(f"vector_channels must be >= 0, got {vector_channels}")
         if centre_species < 0:
             raise ValueError(f"centre_species must be >= 0, got {centre_species}")
+        if radial_hidden < 0:
+            raise ValueError(f"radial_hidden must be >= 0 (0: none), got {radial_hidden}")
         for name, flag in (("centre_vectors", centre_vectors), ("bond_vectors", bond_vectors)):
             if flag and not vector_channels:
                 raise ValueError(f"{name} needs vector features: set vector_channels >= 1")
@@ -252,6 +261,15 @@ class VectorGaussianConv(MessagePassing):
         self.basis = GaussianBasis(
             num_basis, r_min, self.cutoff, eta=eta, learnable=learnable_basis, **factory
         )
+        self.radial_hidden = int(radial_hidden)
+        radial = None
+        if self.radial_hidden:  # e -> e + W_2 silu(W_1 e): zero wherever e is (r = 0, r >= r_c)
+            radial = nn.Sequential(
+                nn.Linear(num_basis, self.radial_hidden, bias=False, **factory),
+                nn.SiLU(),
+                nn.Linear(self.radial_hidden, num_basis, bias=False, **factory),
+            )
+        self.register_module("radial", radial)
         shape = (num_basis, self.feature_width, out_channels)
         if self.centre_species:
             shape = (self.centre_species, *shape)
@@ -281,6 +299,9 @@ class VectorGaussianConv(MessagePassing):
         r"""Normalised Xavier for :math:`w` seen as a :math:`(B (F + F_v), M_0)` matrix."""
         super().reset_parameters()
         self.basis.reset_parameters()
+        if self.radial is not None:  # starts as the plain basis (zero correction)
+            self.radial[0].reset_parameters()
+            nn.init.zeros_(self.radial[2].weight)
         for w in (self.weight, self.scalar_weight):
             if w is not None:
                 # one (B (F + F_v), M_0) matrix per centre species (or one for all)
@@ -386,6 +407,8 @@ class VectorGaussianConv(MessagePassing):
         unit = r_vec / r.clamp_min(self.eps)  # (E, n)
         # e_ij^b of eq. 31; zero for a zero-length edge (i = j).
         e = edge_basis(r.squeeze(-1), self.basis, self.cutoff)  # (E, B)
+        if self.radial is not None:  # learned radial functions of the Gaussians
+            e = e + self.radial(e)
         # feat_ij = [d v_j, x_j]: d_k = (r_ij / r_ij)_k in the n vector rows, d = 1 in the
         # scalar row, where the vector features enter as (r_ij / r_ij) . x_j.
         dirs: list[Tensor] = []
@@ -533,6 +556,8 @@ class VectorGaussianConv(MessagePassing):
             parts.append("centre_vectors=True")
         if self.bond_vectors:
             parts.append("bond_vectors=True")
+        if self.radial_hidden:
+            parts.append(f"radial_hidden={self.radial_hidden}")
         parts.append(f"output={self.output}")
         if not isinstance(self.act, type(resolve_activation(None))):
             parts.append(f"act={self.act!r}")
