@@ -66,6 +66,7 @@ def test_dft_file_with_isolated_atoms_and_test_file(files, tmp_path, capsys):
     # FILE_MODEL fills in what --model-kwargs leaves out, and the flags win
     assert model.config["species_pairs"] and model.config["separate_scalars"]
     assert model.config["num_blocks"] == 1 and not model.config["pair_term"]
+    assert model.config["bond_vectors"]  # SMALL_MOLECULE_MODEL: 9 atoms a structure
     # the model predicts the isolated atoms' energies exactly (the E0s of the file)
     for atoms in ase.io.read(ETHANOL / "isolated_atoms.xyz", ":"):
         data = Data(pos=torch.zeros(1, 3), z=torch.tensor(atoms.numbers))
@@ -341,3 +342,24 @@ def test_batch_size_default_follows_the_structures():
     assert job.resolved_batch_size(True, COMPILE_MAX_ATOMS + 0.5) == SMALL_BATCH
     assert job.resolved_batch_size(False, 30.0) == BATCH  # a built-in set
     assert TrainJob(data="x", max_epochs=1, batch_size=5).resolved_batch_size(True, 30.0) == 5
+
+
+def test_small_molecules_get_a_third_block_and_bond_vectors():
+    """Files of at most COMPILE_MAX_ATOMS atoms a structure on average: FILE_MODEL plus
+    SMALL_MOLECULE_MODEL; larger structures: FILE_MODEL (two blocks); flags win."""
+    from types import SimpleNamespace
+
+    from uenn_geo.cli.train_job import SMALL_MOLECULE_MODEL, _build_model
+    from uenn_geo.cli.train_settings import COMPILE_MAX_ATOMS
+
+    sets = SimpleNamespace(stats=None, from_file=True, train=SimpleNamespace(_data=Data(
+        z=torch.tensor([1, 6, 8]))))  # fmt: skip
+    job = TrainJob(train_file="x.xyz", max_epochs=1)
+    small = _build_model(job, sets, False, 9.0)
+    assert SMALL_MOLECULE_MODEL == {"num_blocks": 3, "bond_vectors": True}
+    assert small.config["num_blocks"] == 3 and small.config["bond_vectors"]
+    assert small.config["species_pairs"] and small.config["cutoff"] == 5.0
+    large = _build_model(job, sets, False, COMPILE_MAX_ATOMS + 0.5)
+    assert large.config["num_blocks"] == 2 and not large.config["bond_vectors"]
+    mine = TrainJob(train_file="x.xyz", max_epochs=1, model_kwargs={"num_blocks": 2})
+    assert _build_model(mine, sets, False, 9.0).config["num_blocks"] == 2
