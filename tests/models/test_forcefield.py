@@ -559,3 +559,14 @@ def test_refit_energy_shift_puts_the_energies_right():
     assert torch.allclose(model.energy_shift, true_shift, atol=1e-8)
     for g in graphs:
         assert torch.allclose(model.energy_forces(g)["energy"], g.energy, atol=1e-8)
+
+
+@pytest.mark.parametrize("option", [{"radial_mlp": 4}, {"learnable_basis": True}])
+def test_learned_radial_functions_refuse_the_pair_term(option):
+    name = next(iter(option))
+    with pytest.raises(ValueError, match=f"set pair_term=False with {name}"):
+        UENNForceField(**option)
+    model = UENNForceField(pair_term=False, **option)
+    assert model.config[name] == option[name]
+    with pytest.raises(ValueError, match="radial_mlp must be >= 0"):
+        UENNForceField(pair_term=False, radial_mlp=-1)
