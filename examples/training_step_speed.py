@@ -39,12 +39,12 @@ def main() -> None:
     mean_atoms = tj._mean_atoms(sets.train)
     job = replace(job, batch_size=job.resolved_batch_size(sets.from_file, mean_atoms))
     energies = getattr(sets.train[0], "energy", None) is not None
-    model = tj._build_model(job, sets, energies)
+    model = tj._build_model(job, sets, energies, mean_atoms)
     for data in (sets.train, sets.val):
         data.transform = tj._transform(job, model)
     sets = tj._with_edges(sets, model.cutoff)
     tj._fit_scales(model, job.model, sets.train)
-    cfg = tj._train_config(job, model, energies, mean_atoms)
+    cfg = tj._train_config(job, model, energies, mean_atoms, True, sets.from_file)
     if not PackedGraphs.fits(sets.train):
         raise SystemExit("the neighbour lists were not stored (a set too large): no packing")
     chunk = chunk_size(sets.train) if isinstance(model, UENNForceField) else None

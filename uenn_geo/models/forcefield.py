@@ -14,6 +14,7 @@ from uenn_geo.constants import ARGON_Z
 from uenn_geo.dtypes import dtype_name, resolve_dtype
 from uenn_geo.edges import Edges
 from uenn_geo.models.base import ForceModel, batch_of, check_positions
+from uenn_geo.models.config import checked_config
 from uenn_geo.models.pair import fit_pair, has_positions
 from uenn_geo.models.response import cells_of, energy_response
 from uenn_geo.models.scales import fit_force_energy_scales
@@ -28,49 +29,6 @@ __all__ = ["UENNForceField"]
 def _as_scalar_channels(s: Tensor, n: int) -> Tensor:
     r"""Invariants :obj:`(N, T)` as channels :math:`[\mathbf{0}; s]` :obj:`(N, n + 1, T)`."""
     return torch.cat([s.new_zeros(s.shape[0], n, s.shape[1]), s.unsqueeze(1)], dim=1)
-
-
-def _checked_config(**cfg: Any) -> dict[str, Any]:
-    """The configuration of :class:`UENNForceField`, checked; a clear error otherwise."""
-    numbers = cfg["atomic_numbers"]
-    if cfg["num_blocks"] < 1:
-        raise ValueError(f"num_blocks must be >= 1, got {cfg['num_blocks']}")
-    if not numbers or min(numbers) < 0 or len(set(numbers)) < len(numbers):
-        raise ValueError(f"atomic_numbers must be distinct non-negative integers, got {numbers}")
-    channels = [cfg["hidden_channels"], cfg["interaction_channels"], *cfg["mlp_channels"]]
-    if any(c < 1 for c in channels):
-        raise ValueError(
-            f"channel counts must be >= 1, got hidden_channels={cfg['hidden_channels']}, "
-            f"interaction_channels={cfg['interaction_channels']}, "
-            f"mlp_channels={cfg['mlp_channels']}"
-        )
-    if cfg["radial_mlp"] < 0:
-        raise ValueError(f"radial_mlp must be >= 0 (0: none), got {cfg['radial_mlp']}")
-    for name in ("radial_mlp", "learnable_basis"):
-        if cfg[name] and cfg["pair_term"]:
-            raise ValueError(
-                f"{name} trains the radial functions that the pair term's closed-form fit "
-                f"reads as fixed; set pair_term=False with {name}"
-            )
-    if cfg["gram_channels"] < 0:
-        raise ValueError(f"gram_channels must be >= 0, got {cfg['gram_channels']}")
-    e0s = cfg["e0s"]
-    if e0s is not None:
-        if not cfg["conservative"]:
-            raise ValueError(
-                "e0s (isolated-atom energies) need a model with an energy: conservative=True"
-            )
-        if sorted(int(z) for z in e0s) != sorted(numbers):
-            raise ValueError(
-                f"e0s must give one energy per species {sorted(numbers)}, got atomic numbers "
-                f"{sorted(int(z) for z in e0s)}"
-            )
-    if not isinstance(cfg["activation"], str):
-        raise ValueError(
-            f"activation must be a name (the config is JSON), got "
-            f"{type(cfg['activation']).__name__}"
-        )
-    return cfg
 
 
 class UENNForceField(ForceModel):
@@ -276,7 +234,7 @@ class UENNForceField(ForceModel):
     ) -> None:
         super().__init__()
         dtype = resolve_dtype(dtype)
-        self.config: dict[str, Any] = _checked_config(
+        self.config: dict[str, Any] = checked_config(
             cutoff=float(cutoff),
             num_basis=int(num_basis),
             interaction_basis=None if interaction_basis is None else int(interaction_basis),
