@@ -363,3 +363,29 @@ def test_small_molecules_get_a_third_block_and_bond_vectors():
     assert large.config["num_blocks"] == 2 and not large.config["bond_vectors"]
     mine = TrainJob(train_file="x.xyz", max_epochs=1, model_kwargs={"num_blocks": 2})
     assert _build_model(mine, sets, False, 9.0).config["num_blocks"] == 2
+
+
+def test_resume_keeps_the_defaults_the_run_started_with(files, tmp_path, monkeypatch, capsys):
+    """A run interrupted and resumed after uenn-geo's defaults changed (model, batch size,
+    loss weights) goes on with those it started with; a changed option is still refused."""
+    from uenn_geo.cli import train_job, train_settings
+
+    out = tmp_path / "run"
+    flags = args(files, out)
+    at = flags.index("--batch-size")
+    del flags[at : at + 2]  # the default batch size
+    flags[flags.index("--max-epochs") + 1] = "1"
+    assert main(flags) == 0
+    first = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert first["model"]["config"]["bond_vectors"] and first["epoch"] == 1
+    monkeypatch.setattr(train_job, "SMALL_MOLECULE_MODEL", {})
+    monkeypatch.setattr(train_job, "FILE_ENERGY_WEIGHT", 0.5)
+    monkeypatch.setattr(train_settings, "BATCH", 4)
+    flags[flags.index("--max-epochs") + 1] = "2"
+    assert main(flags) == 0
+    assert "the model configuration the run started with" in capsys.readouterr().out
+    resumed = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert resumed["epoch"] == 2 and resumed["model"]["config"] == first["model"]["config"]
+    assert resumed["train_config"] == first["train_config"] | {"max_epochs": 2}
+    assert main([*flags, "--lr", "0.01", "--max-epochs", "3"]) != 0  # another option
+    assert "--lr changed" in capsys.readouterr().err

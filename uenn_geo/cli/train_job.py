@@ -31,6 +31,7 @@ from uenn_geo.models import MODELS, UENNForceField, save_model
 from uenn_geo.models.scales import refit_energy_shift, set_scales_from_statistics
 from uenn_geo.neighbors import RadiusGraph
 from uenn_geo.train import DenseForceData, TrainConfig, distributed, train
+from uenn_geo.train.checkpoint import RESUMABLE_FIELDS
 from uenn_geo.train.dense import StackedGraphs
 from uenn_geo.train.loss import has_energy
 from uenn_geo.train.metrics import format_table
@@ -129,14 +130,21 @@ def _run_locked(job: TrainJob, out: Path, device: Any = "cpu") -> dict[str, Any]
     with distributed.main_first():  # rank 0 fills the processed-data cache
         sets = _load_sets(job)
     mean_atoms = _mean_atoms(sets.train)
+    started = _started(job, out)  # the checkpoint a resumed run continues, if any
     batch_size = job.resolved_batch_size(sets.from_file, mean_atoms)
     grad_clip = _grad_clip(job, sets.from_file) or 0.0
+    if started is not None:  # defaults as they were when the run started
+        batch_size = job.batch_size or started["identity"].get("--batch-size", batch_size)
+        if job.grad_clip is None:
+            grad_clip = started["identity"].get("--grad-clip", grad_clip)
     job = replace(job, batch_size=batch_size, grad_clip=grad_clip)  # as resolved, for the record
     _print_config(job)
     if distributed.is_main():
         atomic_write(out / "config.yaml", lambda f: _dump_yaml(job.as_dict(), f), mode="w")
     energies = getattr(sets.train[0], "energy", None) is not None
     model = _build_model(job, sets, energies, mean_atoms)
+    if started is not None:
+        model = _model_as_started(model, job, started["model"])
     transform = _transform(job, model)
     for data in (sets.train, sets.val, *sets.tests.values()):
         data.transform = transform
@@ -157,6 +165,8 @@ def _run_locked(job: TrainJob, out: Path, device: Any = "cpu") -> dict[str, Any]
     one_shape = sets.from_file and isinstance(model, UENNForceField)
     one_shape = one_shape and PackedGraphs.fits(sets.train)
     cfg = _train_config(job, model, energies, mean_atoms, one_shape, sets.from_file)
+    if started is not None:
+        cfg = _settings_as_started(cfg, started["train_config"])
     sets, cfg = _one_shape(sets, cfg, model)
     meta = {"job": job.as_dict()}
     result = train(
@@ -187,6 +197,50 @@ def _run_locked(job: TrainJob, out: Path, device: Any = "cpu") -> dict[str, Any]
         write_json(out / "metrics.json", metrics)  # NaN and inf as null
     metrics["table"] = format_table(tables)
     return metrics
+
+
+def _started(job: TrainJob, out: Path) -> dict[str, Any] | None:
+    """The model record, training settings and identity of the checkpoint that a resumed
+    run continues; :obj:`None` when there is none to continue (or it cannot be read: the
+    training loop then refuses it, saying why)."""
+    path = out / "checkpoint.pt"
+    if not job.resume or not path.is_file():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        saved = {"model": ckpt["model"], "train_config": ckpt["train_config"]}
+        return saved | {"identity": ckpt.get("identity") or {}}
+    except Exception:  # any damage: the training loop's check names it
+        return None
+
+
+def _model_as_started(model: nn.Module, job: TrainJob, record: dict[str, Any]) -> nn.Module:
+    """A resumed run's model: the checkpoint's configuration where only defaults of
+    ``uenn-geo train`` changed since the run started (a changed option is refused by the
+    identity check: the options are part of the run's identity)."""
+    if not isinstance(record, dict) or record.get("model") != job.model:
+        return model
+    cls = MODELS[job.model]
+    config = {**getattr(cls, "legacy_config", {}), **record["config"]}
+    if config == model.config:
+        return model
+    changed = sorted(
+        k for k in config.keys() | model.config.keys() if config.get(k) != model.config.get(k)
+    )
+    print(
+        f"resuming with the model configuration the run started with (today's defaults "
+        f"differ in {', '.join(changed)})",
+        flush=True,
+    )
+    torch.manual_seed(job.seed)
+    return cls(**config)
+
+
+def _settings_as_started(cfg: TrainConfig, saved: dict[str, Any]) -> TrainConfig:
+    """A resumed run's training settings: the checkpoint's, but for the limits
+    (:data:`~uenn_geo.train.checkpoint.RESUMABLE_FIELDS`)."""
+    known = {f for f in TrainConfig.__dataclass_fields__ if f not in RESUMABLE_FIELDS}
+    return replace(cfg, **{k: v for k, v in saved.items() if k in known})
 
 
 def _with_edges(sets: _Sets, cutoff: float, limit: int = STORED_EDGES_LIMIT) -> _Sets:
