@@ -35,14 +35,14 @@ CASES = {
          "conservative": True},
     ),
     # the chemistry options: weights per species pair, inner products, separate scalar
-    # weights, the centre's vectors projected on its bonds, the bond tensors' invariants
+    # weights, the centre's vectors projected on its bonds
     "graph-chemistry": (
         "graph",
         {"cutoff": 4.0, "num_basis": 6, "hidden_channels": 6, "mlp_channels": [8],
          "interaction_channels": 2, "atomic_numbers": [1, 8], "dtype": "float64",
          "conservative": True, "species_pairs": True, "gram_channels": 3,
          "separate_scalars": True, "own_species": True, "centre_vectors": True,
-         "bond_vectors": True, "tensor_invariants": 2},
+         "bond_vectors": True},
     ),
     # learned radial functions and Gaussians (no pair term: it reads them as fixed)
     "graph-radial": (

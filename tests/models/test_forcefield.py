@@ -6,7 +6,6 @@ from torch_geometric.data import Batch, Data
 
 from uenn_geo.edges import Edges, build_edges
 from uenn_geo.models.forcefield import UENNForceField
-from uenn_geo.nn.radial import edge_basis
 from uenn_geo.testing import apply_group, random_orthogonal, random_permutation, relative_error
 
 F64 = torch.float64
@@ -571,49 +570,3 @@ def test_learned_radial_functions_refuse_the_pair_term(option):
     assert model.config[name] == option[name]
     with pytest.raises(ValueError, match="radial_mlp must be >= 0"):
         UENNForceField(pair_term=False, radial_mlp=-1)
-
-
-def test_tensor_invariants_are_the_cos_squared_triplet_sums():
-    """The Frobenius products of the bond tensors are sums over pairs of bonds of
-    (r_ij . r_ik)^2 / (r_ij r_ik)^2 - 1/3, weighted by the radial functions: brute force on a
-    small cluster, for every Gaussian and species pair; invariant under random orthogonal
-    matrices and permutations of the atoms."""
-    torch.manual_seed(0)
-    model = UENNForceField(
-        cutoff=3.0, num_basis=4, atomic_numbers=[1, 8], dtype=F64, pair_term=False,
-        tensor_invariants=2,
-    )  # fmt: skip
-    pos = torch.randn(6, 3, dtype=F64)
-    z = torch.tensor([8, 1, 1, 8, 1, 1])
-    species = model.species_index(z, 6)
-    v = torch.nn.functional.one_hot(species, 2).to(F64)
-    edges = build_edges(pos, model.cutoff)
-    t = model._bond_tensors(pos, edges, v)  # (N, 9, B S)
-    assert t.shape == (6, 9, 4 * 2)
-    conv = model.convs[0]
-    for i in range(6):
-        frob = torch.einsum("ra,rb->ab", t[i], t[i])  # (B S, B S)
-        brute = torch.zeros_like(frob)
-        for j in range(6):
-            for k in range(6):
-                rj, rk = pos[j] - pos[i], pos[k] - pos[i]
-                if j == i or k == i or rj.norm() >= 3.0 or rk.norm() >= 3.0:
-                    continue
-                ej = torch.outer(edge_basis(rj.norm().view(1), conv.basis, 3.0)[0], v[j])
-                ek = torch.outer(edge_basis(rk.norm().view(1), conv.basis, 3.0)[0], v[k])
-                cos2 = (rj @ rk) ** 2 / (rj @ rj) / (rk @ rk)
-                brute += torch.outer(ej.flatten(), ek.flatten()) * (cos2 - 1 / 3)
-        assert torch.allclose(frob, brute, atol=1e-12)
-    gen = torch.Generator().manual_seed(1)
-    q = random_orthogonal(3, generator=gen)
-    perm = random_permutation(6, generator=gen)
-    data = Data(pos=pos, z=z)
-    moved = Data(pos=(pos @ q.T)[perm], z=z[perm])
-    inv = model.tensor_gram(model._bond_tensors(pos, edges, v))
-    edges2 = build_edges(moved.pos, model.cutoff)
-    v2 = v[perm]
-    inv2 = model.tensor_gram(model._bond_tensors(moved.pos, edges2, v2))
-    assert relative_error(inv2, inv[perm]) < 1e-12
-    assert model(data).shape == (6, 3)
-    with pytest.raises(ValueError, match="tensor_invariants must be >= 0"):
-        UENNForceField(pair_term=False, tensor_invariants=-1)

@@ -19,11 +19,9 @@ from uenn_geo.models.pair import fit_pair, has_positions
 from uenn_geo.models.response import cells_of, energy_response
 from uenn_geo.models.scales import fit_force_energy_scales
 from uenn_geo.nn.conv import VectorGaussianConv
-from uenn_geo.nn.functional import safe_norm
 from uenn_geo.nn.gram import GramInvariants
 from uenn_geo.nn.linear import EquivariantLinear
 from uenn_geo.nn.mlp import EquivariantMLP
-from uenn_geo.nn.radial import edge_basis
 
 __all__ = ["UENNForceField"]
 
@@ -174,13 +172,6 @@ class UENNForceField(ForceModel):
             default: :obj:`0`, none).
         learnable_basis (bool): train the Gaussians' centres and widths in every graph layer
             (:class:`~uenn_geo.nn.GaussianBasis`) (default: :obj:`False`).
-        tensor_invariants (int): :math:`K > 0` adds to the first block's MLP the
-            :math:`K (K + 1) / 2` Frobenius inner products of :math:`K` learned mixes of the
-            neighbourhood's traceless bond tensors :math:`\sum_j e^b_{ij} v_{js}
-            (\hat{\mathbf{r}}_{ij} \hat{\mathbf{r}}_{ij}^\top - I / n)`, read as vectors of
-            :math:`\mathbb{R}^{n^2}` (:class:`~uenn_geo.nn.GramInvariants`): three-body
-            invariants of angular order two, :math:`\cos^2 \theta_{jik}` (default:
-            :obj:`0`, none).
 
     Shapes:
         - input: a PyG ``Data``/``Batch`` with ``pos`` :obj:`(N, 3)` (Angstrom), ``z``
@@ -213,7 +204,6 @@ class UENNForceField(ForceModel):
         "bond_vectors": False,
         "radial_mlp": 0,
         "learnable_basis": False,
-        "tensor_invariants": 0,
     }
 
     def __init__(
@@ -241,7 +231,6 @@ class UENNForceField(ForceModel):
         bond_vectors: bool = False,
         radial_mlp: int = 0,
         learnable_basis: bool = False,
-        tensor_invariants: int = 0,
     ) -> None:
         super().__init__()
         dtype = resolve_dtype(dtype)
@@ -269,7 +258,6 @@ class UENNForceField(ForceModel):
             bond_vectors=bool(bond_vectors),
             radial_mlp=int(radial_mlp),
             learnable_basis=bool(learnable_basis),
-            tensor_invariants=int(tensor_invariants),
         )
         self.cutoff = float(cutoff)
         self.num_species = len(atomic_numbers)
@@ -311,14 +299,8 @@ class UENNForceField(ForceModel):
         self.mixes = nn.ModuleList()
         self.mlps = nn.ModuleList()
         self.grams = nn.ModuleList() if cfg["gram_channels"] else None
-        self.tensor_gram = None
-        if cfg["tensor_invariants"]:  # order two: the bond tensors' Frobenius products
-            width = cfg["num_basis"] * species
-            self.tensor_gram = GramInvariants(width, cfg["tensor_invariants"], dtype=dtype)
         for k in range(num_blocks):
             c_in = (m if k == 0 else 2 * m) + (species if cfg["own_species"] else 0)
-            if k == 0 and self.tensor_gram is not None:
-                c_in += self.tensor_gram.num_invariants
             if self.grams is not None:
                 self.grams.append(GramInvariants(c_in, cfg["gram_channels"], dtype=dtype))
                 c_in += self.grams[-1].num_invariants
@@ -343,8 +325,7 @@ class UENNForceField(ForceModel):
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer (normalised Xavier, zero biases); keeps the fitted buffers."""
-        grams = (*(self.grams or ()), *([self.tensor_gram] if self.tensor_gram else []))
-        for module in (*self.convs, *self.mixes, *self.mlps, *grams):
+        for module in (*self.convs, *self.mixes, *self.mlps, *(self.grams or ())):
             module.reset_parameters()
         if self.energy_readout is not None:
             bound = 1.0 / math.sqrt(self.energy_readout.in_features)
@@ -437,10 +418,7 @@ class UENNForceField(ForceModel):
         own = []
         if self.config["own_species"]:  # [0; v_i]: the atom's own species as scalar channels
             own = [_as_scalar_channels(v, n)]
-        tensor = []
-        if self.tensor_gram is not None:
-            tensor = [_as_scalar_channels(self.tensor_gram(self._bond_tensors(pos, edges, v)), n)]
-        h = self.mlps[0](self._with_gram(0, torch.cat([h, *own, *tensor], dim=-1)))
+        h = self.mlps[0](self._with_gram(0, torch.cat([h, *own], dim=-1)))
         blocks = zip(self.mixes, self.convs[1:], self.mlps[1:], strict=True)
         for k, (mix, conv, mlp) in enumerate(blocks, start=1):
             y = mix(h)  # (N, n + 1, C): [x_j; s_j]
@@ -448,26 +426,6 @@ class UENNForceField(ForceModel):
             message = conv(pos, edges, v_mix, y[:, :n, :], centre=centre)  # (N, n + 1, M)
             h = mlp(self._with_gram(k, torch.cat([h, message, *own], dim=-1)))
         return h, sums
-
-    def _bond_tensors(self, pos: Tensor, edges: Edges, v: Tensor) -> Tensor:
-        r"""The neighbourhood's traceless bond tensors :math:`T_i^{bs} = \sum_j e^b_{ij}
-        v_{js} (\hat{r}_{ij} \hat{r}_{ij}^\top - I / n)` as :math:`n^2` rows :obj:`(N, n^2, B S)`:
-        vectors of :math:`\mathbb{R}^{n^2}` on which a rotation :math:`Q` acts as the orthogonal
-        :math:`Q \otimes Q`, so that their inner products are invariant."""
-        conv = self.convs[0]
-        i, j = edges.index
-        r_vec = pos.index_select(0, j) - pos.index_select(0, i)
-        if edges.shifts is not None:
-            r_vec = r_vec + edges.shifts
-        r = safe_norm(r_vec, dim=-1, keepdim=True)
-        unit = r_vec / r.clamp_min(conv.eps)
-        e = edge_basis(r.squeeze(-1), conv.basis, conv.cutoff)  # (E, B)
-        n = pos.shape[1]
-        eye = torch.eye(n, dtype=pos.dtype, device=pos.device) / n
-        outer = (unit.unsqueeze(-1) * unit.unsqueeze(-2) - eye).reshape(-1, n * n)
-        outer = outer * (r > 0)  # a zero-length (padding) edge carries nothing
-        feat = outer.unsqueeze(-1) * v.index_select(0, j).unsqueeze(1)  # (E, n^2, S)
-        return conv.aggregate((e, feat), i, dim_size=pos.shape[0], chunk=edges.chunk)
 
     def _with_gram(self, block: int, x: Tensor) -> Tensor:
         """``x`` and, with ``gram_channels``, its inner-product invariants as scalar channels."""
