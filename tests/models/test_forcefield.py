@@ -525,6 +525,16 @@ def test_models_saved_before_the_pair_term_load_without_it(tmp_path):
     assert torch.equal(loaded(data), model(data))
 
 
+def test_models_with_options_this_version_lacks_are_refused_naming_them(tmp_path):
+    from uenn_geo.models import load_model, model_record
+
+    record = model_record(make_model())
+    record["config"]["tensor_invariants"] = 0  # an option of another version
+    torch.save(record, tmp_path / "newer.pt")
+    with pytest.raises(ValueError, match=r"does not know: \['tensor_invariants'\]"):
+        load_model(tmp_path / "newer.pt")
+
+
 def test_e0s_are_the_isolated_atoms_energies():
     e0s = {1: -13.568422383046626, 8: -2035.5709809589698}
     model = make_model(atomic_numbers=[1, 8], conservative=True, e0s=e0s)

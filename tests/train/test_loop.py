@@ -305,3 +305,21 @@ def test_stage_two_starts_once_from_the_averaged_weights(tmp_path, monkeypatch, 
         model, clusters[:6], clusters[6:], dataclasses.replace(cfg, max_epochs=6), tmp_path / "run"
     )
     assert len(seen) == 1
+
+
+def test_stage_two_picks_its_model_by_its_own_loss(tmp_path, small_energy_model):
+    """From the switch on, the validation score weighs the energies as stage two's loss does,
+    and the saved model is the best of stage two (scores of the two stages are not
+    comparable: stage one's best would otherwise be kept whatever stage two reaches)."""
+    from uenn_geo.data import LJClusters
+
+    clusters = LJClusters(str(tmp_path / "lj"), num_configs=8, min_atoms=3, max_atoms=6, log=False)
+    model = small_energy_model(clusters)
+    cfg = TrainConfig(max_epochs=4, batch_size=4, energy_weight=0.01, stage_two=0.5, progress=False)
+    result = train(model, clusters[:6], clusters[6:], cfg, out_dir=tmp_path / "run")
+    scale = float(model.force_scale)
+    for row in result.history:
+        weight = cfg.stage_two_energy_weight if row["epoch"] > 2 else cfg.energy_weight
+        f, e = row["val_force_rmse"] / scale, row["val_energy_rmse_per_atom"] / scale
+        assert row["val_score"] == pytest.approx(math.sqrt(f * f + weight * e * e) * scale)
+    assert result.best_epoch > 2  # a stage-two epoch

@@ -11,6 +11,7 @@ written before the checksum load unchecked).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,13 @@ def model_from_record(record: Any, source: str = "record") -> nn.Module:
         raise ValueError(f"{source} holds an unknown model {name!r}; known: {sorted(MODELS)}")
     # Keys added to a model's configuration after format 1 default to their old behaviour.
     config = {**getattr(MODELS[name], "legacy_config", {}), **record["config"]}
+    known = inspect.signature(MODELS[name]).parameters
+    unknown = sorted(set(config) - set(known))
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in known.values()):
+        raise ValueError(
+            f"{source} holds options of the {name!r} model that this uenn-geo does not know: "
+            f"{unknown} (written by another version); load it with the version that wrote it"
+        )
     model = MODELS[name](**config)
     try:
         model.load_state_dict(record["state_dict"])

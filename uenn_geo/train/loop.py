@@ -272,7 +272,9 @@ class _Run:
         s = self.state
         if self.ema is not None:
             self.ema.swap()
-        self.val_metrics = _validation(self.model, val_data, self.config)
+        cfg = self.config  # stage two's model is picked by stage two's loss
+        weight = cfg.stage_two_energy_weight if s.stage_two_started else cfg.energy_weight
+        self.val_metrics = _validation(self.model, val_data, cfg, weight)
         val = self.val_metrics["score"]
         s.epoch += 1
         s.elapsed += distributed.agreed_seconds(_since(t0))
@@ -316,6 +318,8 @@ class _Run:
         Adam moments: the live weights' energies drift where a light energy term leaves
         them free, and the moments were scaled to the forces' gradients alone."""
         self.state.stage_two_started = True
+        # its scores weigh the energies more: the best model is picked among stage two's
+        self.state.best_val, self.state.epochs_since_best = math.inf, 0
         if self.ema is not None:
             with torch.no_grad():
                 for p, averaged in zip(self.ema.params, self.ema.shadow, strict=True):
@@ -452,16 +456,20 @@ class _EMA:
         self.updates = state["updates"]
 
 
-def _validation(model: nn.Module, data: Any, cfg: TrainConfig) -> dict[str, float]:
+def _validation(
+    model: nn.Module, data: Any, cfg: TrainConfig, energy_weight: float | None = None
+) -> dict[str, float]:
     """Validation errors (eV/A, eV/atom) and the score that picks the best model: the force
-    RMSE, or with an energy term the loss's own mix of force and per-atom energy errors."""
-    if cfg.energy_weight <= 0 or not has_energy(model) or not _has_energies(data):
+    RMSE, or with an energy term the loss's own mix of force and per-atom energy errors
+    (``energy_weight``, by default the configuration's)."""
+    weight = cfg.energy_weight if energy_weight is None else energy_weight
+    if weight <= 0 or not has_energy(model) or not _has_energies(data):
         rmse = distributed.force_rmse(model, data, cfg.eval_batch_size)
         return {"force_rmse": rmse, "score": rmse}
     row = distributed.error_table(model, data, cfg.eval_batch_size)[ALL]
     force, energy = row["force_rmse"] / 1e3, row["energy_rmse_per_atom"] / 1e3
     scale = float(model.force_scale)
-    score = math.sqrt((force / scale) ** 2 + cfg.energy_weight * (energy / scale) ** 2) * scale
+    score = math.sqrt((force / scale) ** 2 + weight * (energy / scale) ** 2) * scale
     return {
         "force_rmse": force,
         "energy_rmse_per_atom": energy,
