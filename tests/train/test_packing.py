@@ -173,3 +173,34 @@ def test_chunk_size_is_the_largest_that_pads_little():
     larger = [s for s in CHUNK_SIZES if s > size]
     for s in larger:
         assert sum(int(((c + s - 1) // s).sum()) for c in counts) * s > 1.5 * total
+
+
+def test_a_batch_is_pygs_collation_of_its_structures_followed_by_the_padding():
+    frames = _structures(12)
+    for f in frames:  # as the readers store it
+        f.num_atoms = torch.tensor([f.num_nodes])
+    packed = PackedGraphs(frames, CUTOFF, chunk=8)
+    room = packed.budget(4)
+    group = packed.groups(4, torch.randperm(12, generator=torch.Generator().manual_seed(3)))[1]
+    batch = packed.make(group, room)
+    plain = Batch.from_data_list([packed[i] for i in group])
+    atoms, edges, n = plain.num_nodes, plain.edge_index.shape[1], len(group)
+    for key in ("pos", "z", "forces", "batch"):
+        assert torch.equal(batch[key][:atoms], plain[key]), key
+    assert torch.equal(batch.edge_index[:, :edges], plain.edge_index)
+    assert torch.equal(batch.shifts[:edges], plain.shifts)
+    for key in ("energy", "cell", "pbc", "num_atoms", "ptr"):
+        assert torch.equal(batch[key][: plain[key].shape[0]], plain[key]), key
+    assert batch.config_type[:n] == plain.config_type
+    assert len(batch.config_type) == batch.num_graphs == room.graphs
+    # the padding: one structure of the remaining atoms (far apart), whose edges join its
+    # first two atoms; the others empty; all of weight 0 and zero energy
+    assert torch.equal(
+        batch.edge_index[:, edges:],
+        torch.tensor([[atoms], [atoms + 1]]).expand(2, room.edges - edges),
+    )
+    assert batch.num_atoms[-1] == room.atoms - atoms and (batch.num_atoms[n:-1] == 0).all()
+    assert (batch.batch[atoms:] == room.graphs - 1).all()
+    assert (batch.weight[n:] == 0).all() and (batch.energy[n:] == 0).all()
+    assert batch.edge_chunk == 8
+    assert batch.edge_index.is_contiguous()  # as PyG's (a compiled step guards on strides)
