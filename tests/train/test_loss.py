@@ -105,6 +105,32 @@ def test_compiled_loss_of_an_energy_model_matches_eager(clusters, small_energy_m
             torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-12)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None,
+    reason="inductor needs a C++ compiler (the fallback is tested without one)",
+)
+def test_a_new_energy_weight_compiles_nothing_again(clusters, small_energy_model):
+    """Stage two raises the energy weight mid-run: the compiled step takes the weights as a
+    tensor, so it runs the graph it has (it compiled again, 43 s of a 600-s copper run)."""
+    from torch._dynamo.utils import counters
+
+    model = small_energy_model(clusters)
+    batch = next(iter(DataLoader(clusters, batch_size=4)))
+    # batches of one shape (packed, or one molecule): compiled for it, constants specialised
+    loss_fn = LossFunction(model, energy_weight=0.01, compile=True, static_shapes=True)
+    torch._dynamo.reset()
+    counters.clear()
+    loss_fn.backward(batch)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1
+    loss_fn.energy_weight = 10.0
+    loss = loss_fn.backward(batch)
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert loss_fn.compiled_steps == 2
+    assert loss.item() == pytest.approx(force_loss(model, batch, 10.0).item(), rel=1e-9)
+
+
 def test_the_compiled_step_traces_as_one_graph(clusters, small_energy_model):
     """The neighbour list is read, checked and laid out in chunks before the compiled step,
     and the atoms per structure come from PyG's ``ptr``: the step (energy, forces and loss)

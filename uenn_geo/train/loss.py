@@ -64,18 +64,23 @@ def _atoms_per_graph(data: Data, batch: Tensor, num_graphs: int) -> Tensor:
 def _full_loss(
     model: nn.Module,
     data: Data,
-    energy_weight: float,
-    stress_weight: float,
-    edges: Edges | None = None,
+    energy_weight: float | Tensor,
+    stress_weight: float | Tensor,
+    edges: Edges | None,
+    energy_on: bool,
+    stress_on: bool,
 ) -> Tensor:
-    """Forces, per-atom energies and stresses, weighted per structure."""
-    if (energy_weight > 0 or stress_weight > 0) and not has_energy(model):
+    """Forces, per-atom energies and stresses, weighted per structure; the terms
+    ``energy_on`` and ``stress_on`` (their weights > 0), weighted by the weights, which a
+    compiled step passes as tensors (a weight that changes, as in stage two, then compiles
+    nothing again)."""
+    if (energy_on or stress_on) and not has_energy(model):
         raise ValueError(
             "energy_weight or stress_weight > 0 needs a model with an energy "
             "(model.has_energy), e.g. UENNForceField(conservative=True)"
         )
-    want_stress = stress_weight > 0 and getattr(data, "stress", None) is not None
-    if energy_weight > 0 or want_stress:
+    want_stress = stress_on and getattr(data, "stress", None) is not None
+    if energy_on or want_stress:
         out = model.energy_forces(data, edges, compute_stress=want_stress)
     else:
         out = {"forces": _forces(model, data, edges), "energy": None, "stress": None}
@@ -84,7 +89,7 @@ def _full_loss(
     w = _graph_weights(data, num_graphs, pred)
     f_err = ((pred - data.forces.to(pred.dtype)) / model.force_scale).square().sum(dim=1)
     loss = _weighted_mean(f_err, w[batch]) / 3
-    if energy is not None and energy_weight > 0 and getattr(data, "energy", None) is not None:
+    if energy is not None and energy_on and getattr(data, "energy", None) is not None:
         atoms = _atoms_per_graph(data, batch, energy.shape[0]).clamp_min(1).to(energy.dtype)
         ref = data.energy.reshape(-1).to(energy.dtype)
         e_err = ((energy - ref) / (model.energy_scale * atoms)).square()
@@ -116,8 +121,23 @@ def force_loss(
     that weight in every term. ``edges``: the neighbour list of ``data`` for graph models
     (default: the model's own, :meth:`~uenn_geo.models.ForceModel.edges`).
     """
-    if energy_weight > 0 or stress_weight > 0 or getattr(data, "weight", None) is not None:
-        return _full_loss(model, data, energy_weight, stress_weight, edges)
+    return _loss(
+        model, data, energy_weight, stress_weight, edges, energy_weight > 0, stress_weight > 0
+    )
+
+
+def _loss(
+    model: nn.Module,
+    data: Data,
+    energy_weight: float | Tensor,
+    stress_weight: float | Tensor,
+    edges: Edges | None,
+    energy_on: bool,
+    stress_on: bool,
+) -> Tensor:
+    """:func:`force_loss` with the terms switched on by ``energy_on`` and ``stress_on``."""
+    if energy_on or stress_on or getattr(data, "weight", None) is not None:
+        return _full_loss(model, data, energy_weight, stress_weight, edges, energy_on, stress_on)
     pred = _forces(model, data, edges)
     target = data.forces.to(pred.dtype)
     if pred.shape != target.shape:
@@ -199,7 +219,7 @@ class LossFunction:
         # to their shape
         graph = getattr(model, "cutoff", None) is not None
         dynamic = True if graph and not static_shapes else None
-        self.compiled = torch.compile(self._eager, dynamic=dynamic) if compile else None
+        self.compiled = torch.compile(self._weighted, dynamic=dynamic) if compile else None
         self.compiled_steps = 0
         #: Seconds of the first compiled step (the compilation); :obj:`None` before it.
         self.compile_seconds: float | None = None
@@ -211,6 +231,14 @@ class LossFunction:
 
     def _eager(self, data: Data, edges: Edges | None = None) -> Tensor:
         return force_loss(self.model, data, self.energy_weight, self.stress_weight, edges)
+
+    def _weighted(
+        self, data: Data, edges: Edges | None, weights: Tensor, energy_on: bool, stress_on: bool
+    ) -> Tensor:
+        """The compiled step: the loss weights come in as a tensor, not as constants of the
+        graph, so that stage two's new energy weight compiles nothing again (it did: 43 s
+        of a 600-s copper run)."""
+        return _loss(self.model, data, weights[0], weights[1], edges, energy_on, stress_on)
 
     def _edges(self, data: Data) -> Edges | None:
         """The neighbour list of ``data``, built (or read), checked and, for the graph
@@ -236,8 +264,10 @@ class LossFunction:
         try:
             start = time.perf_counter()
             edges = self._edges(data)
+            weights = torch.tensor([self.energy_weight, self.stress_weight])
+            on = (self.energy_weight > 0, self.stress_weight > 0)
             with _quiet_graph_breaks():
-                loss = self.compiled(data, edges)
+                loss = self.compiled(data, edges, weights.to(data.pos.dtype), *on)
             loss.backward()  # the backward graph may compile only here
             if self.compile_seconds is None:
                 self.compile_seconds = time.perf_counter() - start
