@@ -331,6 +331,38 @@ def test_compiled_steps_on_structures_of_many_sizes_take_packed_batches():
     assert _one_shape(unstored, cfg, model)[0].train is graphs
 
 
+def test_stage_two_by_default_for_files_of_several_compositions():
+    """Files of structures of several compositions (clusters and cells of many sizes) train
+    the graph model with energies in two stages (energy weight 1 for the last 20 %); one
+    molecule's frames, built-in sets, direct or SchNet models, forces-only runs and
+    ``--stage-two 0`` in one."""
+    from torch_geometric.data import Data
+
+    from uenn_geo.cli.train_job import _compositions, _train_config
+    from uenn_geo.cli.train_settings import STAGE_TWO, STAGE_TWO_ENERGY_WEIGHT
+    from uenn_geo.models import UENNForceField
+
+    job = TrainJob(data="x", max_epochs=1)
+    assert (STAGE_TWO, STAGE_TWO_ENERGY_WEIGHT) == (0.8, 1.0)
+    assert job.resolved_stage_two(True, 2, True) == (0.8, 1.0)
+    assert job.resolved_stage_two(True, 1, True) == (0.0, 10.0)  # one molecule
+    assert job.resolved_stage_two(False, 2, True) == (0.0, 10.0)  # a built-in set
+    assert job.resolved_stage_two(True, 2, False) == (0.0, 1.0)  # no energies to weigh
+    for kwargs in ({"stage_two": 0.0}, {"model": "schnet"}, {"energy_weight": 0.0}):
+        assert TrainJob(data="x", max_epochs=1, **kwargs).resolved_stage_two(True, 2, True)[0] == 0
+    given = TrainJob(data="x", max_epochs=1, stage_two=0.5, stage_two_energy_weight=3.0)
+    assert given.resolved_stage_two(True, 1, True) == (0.5, 3.0)
+    model = UENNForceField(conservative=True)
+    cfg = _train_config(job, model, energies=True, from_file=True, compositions=2)
+    assert (cfg.stage_two, cfg.stage_two_energy_weight) == (0.8, 1.0)
+    assert _train_config(job, model, energies=True, from_file=True).stage_two is None
+    with pytest.raises(ValueError, match="--stage-two must lie in"):
+        TrainJob(data="x", max_epochs=1, stage_two=1.0)
+    water = [Data(z=torch.tensor([8, 1, 1])), Data(z=torch.tensor([1, 8, 1]))]
+    assert _compositions(water) == 1
+    assert _compositions([*water, Data(z=torch.tensor([29] * 13))]) == 2
+
+
 def test_batch_size_default_follows_the_structures():
     """16 structures a step, 8 for files of structures of more than 20 atoms on average;
     built-in sets and explicit sizes keep theirs."""
@@ -367,7 +399,8 @@ def test_small_molecules_get_a_third_block_and_bond_vectors():
 
 def test_resume_keeps_the_defaults_the_run_started_with(files, tmp_path, monkeypatch, capsys):
     """A run interrupted and resumed after uenn-geo's defaults changed (model, batch size,
-    loss weights) goes on with those it started with; a changed option is still refused."""
+    loss weights, stage two) goes on with those it started with; a changed option is still
+    refused."""
     from uenn_geo.cli import train_job, train_settings
 
     out = tmp_path / "run"
@@ -381,6 +414,7 @@ def test_resume_keeps_the_defaults_the_run_started_with(files, tmp_path, monkeyp
     monkeypatch.setattr(train_job, "SMALL_MOLECULE_MODEL", {})
     monkeypatch.setattr(train_job, "FILE_ENERGY_WEIGHT", 0.5)
     monkeypatch.setattr(train_settings, "BATCH", 4)
+    monkeypatch.setattr(train_job, "_compositions", lambda data: 2)  # stage two by default
     flags[flags.index("--max-epochs") + 1] = "2"
     assert main(flags) == 0
     assert "the model configuration the run started with" in capsys.readouterr().out

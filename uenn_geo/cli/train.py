@@ -94,8 +94,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for flag, kind, text in [
         ("--energy-weight", float, "per-atom energy term (default: 0.01 with energies)"),
         ("--stress-weight", float, f"(default: {d['stress_weight']})"),
-        ("--stage-two", float, "budget fraction where stage two starts (default: none)"),
-        ("--stage-two-energy-weight", float, f"(default: {d['stage_two_energy_weight']})"),
+        (
+            "--stage-two",
+            float,
+            "budget fraction where stage two starts; 0: none (default: "
+            "0.8 for files of structures of over 20 atoms with energies, else none)",
+        ),
+        ("--stage-two-energy-weight", float, "(default: 1 for those files, else 10)"),
         ("--time-limit", float, f"seconds (default: {d['time_limit']})"),
         ("--max-epochs", int, "(default: none)"),
         (

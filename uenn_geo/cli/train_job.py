@@ -137,11 +137,21 @@ def _run_locked(job: TrainJob, out: Path, device: Any = "cpu") -> dict[str, Any]
         batch_size = job.batch_size or started["identity"].get("--batch-size", batch_size)
         if job.grad_clip is None:
             grad_clip = started["identity"].get("--grad-clip", grad_clip)
+    energies = getattr(sets.train[0], "energy", None) is not None
+    compositions = _compositions(sets.train)
+    stage_two = job.resolved_stage_two(sets.from_file, compositions, energies and not job.direct)
+    if started is not None:  # stage two as the run started (its defaults may have changed)
+        fraction, weight = stage_two
+        if job.stage_two is None:
+            fraction = started["identity"].get("--stage-two", fraction)
+        if job.stage_two_energy_weight is None:
+            weight = started["identity"].get("--stage-two-energy-weight", weight)
+        stage_two = (fraction, weight)
     job = replace(job, batch_size=batch_size, grad_clip=grad_clip)  # as resolved, for the record
+    job = replace(job, stage_two=stage_two[0], stage_two_energy_weight=stage_two[1])
     _print_config(job)
     if distributed.is_main():
         atomic_write(out / "config.yaml", lambda f: _dump_yaml(job.as_dict(), f), mode="w")
-    energies = getattr(sets.train[0], "energy", None) is not None
     model = _build_model(job, sets, energies, mean_atoms)
     if started is not None:
         model = _model_as_started(model, job, started["model"])
@@ -164,7 +174,7 @@ def _run_locked(job: TrainJob, out: Path, device: Any = "cpu") -> dict[str, Any]
     # forces need a double backward, which compiled graphs lack)
     one_shape = sets.from_file and isinstance(model, UENNForceField)
     one_shape = one_shape and PackedGraphs.fits(sets.train)
-    cfg = _train_config(job, model, energies, mean_atoms, one_shape, sets.from_file)
+    cfg = _train_config(job, model, energies, mean_atoms, one_shape, sets.from_file, compositions)
     if started is not None:
         cfg = _settings_as_started(cfg, started["train_config"])
     sets, cfg = _one_shape(sets, cfg, model)
@@ -488,6 +498,7 @@ def _train_config(
     mean_atoms: float = 0.0,
     one_shape: bool = False,
     from_file: bool = False,
+    compositions: int = 1,
 ) -> TrainConfig:
     with_energy = has_energy(model) and energies
     energy_weight = job.energy_weight
@@ -499,6 +510,7 @@ def _train_config(
             "(drop --direct)"
         )
     batch = job.resolved_batch_size(True, mean_atoms)
+    stage_two, stage_weight = job.resolved_stage_two(from_file, compositions, with_energy)
     return TrainConfig(
         lr=job.lr,
         weight_decay=job.weight_decay,
@@ -512,8 +524,8 @@ def _train_config(
         eval_batch_size=4 * batch,
         energy_weight=energy_weight,
         stress_weight=job.stress_weight,
-        stage_two=job.stage_two,
-        stage_two_energy_weight=job.stage_two_energy_weight,
+        stage_two=stage_two or None,  # 0: one stage
+        stage_two_energy_weight=stage_weight,
         progress=job.progress,
         compile=_compile(job, mean_atoms, one_shape),
     )
@@ -540,9 +552,21 @@ def _compile(job: TrainJob, mean_atoms: float, one_shape: bool = False) -> bool:
     return job.compile in (True, "yes")
 
 
+def _picks(data: Any, sample: int) -> list[int]:
+    """Up to ``sample`` indices spread evenly over ``data``."""
+    return np.unique(np.linspace(0, len(data) - 1, min(sample, len(data))).astype(int)).tolist()
+
+
 def _mean_atoms(data: Any, sample: int = 64) -> float:
     """The mean number of atoms of up to ``sample`` structures spread over ``data``."""
     if len(data) == 0:
         return 0.0
-    picks = np.unique(np.linspace(0, len(data) - 1, min(sample, len(data))).astype(int))
-    return float(np.mean([data[int(i)].num_nodes for i in picks]))
+    return float(np.mean([data[i].num_nodes for i in _picks(data, sample)]))
+
+
+def _compositions(data: Any, sample: int = 64) -> int:
+    """How many compositions (atoms of each element) up to ``sample`` structures spread over
+    ``data`` have."""
+    if len(data) == 0:
+        return 0
+    return len({tuple(torch.bincount(data[i].z).tolist()) for i in _picks(data, sample)})
