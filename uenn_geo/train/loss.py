@@ -121,23 +121,9 @@ def force_loss(
     that weight in every term. ``edges``: the neighbour list of ``data`` for graph models
     (default: the model's own, :meth:`~uenn_geo.models.ForceModel.edges`).
     """
-    return _loss(
-        model, data, energy_weight, stress_weight, edges, energy_weight > 0, stress_weight > 0
-    )
-
-
-def _loss(
-    model: nn.Module,
-    data: Data,
-    energy_weight: float | Tensor,
-    stress_weight: float | Tensor,
-    edges: Edges | None,
-    energy_on: bool,
-    stress_on: bool,
-) -> Tensor:
-    """:func:`force_loss` with the terms switched on by ``energy_on`` and ``stress_on``."""
-    if energy_on or stress_on or getattr(data, "weight", None) is not None:
-        return _full_loss(model, data, energy_weight, stress_weight, edges, energy_on, stress_on)
+    on = (energy_weight > 0, stress_weight > 0)
+    if any(on) or getattr(data, "weight", None) is not None:
+        return _full_loss(model, data, energy_weight, stress_weight, edges, *on)
     pred = _forces(model, data, edges)
     target = data.forces.to(pred.dtype)
     if pred.shape != target.shape:
@@ -238,7 +224,9 @@ class LossFunction:
         """The compiled step: the loss weights come in as a tensor, not as constants of the
         graph, so that stage two's new energy weight compiles nothing again (it did: 43 s
         of a 600-s copper run)."""
-        return _loss(self.model, data, weights[0], weights[1], edges, energy_on, stress_on)
+        if energy_on or stress_on or getattr(data, "weight", None) is not None:
+            return _full_loss(self.model, data, *weights, edges, energy_on, stress_on)
+        return force_loss(self.model, data, 0.0, 0.0, edges)
 
     def _edges(self, data: Data) -> Edges | None:
         """The neighbour list of ``data``, built (or read), checked and, for the graph
