@@ -98,7 +98,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "--stage-two",
             float,
             "budget fraction where stage two starts; 0: none (default: "
-            "0.8 for files of structures of over 20 atoms with energies, else none)",
+            "0.8 for files of structures of several compositions, with energies; else none)",
         ),
         ("--stage-two-energy-weight", float, "(default: 1 for those files, else 10)"),
         ("--time-limit", float, f"seconds (default: {d['time_limit']})"),
