@@ -57,7 +57,12 @@ class UENNCalculator(Calculator):
     :data:`~uenn_geo.engines.evaluator.COMPILE_MIN_ATOMS` atoms runs through
     :func:`torch.compile` (compiled once per model and process, dynamic shapes, eager
     fallback); ``compile=True`` compiles on every structure; ``compile=False`` keeps the model
-    eager. Eager results equal
+    eager. Several models (a list of models or files) make a committee
+    (:class:`~uenn_geo.models.committee.Committee`): ``energy``, ``forces`` and ``stress`` are
+    the members' means, and the results also hold, as MACE's calculator names them,
+    ``energy_comm`` (every member's energy, :obj:`(M)`), ``energy_var`` (their variance),
+    ``forces_comm`` (:obj:`(M, N, 3)`) and ``stress_var`` (the variance of the stress, Voigt
+    order). Eager results equal
     :meth:`~uenn_geo.models.ForceModel.energy_forces` bit for bit, compiled ones to float
     round-off.
 
@@ -66,7 +71,7 @@ class UENNCalculator(Calculator):
 
     Args:
         model_or_path (nn.Module or path): a model, or a file written by
-            :func:`uenn_geo.models.save_model`.
+            :func:`uenn_geo.models.save_model`; a list of them for a committee.
         device (str or torch.device): where the model runs (default: ``"cpu"``).
         skin (float): Verlet skin :math:`\delta` in Angstrom (default: :obj:`1.0`).
         compile (bool or str): ``True``, ``False`` or ``"auto"`` (default), see above.
@@ -75,7 +80,7 @@ class UENNCalculator(Calculator):
 
     def __init__(
         self,
-        model_or_path: nn.Module | str | os.PathLike,
+        model_or_path: nn.Module | str | os.PathLike | list | tuple,
         device: str | torch.device = "cpu",
         skin: float = 1.0,
         compile: bool | str = "auto",
@@ -135,3 +140,10 @@ class UENNCalculator(Calculator):
         if out.stress is not None:
             self.results["stress"] = full_3x3_to_voigt_6_stress(out.stress)
         self.results["forces"] = out.forces
+        if out.forces_comm is not None:  # a committee: the members' spread (MACE's names)
+            self.results["forces_comm"] = out.forces_comm
+        if out.energy_comm is not None:
+            self.results["energy_comm"] = out.energy_comm
+            self.results["energy_var"] = float(np.var(out.energy_comm))
+        if out.stress_comm is not None:
+            self.results["stress_var"] = full_3x3_to_voigt_6_stress(np.var(out.stress_comm, 0))

@@ -144,6 +144,18 @@ def test_eval_command(files, tmp_path, capsys):
     # isolated atoms: energies exact, no force error (the model has the E0s)
     if "isolated_atom" in tables:
         assert tables["isolated_atom"]["energy_mae"] < 1e-2
+    # a committee of the model with itself is the model; with another member it is not
+    report2 = tmp_path / "eval2.json"
+    twice = ["eval", "--model", str(out / "model.pt"), str(out / "model.pt")]
+    assert main([*twice, "--file", str(files / "train.xyz"), "--out", str(report2)]) == 0
+    assert json.loads(report2.read_text())["train"] == tables
+    other = uenn_geo.load_model(out / "model.pt")
+    with torch.no_grad():
+        other.energy_readout.weight.mul_(1.5)
+    uenn_geo.save_model(other, tmp_path / "other.pt")
+    mixed = ["eval", "--model", str(out / "model.pt"), str(tmp_path / "other.pt")]
+    assert main([*mixed, "--file", str(files / "train.xyz"), "--out", str(report2)]) == 0
+    assert json.loads(report2.read_text())["train"]["all"] != tables["all"]
 
 
 def test_compile_policy():

@@ -115,6 +115,23 @@ def test_compiled_equals_eager_to_round_off(model_factory, liquid_atoms, conserv
     assert again.compile_seconds == compiled.evaluator.compile_seconds
 
 
+@pytest.mark.slow
+def test_compiled_committee_equals_eager(model_factory, liquid_atoms):
+    """Each member of a committee runs its own compiled network on one shared list."""
+    members = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        members.append(model_factory(conservative=False))
+    compiled, eager = Evaluator(members, compile=True), Evaluator(members, compile=False)
+    args = (liquid_atoms.positions, liquid_atoms.numbers, liquid_atoms.cell.array)
+    a, b = compiled(*args), eager(*args)
+    np.testing.assert_allclose(a.forces, b.forces, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(a.forces_comm, b.forces_comm, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(a.forces, a.forces_comm.mean(axis=0), rtol=0, atol=1e-14)
+    assert np.abs(a.forces_comm[0] - a.forces_comm[1]).max() > 1e-4
+    assert compiled.compiled_calls == 1 and compiled.num_builds == 1
+
+
 def test_padded_edges_change_nothing(model_factory, liquid_atoms):
     """Self-pairs of atom 0 appended to the list (whole chunks) leave energy, forces and
     stress as they were; the evaluator keeps one padded length while the list fits."""

@@ -23,14 +23,15 @@ class EvalJob:
     """Settings of ``uenn-geo eval``.
 
     Args:
-        model: a model file written by uenn-geo (``model.pt``).
+        model: a model file written by uenn-geo (``model.pt``), or several: their committee
+            (:class:`~uenn_geo.models.committee.Committee`, the mean of their predictions).
         files: structure files with reference forces (and energies, stresses).
         energy_key, forces_key, stress_key: where the references are (as for training).
         batch_size: structures per evaluation batch (default: 64).
         out: also write the tables as JSON to this file (default: none).
     """
 
-    model: str
+    model: str | tuple[str, ...]
     files: tuple[str, ...] = ()
     energy_key: str | None = None
     forces_key: str | None = None
@@ -40,6 +41,10 @@ class EvalJob:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "files", tuple(self.files))
+        if not isinstance(self.model, str):
+            object.__setattr__(self, "model", tuple(self.model))
+            if not self.model:
+                raise ValueError("give at least one --model")
         if not self.files:
             raise ValueError("give at least one --file")
         if self.batch_size < 1:
@@ -50,10 +55,10 @@ def run_eval(job: EvalJob) -> dict[str, dict[str, Any]]:
     """``{file stem: error table}`` of ``job.model`` on each of ``job.files`` (meV units)."""
     from uenn_geo.data.extxyz import read_frames
     from uenn_geo.data.transforms import CastFloats
-    from uenn_geo.models import load_model
+    from uenn_geo.models import load_committee
     from uenn_geo.train.metrics import error_table
 
-    model = load_model(job.model)
+    model = load_committee([job.model] if isinstance(job.model, str) else job.model)
     cast = CastFloats(model.dtype)
     tables = {}
     for path in job.files:
@@ -83,7 +88,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "stresses): one table row per file and per config_type.",
         argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("--model", required=True, help="model file (model.pt)")
+    p.add_argument(
+        "--model",
+        nargs="+",
+        required=True,
+        help="model file (model.pt); several: their committee (the mean of their predictions)",
+    )
     p.add_argument("--file", dest="files", nargs="+", required=True, help="structure files")
     for key in ("energy", "forces", "stress"):
         p.add_argument(f"--{key}-key", help=f"name of the {key} (e.g. REF_{key})")

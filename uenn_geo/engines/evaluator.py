@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from uenn_geo.edges import Edges
 from uenn_geo.models.base import ForceModel
+from uenn_geo.models.committee import Committee, mean_of_members
 from uenn_geo.models.response import energy_response
 from uenn_geo.neighbors import radius_graph
 
@@ -66,7 +67,11 @@ _COMPILED: weakref.WeakKeyDictionary[nn.Module, dict[str, Any]] = weakref.WeakKe
 
 def load_force_model(model_or_path: Any, device: str | torch.device = "cpu") -> ForceModel:
     """A :class:`~uenn_geo.models.ForceModel` given as a model or a file of
-    :func:`uenn_geo.models.save_model`, on ``device``, in evaluation mode."""
+    :func:`uenn_geo.models.save_model`, on ``device``, in evaluation mode; a list or tuple of
+    several gives their :class:`~uenn_geo.models.committee.Committee`."""
+    if isinstance(model_or_path, (list, tuple)):
+        members = [load_force_model(m, device) for m in model_or_path]
+        model_or_path = members[0] if len(members) == 1 else Committee(members)
     if isinstance(model_or_path, nn.Module):
         model = model_or_path
     elif isinstance(model_or_path, (str, os.PathLike)):
@@ -185,12 +190,19 @@ class EvaluatorResult:
         stress: :obj:`(3, 3)` in eV/A\\ :sup:`3`, ASE's sign (:obj:`None` unless asked for
             and defined: an energy model on a periodic cell of nonzero volume).
         volume: the cell's volume in A\\ :sup:`3` (:obj:`None` without a stress).
+        energy_comm, forces_comm, stress_comm: for a committee
+            (:class:`~uenn_geo.models.committee.Committee`), every member's energy
+            :obj:`(M)`, forces :obj:`(M, N, 3)` and stress :obj:`(M, 3, 3)`, of which
+            ``energy``, ``forces`` and ``stress`` are the means (:obj:`None` for one model).
     """
 
     energy: float | None
     forces: np.ndarray
     stress: np.ndarray | None = None
     volume: float | None = None
+    energy_comm: np.ndarray | None = None
+    forces_comm: np.ndarray | None = None
+    stress_comm: np.ndarray | None = None
 
     @property
     def virial(self) -> np.ndarray | None:
@@ -209,7 +221,9 @@ class Evaluator:
 
     Args:
         model_or_path (nn.Module or path): a :class:`~uenn_geo.models.ForceModel`, or a file
-            written by :func:`uenn_geo.models.save_model`.
+            written by :func:`uenn_geo.models.save_model`; a list of them for a committee
+            (:class:`~uenn_geo.models.committee.Committee`: the members' mean, every member
+            compiled or eager like one model, one neighbour list for all).
         device (str or torch.device): where the model runs (default: ``"cpu"``).
         skin (float): Verlet skin :math:`\delta` of the neighbour list in Angstrom
             (default: :obj:`1.0`; :obj:`0` rebuilds at every call).
@@ -241,6 +255,8 @@ class Evaluator:
         self.compile = _check_compile(compile)
         self.device = torch.device(device)
         self.model = load_force_model(model_or_path, self.device)
+        #: The models evaluated: the committee's members, or the model alone.
+        self.members: list[nn.Module] = list(getattr(self.model, "members", [self.model]))
         self.has_energy = bool(self.model.has_energy)
         cutoff = self.model.cutoff
         self.neighbours = None if cutoff is None else NeighbourCache(cutoff, skin)
@@ -256,16 +272,15 @@ class Evaluator:
         return 0 if self.neighbours is None else self.neighbours.num_builds
 
     def _use_compiled(self, num_atoms: int) -> bool:
-        if self.compile is False or not hasattr(self.model, "atomic_energies"):
+        if self.compile is False or not all(hasattr(m, "atomic_energies") for m in self.members):
             return False
         if self.compile is True:
             return True
         return num_atoms >= COMPILE_MIN_ATOMS  # "auto"
 
-    def _compiled(self) -> dict[str, Any]:
-        entry = _COMPILED.get(self.model)
+    def _compiled(self, model: nn.Module) -> dict[str, Any]:
+        entry = _COMPILED.get(model)
         if entry is None:
-            model = self.model
             # energy models: torch's default, compiled for the first shape and for any shape
             # (automatic dynamic shapes) once another comes, the padded lists keeping MD at
             # the first; direct forces: any shape from the start (one shape gained little)
@@ -317,7 +332,16 @@ class Evaluator:
         sigma = out["stress"]
         sigma = None if sigma is None else sigma.detach().reshape(3, 3).cpu().double().numpy()
         forces = out["forces"].detach().cpu().double().numpy()
-        return EvaluatorResult(energy, forces, sigma, volume if sigma is not None else None)
+        comm: dict[str, np.ndarray | None] = {}
+        members = out.get("members")
+        if members is not None:  # a committee: every member's results too
+            shapes = {"energy": (-1,), "forces": (-1, pos.shape[0], 3), "stress": (-1, 3, 3)}
+            for key, shape in shapes.items():
+                value = members[key]
+                if value is not None and (key != "stress" or sigma is not None):
+                    comm[f"{key}_comm"] = value.detach().reshape(shape).cpu().double().numpy()
+        volume = volume if sigma is not None else None
+        return EvaluatorResult(energy, forces, sigma, volume, **comm)
 
     def _run_eager(
         self, pos: Tensor, z: Tensor, cell: Tensor | None, edges: Edges | None, stress: bool
@@ -333,35 +357,39 @@ class Evaluator:
     def _run_compiled(
         self, pos: Tensor, z: Tensor, cell: Tensor | None, edges: Edges | None, stress: bool
     ) -> dict[str, Tensor | None]:
-        entry = self._compiled()
-        if entry.get("failed"):
+        entries = [self._compiled(m) for m in self.members]
+        if any(entry.get("failed") for entry in entries):
             return self._run_eager(pos, z, cell, edges, stress)
-        model = self.model
-        species = model.species_index(z, pos.shape[0])
         edges = edges.chunked(pos.shape[0])
         if self.has_energy:  # one length while it fits: one compiled shape in MD
             edges = self._padded(edges, pos.shape[0])
-        first = entry["seconds"] is None
-        start = time.perf_counter()
-        try:
-            out = _network(model, entry["fn"], pos, species, edges, cell if stress else None)
-        except Exception as err:  # compilation failed (or the data is wrong: eager says)
-            out = self._run_eager(pos, z, cell, edges, stress)
-            entry["failed"] = True
-            log.debug("torch.compile failed", exc_info=err)
-            warnings.warn(
-                f"torch.compile failed ({type(err).__name__}: {str(err)[:300]}); the model "
-                "runs eagerly",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return out
-        if first:
-            entry["seconds"] = time.perf_counter() - start
-            log.info("torch.compile of %s took %.1f s", type(model).__name__, entry["seconds"])
-        self.compile_seconds = entry["seconds"]
+        outs = []
+        for model, entry in zip(self.members, entries, strict=True):
+            species = model.species_index(z, pos.shape[0])
+            first = entry["seconds"] is None
+            start = time.perf_counter()
+            try:
+                outs.append(
+                    _network(model, entry["fn"], pos, species, edges, cell if stress else None)
+                )
+            except Exception as err:  # compilation failed (or the data is wrong: eager says)
+                out = self._run_eager(pos, z, cell, edges, stress)
+                entry["failed"] = True
+                log.debug("torch.compile failed", exc_info=err)
+                warnings.warn(
+                    f"torch.compile failed ({type(err).__name__}: {str(err)[:300]}); the model "
+                    "runs eagerly",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                return out
+            if first:
+                entry["seconds"] = time.perf_counter() - start
+                name = type(model).__name__
+                log.info("torch.compile of %s took %.1f s", name, entry["seconds"])
+        self.compile_seconds = sum(entry["seconds"] for entry in entries)
         self.compiled_calls += 1
-        return out
+        return outs[0] if len(outs) == 1 else mean_of_members(outs)
 
     def _padded(self, edges: Edges, num_atoms: int) -> Edges:
         """``edges`` padded with :data:`EDGE_SLACK` to spare, the length kept while it fits."""

@@ -6,6 +6,9 @@ and is registered in :data:`MODELS`, so that :func:`save_model` / :func:`load_mo
 rebuild it from a file without pickled code. A model file carries the SHA-256 of its weights
 (:func:`weights_sha256`), checked when it is loaded, so a damaged file refuses to load (files
 written before the checksum load unchecked).
+
+:class:`Committee` joins trained models of one cutoff into one model that predicts their
+mean (and each member's predictions); :func:`load_committee` reads it from several files.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import nn
 
 from uenn_geo.files import atomic_save
 from uenn_geo.models.base import ForceModel
+from uenn_geo.models.committee import Committee, load_committee
 from uenn_geo.models.forcefield import UENNForceField
 from uenn_geo.models.paper import PaperForceModel
 from uenn_geo.models.schnet import SchNetForceField
@@ -31,6 +35,8 @@ __all__ = [
     "PaperForceModel",
     "UENNForceField",
     "SchNetForceField",
+    "Committee",
+    "load_committee",
     "save_model",
     "load_model",
     "model_record",
