@@ -94,6 +94,10 @@ class UENNCalculator(Calculator):
         self.implemented_properties = (
             ["energy", "free_energy", "forces", "stress"] if self.has_energy else ["forces"]
         )
+        if len(self.evaluator.members) > 1:  # a committee: the members' results too
+            self.implemented_properties.append("forces_comm")
+            if self.has_energy:
+                self.implemented_properties += ["energy_comm", "energy_var", "stress_var"]
         self.neighbours = self.evaluator.neighbours
 
     @property

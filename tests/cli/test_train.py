@@ -435,3 +435,12 @@ def test_resume_keeps_the_defaults_the_run_started_with(files, tmp_path, monkeyp
     assert resumed["train_config"] == first["train_config"] | {"max_epochs": 2}
     assert main([*flags, "--lr", "0.01", "--max-epochs", "3"]) != 0  # another option
     assert "--lr changed" in capsys.readouterr().err
+
+
+def test_eval_job_takes_paths_and_lists():
+    from uenn_geo.cli.eval import EvalJob
+
+    assert EvalJob(model=Path("a.pt"), files=["x.xyz"]).model == "a.pt"
+    assert EvalJob(model=[Path("a.pt"), "b.pt"], files=["x.xyz"]).model == ("a.pt", "b.pt")
+    with pytest.raises(ValueError, match="--model"):
+        EvalJob(model=[], files=["x.xyz"])

@@ -127,3 +127,26 @@ def test_calculator_reports_the_mean_and_the_spread(tmp_path):
         results["stress_var"], np.var([s for _, _, s in alone], axis=0), atol=1e-14
     )
     assert results["energy_var"] > 0
+
+
+def test_the_committee_takes_its_members_mode_and_keeps_it_through_error_tables():
+    from uenn_geo.train.metrics import error_table
+
+    committee = Committee([member(0, conservative=True), member(1, conservative=True)])
+    assert not committee.training and not any(m.training for m in committee.members)
+    frame = data_of(crystal())
+    frame.forces = torch.zeros(8, 3, dtype=torch.float64)
+    frame.energy = torch.zeros(1, dtype=torch.float64)
+    error_table(committee, [frame])
+    assert not any(m.training for m in committee.members)
+    with pytest.raises(ValueError, match="species in common"):
+        Committee([member(0, atomic_numbers=[1]), member(1, atomic_numbers=[29])])
+
+
+def test_committee_properties_through_get_property():
+    atoms = crystal()
+    atoms.calc = UENNCalculator([member(0, conservative=True), member(1, conservative=True)])
+    assert atoms.calc.get_property("energy_var", atoms) >= 0
+    assert atoms.calc.get_property("forces_comm", atoms).shape == (2, 8, 3)
+    single = UENNCalculator(member(0))
+    assert "forces_comm" not in single.implemented_properties

@@ -8,6 +8,7 @@ RMSE and stress errors where the file has them, for all structures and per ``con
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,10 @@ class EvalJob:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "files", tuple(self.files))
+        if isinstance(self.model, os.PathLike):
+            object.__setattr__(self, "model", os.fspath(self.model))
         if not isinstance(self.model, str):
-            object.__setattr__(self, "model", tuple(self.model))
+            object.__setattr__(self, "model", tuple(os.fspath(m) for m in self.model))
             if not self.model:
                 raise ValueError("give at least one --model")
         if not self.files:

@@ -256,11 +256,13 @@ class Evaluator:
         self.device = torch.device(device)
         self.model = load_force_model(model_or_path, self.device)
         #: The models evaluated: the committee's members, or the model alone.
-        self.members: list[nn.Module] = list(getattr(self.model, "members", [self.model]))
+        committee = isinstance(self.model, Committee)
+        self.members: list[nn.Module] = list(self.model.members) if committee else [self.model]
         self.has_energy = bool(self.model.has_energy)
         cutoff = self.model.cutoff
         self.neighbours = None if cutoff is None else NeighbourCache(cutoff, skin)
-        #: Seconds the first compiled call took (compilation included); :obj:`None` before.
+        #: Seconds the first compiled call took (compilation included; for a committee, the
+        #: sum over its members of each one's first compiled call); :obj:`None` before.
         self.compile_seconds: float | None = None
         #: Calls that ran compiled.
         self.compiled_calls = 0

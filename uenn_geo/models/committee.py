@@ -55,19 +55,25 @@ class Committee(ForceModel):
         for m in members:
             if not isinstance(m, ForceModel):
                 raise TypeError(f"{type(m).__name__} is not a uenn-geo force model")
-        first = members[0]
+        first = _signature(members[0])
         for k, m in enumerate(members[1:], start=1):
-            for name in ("cutoff", "dtype", "has_energy"):
-                if getattr(m, name) != getattr(first, name):
+            for name, value in _signature(m).items():
+                if value != first[name]:
                     raise ValueError(
                         f"committee members must share their {name}: member 0 has "
-                        f"{getattr(first, name)}, member {k} {getattr(m, name)}; use models "
-                        "trained with the same settings"
+                        f"{first[name]}, member {k} {value}; use models trained with the same "
+                        "settings (and move them to one device)"
                     )
         self.members = nn.ModuleList(members)
-        self.cutoff = first.cutoff
-        self.has_energy = bool(first.has_energy)
+        self.cutoff = members[0].cutoff
+        self.has_energy = bool(members[0].has_energy)
         self.config = {"members": [dict(getattr(m, "config", {}) or {}) for m in members]}
+        if self.atomic_numbers == []:
+            raise ValueError(
+                "committee members must know some species in common; their atomic_numbers "
+                f"are {[m.atomic_numbers for m in members]}"
+            )
+        self.train(any(m.training for m in members))  # as the members are
 
     def __len__(self) -> int:
         return len(self.members)
@@ -98,6 +104,18 @@ class Committee(ForceModel):
         raise ValueError(
             "a committee is made of trained models; fit each member's scales before joining them"
         )
+
+
+def _signature(model: nn.Module) -> dict[str, Any]:
+    """What the members of a committee must share."""
+    weight = next(iter(model.parameters()), None)
+    device = None if weight is None else weight.device
+    return {
+        "cutoff": model.cutoff,
+        "dtype": model.dtype,
+        "has_energy": model.has_energy,
+        "device": device,
+    }
 
 
 def mean_of_members(outs: Sequence[dict[str, Tensor | None]]) -> dict[str, Any]:
