@@ -223,3 +223,71 @@ def test_long_runs_compile_under_auto_and_match_eager(inputs, monkeypatch):
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["md", "s.xyz", "--model", "m.pt", "--compile", "no"])
     assert config_from_args(args).compile is False
+
+
+def test_committee_moves_by_the_mean_and_logs_its_disagreement(inputs):
+    """Two models: the atoms move by the members' mean forces (the same trajectory as the
+    Committee model alone), the log and the frames hold the force deviation, equal to that of
+    the members evaluated one by one; a model with itself disagrees nowhere; resume matches."""
+    from uenn_geo.calculator import UENNCalculator
+    from uenn_geo.cli.md import COMMITTEE_FIELDS, force_deviation
+    from uenn_geo.models import Committee, load_model
+
+    other = UENNForceField(**SMALL, conservative=True)
+    other.energy_scale.fill_(0.05)
+    save_model(other, inputs / "other.pt")
+    pair = (str(inputs / "model.pt"), str(inputs / "other.pt"))
+    summary = run_md(config(inputs, "pair", model=pair))
+    rows = read_log(inputs / "pair" / "log.csv")
+    frames = read(inputs / "pair" / "trajectory.extxyz", index=":")
+    assert list(rows[0]) == [
+        "step", "time_fs", "potential", "kinetic", "total", "temperature_K", *COMMITTEE_FIELDS
+    ]  # fmt: skip
+    members = [load_model(p) for p in pair]
+    for frame, row in zip(frames, rows, strict=True):
+        comm = []
+        for m in members:
+            atoms = frame.copy()
+            atoms.calc = UENNCalculator(m)
+            comm.append(atoms.get_forces())
+        comm = np.stack(comm)
+        dev = np.sqrt(((comm - comm.mean(0)) ** 2).sum(-1).mean(0))
+        assert dev.max() > 1e-4  # two different models disagree
+        np.testing.assert_allclose(frame.arrays["force_dev"], dev, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(float(row["force_dev_max"]), dev.max(), rtol=1e-4)
+        np.testing.assert_allclose(float(row["force_dev_mean"]), dev.mean(), rtol=1e-4)
+        np.testing.assert_allclose(frame.get_forces(), comm.mean(0), rtol=1e-4, atol=1e-7)
+        assert float(row["energy_dev"]) > 0  # (extxyz keeps 8 decimals: hence rtol 1e-4)
+    assert summary["force_dev_max"] == max(float(r["force_dev_max"]) for r in rows)
+    np.testing.assert_allclose(force_deviation(np.zeros((3, 4, 3))), np.zeros(4))
+
+    # The same path as the Committee model through the calculator: the mean's trajectory.
+    save_model(Committee(members).members[0], inputs / "again.pt")
+    same = run_md(config(inputs, "same", model=(pair[0], str(inputs / "again.pt"))))
+    assert same["force_dev_max"] == 0.0
+    single = read(inputs / "same" / "trajectory.extxyz", index=-1)
+    alone = run_md(config(inputs, "alone"))
+    assert "force_dev_max" not in alone
+    np.testing.assert_array_equal(
+        single.positions, read(inputs / "alone" / "trajectory.extxyz", index=-1).positions
+    )
+
+    # Resumed, the committee's run is the uninterrupted one; another committee is refused.
+    run_md(config(inputs, "split", model=pair, steps=10))
+    run_md(config(inputs, "split", model=pair, resume=True))
+    assert read_log(inputs / "split" / "log.csv") == rows
+    with pytest.raises(ValueError, match=r"other settings \(--model"):
+        run_md(config(inputs, "split", model=pair[::-1], steps=30, resume=True))
+
+
+def test_committee_from_the_command_line(inputs):
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["md", "s.xyz", "--model", "a.pt", "b.pt"])
+    assert config_from_args(args).model == ("a.pt", "b.pt")
+    args = parser.parse_args(["md", "s.xyz", "--model", "a.pt"])
+    assert config_from_args(args).model == "a.pt"
+    with pytest.raises(ValueError, match="at least one model"):
+        MDConfig(structure="s.xyz", model=())
+    with pytest.raises(FileNotFoundError, match="no model file at .*missing.pt"):
+        run_md(config(inputs, "x", model=(str(inputs / "model.pt"), str(inputs / "missing.pt"))))

@@ -10,7 +10,12 @@ Output in ``out``:
   with positions, momenta (ASE's), ``velocities`` (A/fs), forces, and ``step``, ``time_fs``
   and the energies in the comment line;
 * ``log.csv``: ``step, time_fs, potential, kinetic, total, temperature_K`` at the same steps
-  (``potential`` and ``total`` empty for a direct-force model);
+  (``potential`` and ``total`` empty for a direct-force model), and for a committee of models
+  (several ``model`` files) their disagreement: ``force_dev_max`` and ``force_dev_mean``
+  (eV/A), the largest and the mean over atoms of :math:`d_i = \sqrt{\langle |\mathbf{F}_i^{(m)}
+  - \bar{\mathbf{F}}_i|^2 \rangle_m}`, DeePMD's "model deviation" of the forces, and
+  ``energy_dev`` (eV/atom), the members' energy standard deviation over the number of atoms;
+  the frames hold :math:`d_i` per atom (``force_dev``);
 * ``restart.npz``: the exact (float64) state of the last frame, which ``resume`` continues
   from, so that a resumed NVE run is identical to an uninterrupted one (the extxyz text keeps
   8 decimals; without ``restart.npz`` the last frame is used as written), and the settings a
@@ -55,6 +60,8 @@ __all__ = ["MDConfig", "run_md", "config_from_args", "add_parser"]
 
 ENSEMBLES = ("nve", "langevin")
 LOG_FIELDS = ["step", "time_fs", "potential", "kinetic", "total", "temperature_K"]
+#: The log's further columns for a committee of models (eV/A, eV/A, eV/atom).
+COMMITTEE_FIELDS = ["force_dev_max", "force_dev_mean", "energy_dev"]
 
 
 #: With ``compile="auto"``, runs of at least this many steps are compiled whatever their size:
@@ -69,7 +76,9 @@ class MDConfig:
 
     Args:
         structure: a structure file, anything :func:`ase.io.read` reads (its last frame).
-        model: a model file written by :func:`uenn_geo.models.save_model`.
+        model: a model file written by :func:`uenn_geo.models.save_model`, or several
+            (a sequence): a committee (:class:`~uenn_geo.models.committee.Committee`), which
+            moves the atoms with the members' mean forces and logs how far they disagree.
         out: output directory (default: ``"md"``).
         ensemble: ``"nve"`` (velocity Verlet) or ``"langevin"`` (default: ``"nve"``).
         dt: time step in fs (default: :obj:`1.0`).
@@ -92,7 +101,7 @@ class MDConfig:
     """
 
     structure: str
-    model: str
+    model: str | tuple[str, ...]
     out: str = "md"
     ensemble: str = "nve"
     dt: float = 1.0
@@ -108,6 +117,11 @@ class MDConfig:
     compile: bool | str = "auto"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.model, (str, os.PathLike)):
+            models = tuple(str(m) for m in self.model)
+            if not models:
+                raise ValueError("model: give at least one model file")
+            object.__setattr__(self, "model", models[0] if len(models) == 1 else models)
         if self.compile not in (True, False, "auto"):
             raise ValueError(f"compile must be True, False or 'auto', got {self.compile!r}")
         if self.ensemble not in ENSEMBLES:
@@ -126,7 +140,16 @@ class MDConfig:
             raise ValueError(f"friction must be >= 0 (1/fs), got {self.friction}")
 
 
-def _frame(atoms: Any, step: int, dt: float, has_energy: bool) -> tuple[Any, dict[str, Any]]:
+def force_deviation(forces_comm: np.ndarray) -> np.ndarray:
+    r"""Per atom, :math:`d_i = \sqrt{\langle |\mathbf{F}_i^{(m)} - \bar{\mathbf{F}}_i|^2
+    \rangle_m}` of the members' forces :obj:`(M, N, 3)` (eV/A): DeePMD's model deviation."""
+    spread = forces_comm - forces_comm.mean(axis=0)
+    return np.sqrt((spread**2).sum(axis=-1).mean(axis=0))
+
+
+def _frame(
+    atoms: Any, step: int, dt: float, has_energy: bool, committee: bool = False
+) -> tuple[Any, dict[str, Any]]:
     """A copy of ``atoms`` with results and velocities attached, and its log row."""
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.units import fs
@@ -144,6 +167,13 @@ def _frame(atoms: Any, step: int, dt: float, has_energy: bool) -> tuple[Any, dic
     }
     frame = atoms.copy()
     frame.new_array("velocities", atoms.get_velocities() * fs)  # A/fs
+    if committee:  # the members' results of this very call
+        dev = force_deviation(atoms.calc.results["forces_comm"])
+        energies = atoms.calc.results.get("energy_comm")
+        row["force_dev_max"] = float(dev.max())
+        row["force_dev_mean"] = float(dev.mean())
+        row["energy_dev"] = None if energies is None else float(np.std(energies)) / len(atoms)
+        frame.new_array("force_dev", dev)
     frame.info.update({k: v for k, v in row.items() if v is not None})
     results = {"forces": forces}
     if potential is not None:
@@ -170,13 +200,16 @@ def _run_settings(cfg: MDConfig) -> dict[str, Any]:
     """What a resumed run must keep (by flag), recorded in ``restart.npz``."""
     from uenn_geo.data.extxyz import file_sha1
 
+    models = cfg.model if isinstance(cfg.model, tuple) else None
     return {
         "--dt": cfg.dt,
         "--ensemble": cfg.ensemble,
         "--temperature": cfg.temperature,
         "--friction": cfg.friction if cfg.ensemble == "langevin" else None,
         "--write-every": cfg.write_every,
-        "--model (SHA-1 of the file)": file_sha1(cfg.model),
+        "--model (SHA-1 of the file)": (
+            [file_sha1(m) for m in models] if models else file_sha1(cfg.model)
+        ),
     }
 
 
@@ -300,7 +333,13 @@ class _Output:
     dt: float
     has_energy: bool
     run: dict[str, Any] = field(default_factory=dict)
+    committee: bool = False
     rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def fields(self) -> list[str]:
+        """The columns of ``log.csv``."""
+        return LOG_FIELDS + COMMITTEE_FIELDS if self.committee else LOG_FIELDS
 
     @property
     def trajectory(self) -> Path:
@@ -317,18 +356,18 @@ class _Output:
         trajectory and log, or as new files), then the restart state; return the row."""
         from ase.io import write
 
-        frame, row = _frame(atoms, step, self.dt, self.has_energy)
+        frame, row = _frame(atoms, step, self.dt, self.has_energy, self.committee)
         text = io.StringIO()
         write(text, frame, format="extxyz")
         if files is None:  # the first frame: the trajectory last, as it marks a started run
-            write_csv(self.log, [row], LOG_FIELDS)
+            write_csv(self.log, [row], self.fields)
             _save_restart(self.out / "restart.npz", atoms, step, rng, self.run)
             atomic_write(self.trajectory, lambda f: f.write(text.getvalue()), mode="w")
             self.rows.append(row)
             return row
         else:
             append_record(files[0], text.getvalue())
-            append_record(files[1], csv_row(row, LOG_FIELDS))
+            append_record(files[1], csv_row(row, self.fields))
         self.rows.append(row)
         _save_restart(self.out / "restart.npz", atoms, step, rng, self.run)
         return row
@@ -400,6 +439,15 @@ def _summary(
         t, e = np.array(totals, dtype=float).T
         drift = float(np.polyfit(t, e, 1)[0]) * 1e6 / n_atoms  # eV/fs -> eV/atom/ns
     temps = [float(r["temperature_K"]) for r in rows]
+    devs = [
+        (float(r["force_dev_max"]), int(r["step"]))
+        for r in rows
+        if r.get("force_dev_max") not in (None, "")
+    ]
+    committee = {}
+    if devs:  # the committee's largest disagreement over the frames, and where
+        dev, step = max(devs)
+        committee = {"force_dev_max": dev, "force_dev_max_step": step}
     return {
         "steps": todo,
         "total_steps": cfg.steps,
@@ -409,6 +457,7 @@ def _summary(
         "mean_temperature_K": float(np.mean(temps)),
         "energy_drift_eV_per_atom_per_ns": drift,
         "out": str(Path(cfg.out)),
+        **committee,
     }
 
 
@@ -418,7 +467,9 @@ def run_md(config: MDConfig) -> dict[str, Any]:
     Returns:
         The summary: ``steps`` (run now), ``total_steps``, ``wall_s``, ``atom_steps_per_s``,
         ``mean_temperature_K``, and ``energy_drift_eV_per_atom_per_ns`` (NVE with an energy
-        model: slope of a straight-line fit of the total energy, else :obj:`None`).
+        model: slope of a straight-line fit of the total energy, else :obj:`None`); for a
+        committee also ``force_dev_max`` (eV/A, the largest over the frames of the run,
+        resumed parts included) and ``force_dev_max_step``.
     """
     from uenn_geo.calculator import UENNCalculator
     from uenn_geo.data.extxyz import read_atoms
@@ -430,9 +481,16 @@ def run_md(config: MDConfig) -> dict[str, Any]:
     out = check_output_dir(config.out)
     with RunLock(out, "md"):
         sweep_temporaries(out)
-        atoms.calc = UENNCalculator(config.model, device=config.device, skin=config.skin)
+        committee = isinstance(config.model, tuple)
+        models = list(config.model) if committee else config.model
+        for path in models if committee else [models]:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"no model file at {path}")
+        atoms.calc = UENNCalculator(models, device=config.device, skin=config.skin)
         rng = np.random.default_rng(config.seed)
-        output = _Output(out, config.dt, atoms.calc.has_energy, _run_settings(config))
+        output = _Output(
+            out, config.dt, atoms.calc.has_energy, _run_settings(config), committee=committee
+        )
         start = _start(config, output, atoms, rng)
         todo = max(config.steps - start, 0)
         evaluator = atoms.calc.evaluator
@@ -457,6 +515,11 @@ def _format_summary(summary: dict[str, Any]) -> str:
     drift = summary["energy_drift_eV_per_atom_per_ns"]
     if drift is not None:
         lines.append(f"total-energy drift: {drift:.3e} eV/atom/ns")
+    if "force_dev_max" in summary:
+        lines.append(
+            f"committee: largest force deviation {summary['force_dev_max']:.4g} eV/A "
+            f"(step {summary['force_dev_max_step']})"
+        )
     lines.append(f"output: {summary['out']}/trajectory.extxyz, log.csv")
     return "\n".join(lines)
 
@@ -493,7 +556,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument(flag, default=default[name], help=f"{text} (default: %(default)s)", **kwargs)
 
     p.add_argument("structure", help="structure file (its last frame is used)")
-    p.add_argument("--model", required=True, help="model file (model.pt)")
+    p.add_argument(
+        "--model",
+        required=True,
+        nargs="+",
+        help="model file (model.pt); several: a committee, moved by their mean forces, "
+        "with their disagreement in log.csv",
+    )
     option("--out", "output directory")
     option("--ensemble", "NVE (velocity Verlet) or Langevin", choices=ENSEMBLES)
     option("--dt", "time step in fs", type=float)
