@@ -156,6 +156,39 @@ def test_eval_command(files, tmp_path, capsys):
     mixed = ["eval", "--model", str(out / "model.pt"), str(tmp_path / "other.pt")]
     assert main([*mixed, "--file", str(files / "train.xyz"), "--out", str(report2)]) == 0
     assert json.loads(report2.read_text())["train"]["all"] != tables["all"]
+    # per structure: the committee's spread beside each structure's errors
+    import csv
+
+    from uenn_geo.calculator import UENNCalculator
+
+    rows_dir = tmp_path / "rows"
+    assert main([*mixed, "--file", str(files / "train.xyz"), "--per-structure", str(rows_dir)]) == 0
+    rows = list(csv.DictReader(open(rows_dir / "train.csv")))
+    assert len(rows) == 28 and [int(r["index"]) for r in rows] == list(range(28))
+    frames = ase.io.read(files / "train.xyz", index=":")
+    members = [uenn_geo.load_model(out / "model.pt"), other]
+    for k in (5, 13, 27):
+        atoms = frames[k]
+        ref = atoms.get_forces()
+        comm = []
+        for m in members:
+            atoms.calc = UENNCalculator(m)
+            comm.append(atoms.get_forces())
+        comm = np.stack(comm)
+        dev = np.sqrt(((comm - comm.mean(0)) ** 2).sum(-1).mean(0))
+        err = comm.mean(0) - ref
+        assert rows[k]["config_type"] == str(frames[k].info.get("config_type", ""))
+        assert int(rows[k]["atoms"]) == len(atoms)
+        np.testing.assert_allclose(float(rows[k]["force_dev_max"]), 1e3 * dev.max(), rtol=1e-4)
+        np.testing.assert_allclose(float(rows[k]["force_dev_mean"]), 1e3 * dev.mean(), rtol=1e-4)
+        rmse = 1e3 * np.sqrt((err**2).mean())
+        np.testing.assert_allclose(float(rows[k]["force_rmse"]), rmse, rtol=1e-4, atol=1e-6)
+        worst = 1e3 * np.linalg.norm(err, axis=1).max()
+        np.testing.assert_allclose(float(rows[k]["force_max_error"]), worst, rtol=1e-4, atol=1e-6)
+    assert all(float(r["energy_dev_per_atom"]) >= 0 for r in rows)
+    assert main([*command, "--per-structure", str(rows_dir)]) == 0  # one model: no spread
+    rows = list(csv.DictReader(open(rows_dir / "train.csv")))
+    assert rows[0]["force_dev_max"] == "" and rows[0]["energy_error_per_atom"] != ""
 
 
 def test_compile_policy():

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from uenn_geo.cli.options import defaults_of, resolve
-from uenn_geo.files import write_json
+from uenn_geo.files import write_csv, write_json
 
 __all__ = ["EvalJob", "run_eval", "add_parser"]
 
@@ -30,6 +30,10 @@ class EvalJob:
         energy_key, forces_key, stress_key: where the references are (as for training).
         batch_size: structures per evaluation batch (default: 64).
         out: also write the tables as JSON to this file (default: none).
+        per_structure: a directory: write ``<file stem>.csv`` there for each file, one row
+            per structure (:data:`uenn_geo.train.metrics.PER_STRUCTURE_FIELDS`: its energy
+            and force errors, and for a committee how far the members disagree) (default:
+            none).
     """
 
     model: str | tuple[str, ...]
@@ -39,6 +43,7 @@ class EvalJob:
     stress_key: str | None = None
     batch_size: int = 64
     out: str | None = None
+    per_structure: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "files", tuple(self.files))
@@ -59,7 +64,7 @@ def run_eval(job: EvalJob) -> dict[str, dict[str, Any]]:
     from uenn_geo.data.extxyz import read_frames
     from uenn_geo.data.transforms import CastFloats
     from uenn_geo.models import load_committee
-    from uenn_geo.train.metrics import error_table
+    from uenn_geo.train.metrics import PER_STRUCTURE_FIELDS, error_table
 
     model = load_committee([job.model] if isinstance(job.model, str) else job.model)
     cast = CastFloats(model.dtype)
@@ -68,7 +73,13 @@ def run_eval(job: EvalJob) -> dict[str, dict[str, Any]]:
         frames = read_frames(
             path, job.energy_key, job.forces_key, min_distance=0.0, stress_key=job.stress_key
         )
-        tables[Path(path).stem] = error_table(model, [cast(f) for f in frames], job.batch_size)
+        rows: list[dict[str, Any]] | None = None if job.per_structure is None else []
+        data = [cast(f) for f in frames]
+        tables[Path(path).stem] = error_table(model, data, job.batch_size, rows)
+        if rows is not None:
+            folder = Path(job.per_structure)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_csv(folder / f"{Path(path).stem}.csv", rows, PER_STRUCTURE_FIELDS)
     if job.out is not None:
         write_json(job.out, tables)  # strict JSON: NaN and inf as null
     return tables
@@ -102,5 +113,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument(f"--{key}-key", help=f"name of the {key} (e.g. REF_{key})")
     p.add_argument("--batch-size", type=int, help=f"(default: {d['batch_size']})")
     p.add_argument("--out", help="write the tables as JSON here")
+    p.add_argument(
+        "--per-structure",
+        metavar="DIR",
+        help="write DIR/<file stem>.csv: each structure's energy and force errors (meV/atom, "
+        "meV/A) and, for a committee, the members' force deviation",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=run)

@@ -16,6 +16,15 @@ r"""Errors as users of the field read them: meV/atom, meV per structure, meV/A.
 
 Energies and stresses are reported only for models with an energy (``has_energy``) and
 graphs that carry them.
+
+With ``per_structure`` (a list) :func:`error_table` also appends one row per structure, in
+file order (:data:`PER_STRUCTURE_FIELDS`): the signed energy error per atom (meV/atom), the
+structure's force RMSE and its largest force error on one atom (meV/A), and for a committee
+(:class:`~uenn_geo.models.committee.Committee`) how far its members disagree there: the
+largest and the mean over atoms of the force deviation
+:math:`d_i = \sqrt{\langle |\mathbf{F}_i^{(m)} - \bar{\mathbf{F}}_i|^2 \rangle_m}` (meV/A)
+and the members' energy standard deviation (meV/atom), to check whether the spread predicts
+the error.
 """
 
 from __future__ import annotations
@@ -30,10 +39,23 @@ from torch import nn
 from uenn_geo.train.dense import batches
 from uenn_geo.train.loss import has_energy
 
-__all__ = ["error_table", "format_table", "ALL"]
+__all__ = ["error_table", "format_table", "ALL", "PER_STRUCTURE_FIELDS"]
 
 #: The row of every structure together.
 ALL = "all"
+
+#: The columns of the per-structure rows (meV/atom, meV/A; the last three for committees).
+PER_STRUCTURE_FIELDS = [
+    "index",
+    "config_type",
+    "atoms",
+    "energy_error_per_atom",
+    "force_rmse",
+    "force_max_error",
+    "force_dev_max",
+    "force_dev_mean",
+    "energy_dev_per_atom",
+]
 
 
 class _Sums:
@@ -101,6 +123,11 @@ def _samples(model: nn.Module, batch: Any) -> list[dict[str, Any]]:
     else:
         out = {"forces": model(batch), "energy": None, "stress": None}
     forces = out["forces"].detach().double()
+    members = out.get("members") or {}
+    dev = None
+    if members.get("forces") is not None:  # a committee: each atom's force deviation
+        comm = members["forces"].detach().double()
+        dev = (comm - comm.mean(dim=0)).square().sum(dim=-1).mean(dim=0).sqrt()
     ptr = getattr(batch, "ptr", None)
     if ptr is None:
         ptr = torch.tensor([0, forces.shape[0]])
@@ -117,6 +144,11 @@ def _samples(model: nn.Module, batch: Any) -> list[dict[str, Any]]:
             "force_diff": forces[lo:hi] - ref,
             "force_ref": ref,
         }
+        if dev is not None:
+            sample["force_dev"] = dev[lo:hi]
+            if energies and members.get("energy") is not None:
+                energy = members["energy"].detach().double().reshape(len(comm), -1)[:, g]
+                sample["energy_dev"] = float(energy.std(correction=0))
         if energies:
             e_ref = float(batch.energy.reshape(-1)[g])
             sample["energy_diff"] = float(out["energy"].reshape(-1)[g]) - e_ref
@@ -132,15 +164,23 @@ def _stress_known(batch: Any, g: int) -> bool:
     return weight is None or float(weight.reshape(-1)[g]) > 0
 
 
-def error_table(model: nn.Module, data: Any, batch_size: int = 64) -> dict[str, dict[str, Any]]:
+def error_table(
+    model: nn.Module,
+    data: Any,
+    batch_size: int = 64,
+    per_structure: list[dict[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
     """The errors of ``model`` on ``data``: ``{"all": row, config_type: row, ...}`` in meV
-    units (see the module docstring); one row per ``config_type`` when there are several."""
+    units (see the module docstring); one row per ``config_type`` when there are several.
+    Rows of each structure are appended to ``per_structure`` when it is given."""
     was_training = model.training
     model.eval()
     sums: dict[str, _Sums] = defaultdict(_Sums)
     try:
         for batch in batches(data, batch_size):
             for sample in _samples(model, batch):
+                if per_structure is not None:
+                    per_structure.append(_structure_row(sample, len(per_structure)))
                 sums[ALL].add(sample)
                 if sample["config_type"] is not None:
                     sums[sample["config_type"]].add(sample)
@@ -153,6 +193,26 @@ def error_table(model: nn.Module, data: Any, batch_size: int = 64) -> dict[str, 
     if len(types) > 1:
         table.update({k: sums[k].row() for k in sorted(types)})
     return table
+
+
+def _structure_row(sample: dict[str, Any], index: int) -> dict[str, Any]:
+    """One structure's row of :data:`PER_STRUCTURE_FIELDS` (meV units)."""
+    diff = sample["force_diff"]
+    row: dict[str, Any] = {
+        "index": index,
+        "config_type": sample["config_type"],
+        "atoms": sample["atoms"],
+        "force_rmse": 1e3 * math.sqrt(float(diff.square().mean())) if diff.numel() else 0.0,
+        "force_max_error": 1e3 * float(diff.norm(dim=-1).max()) if diff.numel() else 0.0,
+    }
+    if sample.get("energy_diff") is not None:
+        row["energy_error_per_atom"] = 1e3 * sample["energy_diff"] / sample["atoms"]
+    if sample.get("force_dev") is not None:
+        row["force_dev_max"] = 1e3 * float(sample["force_dev"].max())
+        row["force_dev_mean"] = 1e3 * float(sample["force_dev"].mean())
+    if sample.get("energy_dev") is not None:
+        row["energy_dev_per_atom"] = 1e3 * sample["energy_dev"] / sample["atoms"]
+    return row
 
 
 _COLUMNS = [
