@@ -230,8 +230,9 @@ def test_committee_moves_by_the_mean_and_logs_its_disagreement(inputs):
     Committee model alone), the log and the frames hold the force deviation, equal to that of
     the members evaluated one by one; a model with itself disagrees nowhere; resume matches."""
     from uenn_geo.calculator import UENNCalculator
-    from uenn_geo.cli.md import COMMITTEE_FIELDS, force_deviation
+    from uenn_geo.cli.md import COMMITTEE_FIELDS
     from uenn_geo.models import Committee, load_model
+    from uenn_geo.models.committee import force_deviation
 
     other = UENNForceField(**SMALL, conservative=True)
     other.energy_scale.fill_(0.05)

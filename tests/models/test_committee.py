@@ -150,3 +150,19 @@ def test_committee_properties_through_get_property():
     assert atoms.calc.get_property("forces_comm", atoms).shape == (2, 8, 3)
     single = UENNCalculator(member(0))
     assert "forces_comm" not in single.implemented_properties
+
+
+def test_force_deviation_of_tensors_and_arrays():
+    """Two members at +a and -a about their mean deviate by |a| on each atom; tensors and
+    arrays give the same; one member, or equal members, deviate by zero."""
+    import numpy as np
+
+    from uenn_geo.models.committee import force_deviation
+
+    a = torch.randn(5, 3, dtype=torch.float64)
+    mean = torch.randn(5, 3, dtype=torch.float64)
+    comm = torch.stack([mean + a, mean - a])
+    torch.testing.assert_close(force_deviation(comm), a.norm(dim=-1))
+    np.testing.assert_allclose(force_deviation(comm.numpy()), a.norm(dim=-1).numpy())
+    assert force_deviation(comm[:1]).abs().max() == 0
+    assert force_deviation(torch.stack([mean, mean, mean])).abs().max() == 0

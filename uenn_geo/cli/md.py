@@ -140,13 +140,6 @@ class MDConfig:
             raise ValueError(f"friction must be >= 0 (1/fs), got {self.friction}")
 
 
-def force_deviation(forces_comm: np.ndarray) -> np.ndarray:
-    r"""Per atom, :math:`d_i = \sqrt{\langle |\mathbf{F}_i^{(m)} - \bar{\mathbf{F}}_i|^2
-    \rangle_m}` of the members' forces :obj:`(M, N, 3)` (eV/A): DeePMD's model deviation."""
-    spread = forces_comm - forces_comm.mean(axis=0)
-    return np.sqrt((spread**2).sum(axis=-1).mean(axis=0))
-
-
 def _frame(
     atoms: Any, step: int, dt: float, has_energy: bool, committee: bool = False
 ) -> tuple[Any, dict[str, Any]]:
@@ -168,6 +161,8 @@ def _frame(
     frame = atoms.copy()
     frame.new_array("velocities", atoms.get_velocities() * fs)  # A/fs
     if committee:  # the members' results of this very call
+        from uenn_geo.models.committee import force_deviation
+
         dev = force_deviation(atoms.calc.results["forces_comm"])
         energies = atoms.calc.results.get("energy_comm")
         row["force_dev_max"] = float(dev.max())

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from uenn_geo.edges import Edges
 from uenn_geo.models.base import ForceModel
 
-__all__ = ["Committee", "load_committee", "mean_of_members"]
+__all__ = ["Committee", "force_deviation", "load_committee", "mean_of_members"]
 
 
 class Committee(ForceModel):
@@ -127,6 +127,15 @@ def mean_of_members(outs: Sequence[dict[str, Tensor | None]]) -> dict[str, Any]:
         stacked[key] = None if any(v is None for v in values) else torch.stack(values)
     mean = {k: None if v is None else v.mean(dim=0) for k, v in stacked.items()}
     return {**mean, "members": stacked}
+
+
+def force_deviation(forces_comm: Any) -> Any:
+    r"""Per atom, how far the members' forces :obj:`(M, N, 3)` (a tensor or an array) spread
+    about their mean: :math:`d_i = \sqrt{\langle |\mathbf{F}_i^{(m)} - \bar{\mathbf{F}}_i|^2
+    \rangle_m}`, :obj:`(N)`, in the forces' units (DeePMD's "model deviation" of the
+    forces; ``uenn-geo md`` and ``uenn-geo eval --per-structure`` report it)."""
+    spread = forces_comm - forces_comm.mean(0)
+    return ((spread**2).sum(-1).mean(0)) ** 0.5
 
 
 def load_committee(

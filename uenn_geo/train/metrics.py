@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from uenn_geo.models.committee import force_deviation
 from uenn_geo.train.dense import batches
 from uenn_geo.train.loss import has_energy
 
@@ -127,7 +128,7 @@ def _samples(model: nn.Module, batch: Any) -> list[dict[str, Any]]:
     dev = None
     if members.get("forces") is not None:  # a committee: each atom's force deviation
         comm = members["forces"].detach().double()
-        dev = (comm - comm.mean(dim=0)).square().sum(dim=-1).mean(dim=0).sqrt()
+        dev = force_deviation(comm)
     ptr = getattr(batch, "ptr", None)
     if ptr is None:
         ptr = torch.tensor([0, forces.shape[0]])
