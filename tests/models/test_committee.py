@@ -165,4 +165,4 @@ def test_force_deviation_of_tensors_and_arrays():
     torch.testing.assert_close(force_deviation(comm), a.norm(dim=-1))
     np.testing.assert_allclose(force_deviation(comm.numpy()), a.norm(dim=-1).numpy())
     assert force_deviation(comm[:1]).abs().max() == 0
-    assert force_deviation(torch.stack([mean, mean, mean])).abs().max() == 0
+    assert force_deviation(torch.stack([mean, mean, mean])).abs().max() < 1e-15  # (3x / 3)
