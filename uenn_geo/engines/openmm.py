@@ -84,7 +84,8 @@ class UENNPotentialImpl(MLPotentialImpl):
 
     Args:
         name (str): the potential's name.
-        model: a :class:`~uenn_geo.models.ForceModel` or a model file.
+        model: a :class:`~uenn_geo.models.ForceModel` or a model file; a list of them
+            for a committee (:class:`~uenn_geo.models.committee.Committee`: their mean).
         **options: ``device``, ``skin``, ``compile`` (see the module docstring).
     """
 
