@@ -59,9 +59,18 @@ def periodic_batch():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("conservative", [False, True])
-def test_exported_program_runs_without_uenn_geo(tmp_path, conservative):
-    model = UENNForceField(**SMALL, conservative=conservative).eval()
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"conservative": False},
+        {"conservative": True},
+        # trained with --E0s: the isolated atoms' readout (no neighbours) is traced too
+        {"conservative": True, "e0s": {1: -13.6, 8: -2041.0}, "block_readouts": True},
+    ],
+)
+def test_exported_program_runs_without_uenn_geo(tmp_path, options):
+    conservative = options["conservative"]
+    model = UENNForceField(**SMALL, **options).eval()
     path = tmp_path / "model.pt2"
     export_model(model, path)
     batch = periodic_batch()  # other sizes than the export example: shapes are dynamic

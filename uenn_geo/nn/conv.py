@@ -468,6 +468,8 @@ class VectorGaussianConv(MessagePassing):
         if dim_size is None:
             raise ValueError("aggregate needs dim_size, the number N of atoms")
         num_nodes = dim_size
+        if isinstance(num_edges, int) and num_edges == 0:  # no neighbours (atoms alone)
+            return feat.new_zeros(num_nodes, rows, self.num_basis * width)
         if chunk:  # the edges come in chunks already (Edges.chunked): views, no copies
             e_pad = e.view(-1, chunk, self.num_basis)
             feat_pad = feat.reshape(-1, chunk, rows * width)
