@@ -65,7 +65,7 @@ def periodic_batch():
         {"conservative": False},
         {"conservative": True},
         # trained with --E0s: the isolated atoms' readout (no neighbours) is traced too
-        {"conservative": True, "e0s": {1: -13.6, 8: -2041.0}, "block_readouts": True},
+        {"conservative": True, "e0s": {1: -13.6, 8: -2041.0}},
     ],
 )
 def test_exported_program_runs_without_uenn_geo(tmp_path, options):

@@ -580,39 +580,3 @@ def test_learned_radial_functions_refuse_the_pair_term(option):
     assert model.config[name] == option[name]
     with pytest.raises(ValueError, match="radial_mlp must be >= 0"):
         UENNForceField(pair_term=False, radial_mlp=-1)
-
-
-def test_block_readouts_add_every_blocks_energy_and_keep_the_e0s():
-    """block_readouts: E_i gains one linear readout per earlier block (zero weights give the
-    model without them), the isolated atoms keep their E0s, and direct models refuse it."""
-    from torch_geometric.data import Data
-
-    kwargs = {"cutoff": 4.0, "num_basis": 6, "hidden_channels": 6, "mlp_channels": [8],
-              "num_blocks": 3, "interaction_channels": 2, "atomic_numbers": [1, 8],
-              "dtype": "float64", "conservative": True, "pair_term": False,
-              "e0s": {1: -13.6, 8: -2041.0}}  # fmt: skip
-    torch.manual_seed(0)
-    model = UENNForceField(**kwargs, block_readouts=True)
-    assert len(model.block_readouts) == 2
-    torch.manual_seed(0)
-    plain = UENNForceField(**kwargs)
-    plain.load_state_dict(
-        {k: v for k, v in model.state_dict().items() if not k.startswith("block_readouts")}
-    )
-    data = Data(pos=torch.randn(5, 3, dtype=torch.float64) * 1.5, z=torch.tensor([1, 1, 8, 1, 8]))
-    with_blocks = model.energy_forces(data)["energy"]
-    assert not torch.allclose(with_blocks, plain.energy_forces(data)["energy"])
-    with torch.no_grad():
-        for readout in model.block_readouts:
-            readout.weight.zero_()
-    torch.testing.assert_close(
-        model.energy_forces(data)["energy"], plain.energy_forces(data)["energy"]
-    )
-    with torch.no_grad():
-        for readout in model.block_readouts:
-            readout.weight.normal_()
-    for z, e0 in ((1, -13.6), (8, -2041.0)):
-        alone = Data(pos=torch.zeros(1, 3, dtype=torch.float64), z=torch.tensor([z]))
-        assert model.energy_forces(alone)["energy"].item() == pytest.approx(e0, abs=1e-10)
-    with pytest.raises(ValueError, match="set conservative=True with it"):
-        UENNForceField(block_readouts=True)

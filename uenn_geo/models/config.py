@@ -31,10 +31,6 @@ def checked_config(**cfg: Any) -> dict[str, Any]:
                 f"{name} trains the radial functions that the pair term's closed-form fit "
                 f"reads as fixed; set pair_term=False with {name}"
             )
-    if cfg.get("block_readouts") and not cfg["conservative"]:
-        raise ValueError(
-            "block_readouts sums energy readouts of the blocks: set conservative=True with it"
-        )
     if cfg["gram_channels"] < 0:
         raise ValueError(f"gram_channels must be >= 0, got {cfg['gram_channels']}")
     e0s = cfg["e0s"]

@@ -172,11 +172,6 @@ class UENNForceField(ForceModel):
             default: :obj:`0`, none).
         learnable_basis (bool): train the Gaussians' centres and widths in every graph layer
             (:class:`~uenn_geo.nn.GaussianBasis`) (default: :obj:`False`).
-        block_readouts (bool): conservative mode: every block, not only the last, adds a
-            linear readout of its invariants to :math:`E_i` (as MACE sums one readout per
-            interaction), :math:`E_i = s_E \sum_k \sum_a (\alpha^{(k)}_a
-            \|\mathbf{x}^{(k)}_{ia}\|^2 + \beta^{(k)}_a s^{(k)}_{ia}) + \mu_{z_i}`
-            (default: :obj:`False`).
 
     Shapes:
         - input: a PyG ``Data``/``Batch`` with ``pos`` :obj:`(N, 3)` (Angstrom), ``z``
@@ -209,7 +204,6 @@ class UENNForceField(ForceModel):
         "bond_vectors": False,
         "radial_mlp": 0,
         "learnable_basis": False,
-        "block_readouts": False,
     }
 
     def __init__(
@@ -237,7 +231,6 @@ class UENNForceField(ForceModel):
         bond_vectors: bool = False,
         radial_mlp: int = 0,
         learnable_basis: bool = False,
-        block_readouts: bool = False,
     ) -> None:
         super().__init__()
         dtype = resolve_dtype(dtype)
@@ -265,7 +258,6 @@ class UENNForceField(ForceModel):
             bond_vectors=bool(bond_vectors),
             radial_mlp=int(radial_mlp),
             learnable_basis=bool(learnable_basis),
-            block_readouts=bool(block_readouts),
         )
         self.cutoff = float(cutoff)
         self.num_species = len(atomic_numbers)
@@ -330,21 +322,14 @@ class UENNForceField(ForceModel):
             # alpha_a (squared norms) and beta_a (scalar rows) of the energy readout.
             readout = nn.Linear(2 * m, 1, bias=False, dtype=dtype)
         self.register_module("energy_readout", readout)
-        early = None
-        if self.conservative and cfg["block_readouts"]:  # blocks 1 .. K-1: one readout each
-            early = nn.ModuleList(
-                nn.Linear(2 * m, 1, bias=False, dtype=dtype) for _ in range(num_blocks - 1)
-            )
-        self.register_module("block_readouts", early)
 
     def reset_parameters(self) -> None:
         """Re-initialise every layer (normalised Xavier, zero biases); keeps the fitted buffers."""
         for module in (*self.convs, *self.mixes, *self.mlps, *(self.grams or ())):
             module.reset_parameters()
-        for readout in (self.energy_readout, *(self.block_readouts or ())):
-            if readout is not None:
-                bound = 1.0 / math.sqrt(readout.in_features)
-                nn.init.uniform_(readout.weight, -bound, bound)
+        if self.energy_readout is not None:
+            bound = 1.0 / math.sqrt(self.energy_readout.in_features)
+            nn.init.uniform_(self.energy_readout.weight, -bound, bound)
 
     def species_index(self, z: Tensor | None, num_atoms: int) -> Tensor:
         r"""Map atomic numbers :math:`z` to species indices :math:`0, \dots, S-1`.
@@ -422,12 +407,9 @@ class UENNForceField(ForceModel):
 
         return energy_response(energy, pos, edges, batch, cell, training=self.training, traced=True)
 
-    def _features(
-        self, pos: Tensor, species: Tensor, edges: Edges, earlier: list[Tensor] | None = None
-    ) -> tuple[Tensor, Tensor]:
+    def _features(self, pos: Tensor, species: Tensor, edges: Edges) -> tuple[Tensor, Tensor]:
         """The output of the last block :obj:`(N, n + 1, C_out)` and the first layer's
-        neighbour sums :obj:`(N, n + 1, B S)` (for the pair term); the outputs of the
-        earlier blocks are appended to ``earlier`` when it is given."""
+        neighbour sums :obj:`(N, n + 1, B S)` (for the pair term)."""
         n = pos.shape[1]
         v = nn.functional.one_hot(species, self.num_species).to(pos.dtype)
         centre = species if self.config["species_pairs"] else None
@@ -439,8 +421,6 @@ class UENNForceField(ForceModel):
         h = self.mlps[0](self._with_gram(0, torch.cat([h, *own], dim=-1)))
         blocks = zip(self.mixes, self.convs[1:], self.mlps[1:], strict=True)
         for k, (mix, conv, mlp) in enumerate(blocks, start=1):
-            if earlier is not None:
-                earlier.append(h)
             y = mix(h)  # (N, n + 1, C): [x_j; s_j]
             v_mix = torch.cat([v, y[:, n, :]], dim=-1)  # (N, S + C): [v_j, s_j]
             message = conv(pos, edges, v_mix, y[:, :n, :], centre=centre)  # (N, n + 1, M)
@@ -471,7 +451,9 @@ class UENNForceField(ForceModel):
                 "conservative=True"
             )
         n = pos.shape[1]
-        atomic, sums = self._readout(pos, species, edges)
+        h, sums = self._features(pos, species, edges)
+        invariants = torch.cat([h[:, :n, :].square().sum(dim=1), h[:, n, :]], dim=-1)
+        atomic = self.energy_readout(invariants).squeeze(-1)
         if self.config["e0s"] is not None:
             atomic = atomic - self._isolated_readout(pos)[species]
         atomic = atomic * self.energy_scale
@@ -479,26 +461,15 @@ class UENNForceField(ForceModel):
             atomic = atomic + 0.5 * self._pair_readout(sums[:, n : n + 1, :], species)[:, 0]
         return atomic + self.energy_shift[species]
 
-    def _readout(self, pos: Tensor, species: Tensor, edges: Edges) -> tuple[Tensor, Tensor]:
-        """The energy readout of the last block (and, with ``block_readouts``, of every
-        block) before scaling :obj:`(N)`, and the first layer's neighbour sums."""
-        n = pos.shape[1]
-        earlier: list[Tensor] | None = [] if self.block_readouts is not None else None
-        h, sums = self._features(pos, species, edges, earlier)
-        readouts = [self.energy_readout] + list(self.block_readouts or ())
-        atomic = None
-        for readout, out in zip(readouts, [h, *(earlier or [])], strict=True):
-            invariants = torch.cat([out[:, :n, :].square().sum(dim=1), out[:, n, :]], dim=-1)
-            term = readout(invariants).squeeze(-1)
-            atomic = term if atomic is None else atomic + term
-        return atomic, sums
-
     def _isolated_readout(self, like: Tensor) -> Tensor:
         r"""The energy readout :math:`\epsilon(h^\circ_z)` of one atom of each species alone."""
         species = torch.arange(self.num_species, device=like.device)
         pos = like.new_zeros(self.num_species, like.shape[1])
         alone = Edges(species.new_zeros(2, 0), None, self.cutoff)
-        return self._readout(pos, species, alone)[0]
+        h, _ = self._features(pos, species, alone)
+        n = pos.shape[1]
+        invariants = torch.cat([h[:, :n, :].square().sum(dim=1), h[:, n, :]], dim=-1)
+        return self.energy_readout(invariants).squeeze(-1)
 
     def compute_forces(
         self,
