@@ -166,3 +166,28 @@ def test_force_deviation_of_tensors_and_arrays():
     np.testing.assert_allclose(force_deviation(comm.numpy()), a.norm(dim=-1).numpy())
     assert force_deviation(comm[:1]).abs().max() == 0
     assert force_deviation(torch.stack([mean, mean, mean])).abs().max() < 1e-15  # (3x / 3)
+
+
+@pytest.mark.parametrize("conservative", [False, True])
+def test_per_structure_rows_carry_the_members_deviation(conservative):
+    """error_table's per-structure rows: a committee's force deviation, direct members too
+    (and energy spreads only where there are energies); a single model has none."""
+    from uenn_geo.models.committee import force_deviation
+    from uenn_geo.train.metrics import error_table
+
+    members = [member(0, conservative=conservative), member(1, conservative=conservative)]
+    with torch.no_grad():
+        for m in members:  # forces of a few 0.1 eV/A, different per member
+            (m.energy_scale if conservative else m.force_scale).fill_(0.05)
+    frame = data_of(crystal())
+    frame.forces = torch.zeros(8, 3, dtype=torch.float64)
+    rows = []
+    error_table(Committee(members), [frame], per_structure=rows)
+    comm = torch.stack([m.energy_forces(frame)["forces"].detach() for m in members])
+    dev = force_deviation(comm)
+    assert rows[0]["force_dev_max"] == pytest.approx(1e3 * float(dev.max()), rel=1e-9)
+    assert rows[0]["force_dev_mean"] == pytest.approx(1e3 * float(dev.mean()), rel=1e-9)
+    assert rows[0]["force_dev_max"] > 0.1 and "energy_dev_per_atom" not in rows[0]
+    alone = []
+    error_table(members[0], [frame], per_structure=alone)
+    assert "force_dev_max" not in alone[0] and alone[0]["force_rmse"] > 0

@@ -477,11 +477,12 @@ def run_md(config: MDConfig) -> dict[str, Any]:
     with RunLock(out, "md"):
         sweep_temporaries(out)
         committee = isinstance(config.model, tuple)
-        models = list(config.model) if committee else config.model
-        for path in models if committee else [models]:
+        paths = list(config.model) if committee else [config.model]
+        for path in paths:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"no model file at {path}")
-        atoms.calc = UENNCalculator(models, device=config.device, skin=config.skin)
+        model = paths if committee else paths[0]
+        atoms.calc = UENNCalculator(model, device=config.device, skin=config.skin)
         rng = np.random.default_rng(config.seed)
         output = _Output(
             out, config.dt, atoms.calc.has_energy, _run_settings(config), committee=committee

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from uenn_geo.models.committee import force_deviation
+from uenn_geo.models.committee import Committee, force_deviation
 from uenn_geo.train.dense import batches
 from uenn_geo.train.loss import has_energy
 
@@ -119,7 +119,7 @@ def _samples(model: nn.Module, batch: Any) -> list[dict[str, Any]]:
     """Per-structure differences of one batch (float64, eV units)."""
     energies = has_energy(model) and getattr(batch, "energy", None) is not None
     stress = energies and getattr(batch, "stress", None) is not None
-    if energies:
+    if energies or isinstance(model, Committee):  # a committee: its members' forces too
         out = model.energy_forces(batch, compute_stress=stress)
     else:
         out = {"forces": model(batch), "energy": None, "stress": None}
