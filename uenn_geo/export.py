@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from uenn_geo.edges import Edges
 from uenn_geo.models.forcefield import UENNForceField
 from uenn_geo.models.response import energy_response
+from uenn_geo.nn import kernels
 
 __all__ = ["export_model", "load_exported"]
 
@@ -106,20 +107,24 @@ def export_model(model: nn.Module, path: str | os.PathLike) -> None:
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
+    # the program must run without uenn-geo's operators: no fused kernel (uenn_geo.nn.kernels)
     try:
-        args = _example_inputs(model)
-        conservative = model.has_energy
-        if conservative:
-            from torch.fx.experimental.proxy_tensor import make_fx
+        with kernels.plain_path(model):
+            args = _example_inputs(model)
+            conservative = model.has_energy
+            if conservative:
+                from torch.fx.experimental.proxy_tensor import make_fx
 
-            traced = make_fx(
-                _conservative_fn(model), tracing_mode="symbolic", _allow_non_fake_inputs=True
-            )(*args)
-        else:
-            traced = _DirectForces(model)
-        num_atoms, num_edges = torch.export.Dim("num_atoms"), torch.export.Dim("num_edges")
-        dynamic = ({0: num_atoms}, {0: num_atoms}, {1: num_edges}, {0: num_edges}, {0: num_atoms})
-        program = torch.export.export(traced, args, dynamic_shapes=dynamic)
+                traced = make_fx(
+                    _conservative_fn(model), tracing_mode="symbolic", _allow_non_fake_inputs=True
+                )(*args)
+            else:
+                traced = _DirectForces(model)
+            num_atoms, num_edges = torch.export.Dim("num_atoms"), torch.export.Dim("num_edges")
+            dynamic = (
+                {0: num_atoms}, {0: num_atoms}, {1: num_edges}, {0: num_edges}, {0: num_atoms}
+            )  # fmt: skip
+            program = torch.export.export(traced, args, dynamic_shapes=dynamic)
     finally:
         for p, flag in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(flag)

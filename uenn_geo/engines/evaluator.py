@@ -41,6 +41,7 @@ from uenn_geo.models.base import ForceModel
 from uenn_geo.models.committee import Committee, mean_of_members
 from uenn_geo.models.response import energy_response
 from uenn_geo.neighbors import radius_graph
+from uenn_geo.nn import kernels
 
 __all__ = [
     "Evaluator",
@@ -288,6 +289,8 @@ class Evaluator:
             # the first; direct forces: any shape from the start (one shape gained little)
             options = {"fullgraph": True, "dynamic": None if self.has_energy else True}
             fn = model.atomic_energies if self.has_energy else model.compute_forces
+            if self.device.type == "cpu":
+                kernels.attach(model)  # the fused neighbour sums (uenn_geo.nn.kernels)
             entry = {"fn": torch.compile(fn, **options), "seconds": None}
             _COMPILED[model] = entry
         return entry

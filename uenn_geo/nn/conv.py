@@ -11,6 +11,7 @@ from torch_geometric.nn import MessagePassing
 
 from uenn_geo.dtypes import dtype_name
 from uenn_geo.edges import EDGES_PER_CHUNK, Edges
+from uenn_geo.nn import kernels
 from uenn_geo.nn.activation import resolve_activation
 from uenn_geo.nn.functional import DEFAULT_EPS, concat_scalars, safe_norm
 from uenn_geo.nn.linear import xavier_uniform_
@@ -270,6 +271,11 @@ class VectorGaussianConv(MessagePassing):
                 nn.Linear(self.radial_hidden, num_basis, bias=False, **factory),
             )
         self.register_module("radial", radial)
+        #: Use the fused CPU kernel of :mod:`uenn_geo.nn.kernels` for the neighbour sums where
+        #: no gradient flows through them: :obj:`None` (default) decides at the first such
+        #: eager call (building the kernel if needed), :obj:`False` never. Not part of the
+        #: model: the numbers are the same either way.
+        self.kernel: bool | None = None
         shape = (num_basis, self.feature_width, out_channels)
         if self.centre_species:
             shape = (self.centre_species, *shape)
@@ -352,9 +358,38 @@ class VectorGaussianConv(MessagePassing):
             edges.check(pos.shape[0])
         if v is None:
             v = pos.new_ones(pos.shape[0], 1)
+        if self._use_kernel(pos, v, x, edges):
+            return kernels.neighbour_sums(
+                pos, edges.index, edges.shifts, v, x, self.basis.rs, self.basis.eta,
+                self.cutoff, self.eps, self.weight is not None, self.scalar_weight is not None,
+                self.centre_vectors, self.bond_vectors,
+            )  # fmt: skip
         return self.propagate(
             edges.index, pos=pos, v=v, x=x, shifts=edges.shifts, chunk=edges.chunk
         )
+
+    def _use_kernel(self, pos: Tensor, v: Tensor, x: Tensor | None, edges: Edges) -> bool:
+        """Whether :mod:`uenn_geo.nn.kernels` computes the sums: on the CPU, in three
+        dimensions, plain Gaussians, not under :func:`torch.export`; with a gradient through
+        the sums only in eval mode (the kernel's backward is first order; training
+        differentiates forces again) and never one for the Gaussians themselves."""
+        if self.kernel is False or self.radial is not None or torch.compiler.is_exporting():
+            return False
+        if pos.shape[1] != 3 or pos.device.type != "cpu":
+            return False
+        if torch.is_grad_enabled():
+            basis = (self.basis.rs, self.basis.log_eta)
+            if any(t.requires_grad for t in basis):
+                return False
+            if self.training and any(
+                t is not None and t.requires_grad for t in (pos, v, x, edges.shifts)
+            ):
+                return False
+        if self.kernel is None:
+            if torch.compiler.is_compiling():
+                return False  # decided eagerly (uenn_geo.nn.kernels.attach) before compiling
+            self.kernel = kernels.available()
+        return self.kernel
 
     def contract(self, h: Tensor, centre: Tensor | None = None) -> Tensor:
         r"""Contract the neighbour sums of :meth:`neighbour_sums` with :math:`w` (and

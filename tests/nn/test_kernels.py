@@ -1,0 +1,268 @@
+"""The fused CPU kernel of the neighbour sums (uenn_geo.nn.kernels) against the plain path."""
+
+import numpy as np
+import pytest
+import torch
+
+from uenn_geo.edges import Edges
+from uenn_geo.models import UENNForceField
+from uenn_geo.nn import VectorGaussianConv, kernels
+from uenn_geo.testing import assert_equivariant, random_orthogonal
+
+F64 = torch.float64
+
+
+def graph(num=12, spread=2.5, dtype=F64, periodic=False, seed=0):
+    """Random positions, every ordered pair (some beyond the cutoff), one zero-length pair,
+    and image shifts when periodic."""
+    g = torch.Generator().manual_seed(seed)
+    pos = (torch.rand(num, 3, generator=g, dtype=F64) * 2 - 1) * spread
+    i, j = torch.meshgrid(torch.arange(num), torch.arange(num), indexing="ij")
+    keep = i != j
+    index = torch.stack([i[keep], j[keep]])
+    index = torch.cat([index, torch.tensor([[3], [3]])], dim=1)  # a self-pair: contributes 0
+    shifts = None
+    if periodic:
+        shifts = torch.randint(-1, 2, (index.shape[1], 3), generator=g).to(F64) * 3.0
+        shifts[-1] = 0.0
+    return pos.to(dtype), index, None if shifts is None else shifts.to(dtype)
+
+
+def layer(dtype=F64, **kwargs):
+    options = dict(vector_channels=4, output="both", dtype=dtype)
+    options.update(kwargs)
+    torch.manual_seed(1)
+    return VectorGaussianConv(3, 5, 7, 4.0, **options)
+
+
+def sums_both_ways(conv, pos, edges, v, x):
+    with torch.no_grad():
+        conv.kernel = True
+        fused = conv.neighbour_sums(pos, edges, v, x)
+        conv.kernel = False
+        plain = conv.neighbour_sums(pos, edges, v, x)
+    return fused, plain
+
+
+def test_the_kernel_builds_here():
+    # CI and the README's machines have a C++ compiler (torch.compile needs one too).
+    assert kernels.available(), kernels._error
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"output": "vector"},
+        {"output": "scalar"},
+        {"vector_channels": 0},
+        {"centre_vectors": True},
+        {"bond_vectors": True},
+        {"centre_vectors": True, "bond_vectors": True, "output": "scalar"},
+    ],
+)
+@pytest.mark.parametrize("periodic", [False, True])
+def test_equals_the_plain_path_float64(options, periodic):
+    conv = layer(**options)
+    pos, index, shifts = graph(periodic=periodic)
+    v = torch.randn(pos.shape[0], 3, dtype=F64)
+    x = (
+        torch.randn(pos.shape[0], 3, conv.vector_channels, dtype=F64)
+        if conv.vector_channels
+        else None
+    )
+    fused, plain = sums_both_ways(conv, pos, Edges(index, shifts, conv.cutoff), v, x)
+    assert plain.abs().max() > 0.1
+    assert torch.allclose(fused, plain, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["chunked", "shuffled"])
+def test_any_edge_order_and_chunk_layout(layout):
+    # Chunks hold self-pairs as padding; a shuffled list has an atom's edges anywhere.
+    conv = layer(bond_vectors=True)
+    pos, index, shifts = graph(num=15)
+    edges = Edges(index, shifts, conv.cutoff)
+    if layout == "chunked":
+        edges = edges.chunked(pos.shape[0], size=8, max_padding=float("inf"))
+        assert edges.chunk == 8
+    else:
+        edges = Edges(index[:, torch.randperm(index.shape[1])], None, conv.cutoff)
+    v, x = torch.randn(15, 3, dtype=F64), torch.randn(15, 3, 4, dtype=F64)
+    fused, plain = sums_both_ways(conv, pos, edges, v, x)
+    assert torch.allclose(fused, plain, rtol=0, atol=1e-12)
+
+
+def test_threads_split_atoms_not_edges():
+    # Ranges of edges move to the first edge of a centre: more threads, the same sums.
+    conv = layer()
+    pos, index, _ = graph(num=60, spread=4.0)
+    edges = Edges(index, None, conv.cutoff)
+    v, x = torch.randn(60, 3, dtype=F64), torch.randn(60, 3, 4, dtype=F64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        fused, plain = sums_both_ways(conv, pos, edges, v, x)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.allclose(fused, plain, rtol=0, atol=1e-12)
+
+
+def test_float32_to_round_off():
+    conv = layer(dtype=torch.float32)
+    pos, index, shifts = graph(dtype=torch.float32, periodic=True)
+    v = torch.randn(pos.shape[0], 3)
+    x = torch.randn(pos.shape[0], 3, 4)
+    fused, plain = sums_both_ways(conv, pos, Edges(index, shifts, conv.cutoff), v, x)
+    assert (fused - plain).abs().max() < 1e-5 * plain.abs().max()
+
+
+@pytest.mark.parametrize("reflection", [False, True])
+def test_o3_equivariance_through_the_kernel(reflection):
+    conv = layer(bond_vectors=True, act="softsign_residual")
+    conv.kernel = True
+    pos, index, _ = graph()
+    v, x = torch.randn(pos.shape[0], 3, dtype=F64), torch.randn(pos.shape[0], 3, 4, dtype=F64)
+    U = random_orthogonal(3, reflection=reflection)
+    with torch.no_grad():
+        err = assert_equivariant(
+            lambda p, vv, xx: conv(p, index, vv, xx),
+            (pos, v, x),
+            U,
+            axis=(-1, None, -2),
+            out_axis=-2,
+            out_num_scalars=1,
+        )
+    assert err < 1e-12
+
+
+def gradients(conv, pos, index, shifts, v, x):
+    """The sums and the gradients of a fixed linear function of them in pos, v, x, shifts."""
+    inputs = [t.clone().requires_grad_(True) for t in (pos, v, x, shifts) if t is not None]
+    p, vv = inputs[:2]
+    xx = inputs[2] if x is not None else None
+    ss = inputs[-1] if shifts is not None else None
+    h = conv.neighbour_sums(p, Edges(index, ss, conv.cutoff), vv, xx)
+    weights = torch.sin(torch.arange(h.numel(), dtype=h.dtype)).view_as(h)
+    return h.detach(), torch.autograd.grad((h * weights).sum(), inputs)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"output": "vector"}, {"output": "scalar"}, {"vector_channels": 0},
+     {"centre_vectors": True, "bond_vectors": True}],
+)  # fmt: skip
+@pytest.mark.parametrize("periodic", [False, True])
+def test_backward_equals_the_plain_path(options, periodic):
+    # Eval mode: the kernel's own backward gives the gradients of positions, image shifts and
+    # node features (the forces and stress of an energy model).
+    conv = layer(**options).eval()
+    pos, index, shifts = graph(periodic=periodic)
+    v = torch.randn(pos.shape[0], 3, dtype=F64)
+    x = (
+        torch.randn(pos.shape[0], 3, conv.vector_channels, dtype=F64)
+        if conv.vector_channels
+        else None
+    )
+    conv.kernel = True
+    fused, fused_grads = gradients(conv, pos, index, shifts, v, x)
+    conv.kernel = False
+    plain, plain_grads = gradients(conv, pos, index, shifts, v, x)
+    assert torch.allclose(fused, plain, rtol=0, atol=1e-12)
+    assert len(fused_grads) == len(plain_grads) == 2 + (x is not None) + periodic
+    for got, want in zip(fused_grads, plain_grads, strict=True):
+        assert want.abs().max() > 1e-3
+        assert torch.allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_training_takes_the_plain_path(monkeypatch):
+    # The kernel's backward is first order; a force loss differentiates the forces again, so
+    # a layer in training mode with a gradient through its sums must not call it.
+    conv = layer()
+    conv.kernel = True
+    pos, index, _ = graph()
+    v, x = torch.randn(pos.shape[0], 3, dtype=F64), torch.randn(pos.shape[0], 3, 4, dtype=F64)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the kernel was called in training mode on a graph with gradients")
+
+    monkeypatch.setattr(kernels, "neighbour_sums", refuse)
+    pos.requires_grad_(True)
+    out = conv(pos, index, v, x)
+    (grad,) = torch.autograd.grad(out.square().sum(), pos, create_graph=True)
+    (second,) = torch.autograd.grad(grad.square().sum(), pos)
+    assert second.abs().max() > 0
+
+
+def test_off_by_environment(monkeypatch):
+    monkeypatch.setenv(kernels.ENV, "0")
+    conv = layer()
+    pos, index, _ = graph()
+    with torch.no_grad():
+        conv(
+            pos,
+            index,
+            torch.randn(pos.shape[0], 3, dtype=F64),
+            torch.randn(pos.shape[0], 3, 4, dtype=F64),
+        )
+    assert conv.kernel is False
+
+
+class CountingExtension:
+    def __init__(self, extension):
+        self.extension, self.calls = extension, 0
+
+    def neighbour_sums(self, *args):
+        self.calls += 1
+        return self.extension.neighbour_sums(*args)
+
+
+def test_compiled_direct_model_calls_the_kernel(monkeypatch):
+    # attach() decides before torch.compile; the compiled network then calls the kernel as one
+    # opaque operation (once per graph layer) and gives the eager plain path's forces.
+    assert kernels.available()
+    counter = CountingExtension(kernels._extension)
+    monkeypatch.setattr(kernels, "_extension", counter)
+    torch.manual_seed(0)
+    model = UENNForceField(cutoff=4.0, num_blocks=2, atomic_numbers=[1, 8], dtype=F64).eval()
+    pos, index, _ = graph(num=20, spread=3.0)
+    species = torch.randint(0, 2, (20,))
+    edges = Edges(index, None, 4.0).chunked(20, size=8, max_padding=float("inf"))
+    with torch.no_grad():
+        for conv in model.convs:
+            conv.kernel = False
+        plain = model.compute_forces(pos, species, edges)
+        for conv in model.convs:
+            conv.kernel = None
+        assert kernels.attach(model)
+        assert all(conv.kernel for conv in model.convs)
+        compiled = torch.compile(model.compute_forces, fullgraph=True, dynamic=True)
+        fused = compiled(pos, species, edges)
+    assert counter.calls == len(model.convs) == 2
+    assert plain.abs().max() > 1e-3
+    assert torch.allclose(fused, plain, rtol=0, atol=1e-10)
+
+
+def test_compiled_energy_model_forces_and_stress(monkeypatch):
+    # The calculator path of an energy model: compiled, forces and stress from the kernel's
+    # backward, against the eager plain path.
+    from ase import Atoms
+
+    from uenn_geo.calculator import UENNCalculator
+
+    torch.manual_seed(0)
+    model = UENNForceField(cutoff=4.0, atomic_numbers=[18], conservative=True, dtype=F64).eval()
+    rng = torch.Generator().manual_seed(3)
+    cell = torch.eye(3, dtype=F64) * 6.5
+    pos = torch.rand(40, 3, generator=rng, dtype=F64) @ cell
+    atoms = Atoms(["Ar"] * 40, positions=pos.numpy(), cell=cell.numpy(), pbc=True)
+    results = {}
+    for name, env, compile in (("plain", "0", False), ("kernel", "1", True)):
+        monkeypatch.setenv(kernels.ENV, env)
+        for conv in model.convs:
+            conv.kernel = None
+        atoms.calc = UENNCalculator(model, compile=compile)
+        results[name] = (atoms.get_forces(), atoms.get_stress(), atoms.get_potential_energy())
+    assert all(conv.kernel for conv in model.convs)
+    assert abs(results["plain"][0]).max() > 1e-3
+    for got, want in zip(results["kernel"], results["plain"], strict=True):
+        assert np.abs(got - want).max() < 1e-10

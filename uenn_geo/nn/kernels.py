@@ -1,0 +1,223 @@
+r"""A fused CPU kernel for the neighbour sums of :class:`~uenn_geo.nn.VectorGaussianConv`.
+
+The sums :math:`h_i = \sum_j \mathrm{feat}_{ij} \otimes e_{ij}` of the vector graph layer
+(Ma & Chan, sec. 4, eqs. 29-31) are most of the cost of a force call. The plain PyTorch path
+writes the radial functions :math:`e` (:math:`E \times B`) and the rows :math:`\mathrm{feat}`
+of every edge to memory and multiplies them chunk by chunk (:func:`torch.bmm`);
+``neighbour_sums.cpp`` instead gathers each atom's edges into buffers that stay in the cache
+and multiplies them there, in one pass over the list, and its backward does the same for the
+gradients of the positions, shifts and node features. The numbers are the same to float
+round-off. The backward is first order only, so :class:`~uenn_geo.nn.VectorGaussianConv`
+takes the kernel where no gradient flows through the sums (forces predicted directly) or
+where one flows but no second derivative can follow (layers in eval mode: forces and stress
+from the energy in the ASE calculator, ``uenn-geo md``, OpenMM and LAMMPS, evaluation); on
+the CPU, in three dimensions, with plain Gaussians, never under :func:`torch.export`.
+Training (a force loss differentiates the forces again) keeps the plain path. Speed:
+docs/bench.md.
+
+The kernel is compiled with :func:`torch.utils.cpp_extension.load` (a C++ compiler and ninja,
+as :func:`torch.compile` needs a compiler on the CPU) the first time a process needs it, in
+torch's extension cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``):
+about 30 s once per machine and version, then a fraction of a second per process. Where it
+cannot be built, the layers warn once and use the plain path. ``UENN_GEO_KERNELS=0`` turns it
+off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+__all__ = ["attach", "available", "enabled", "neighbour_sums", "plain_path"]
+
+#: The C++ source, shipped inside the package.
+SOURCE = Path(__file__).with_name("neighbour_sums.cpp")
+#: Environment variable that turns the kernel off when set to ``0``.
+ENV = "UENN_GEO_KERNELS"
+
+_lock = threading.Lock()
+_extension: ModuleType | None = None
+_error: str | None = None
+
+
+def enabled() -> bool:
+    """Whether the kernel may be used (``UENN_GEO_KERNELS`` is not ``0``)."""
+    return os.environ.get(ENV, "1").strip() != "0"
+
+
+def _compiler_flags() -> tuple[str, list[str]]:
+    """The extension's name and flags for the vector instructions torch itself uses here."""
+    capability = torch.backends.cpu.get_cpu_capability()  # "AVX2", "AVX512", "DEFAULT", ...
+    isa = {
+        "AVX2": ["-mavx2", "-mfma", "-mf16c"],
+        "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"],
+    }.get(capability)
+    flags = ["-O3"]
+    if isa is not None:  # at::vec's vector classes for this instruction set
+        flags += [*isa, f"-DCPU_CAPABILITY_{capability}", f"-DCPU_CAPABILITY={capability}"]
+    else:
+        capability = "default"
+    return f"uenn_geo_neighbour_sums_{capability.lower()}", flags
+
+
+def _load() -> ModuleType | None:
+    global _extension, _error
+    with _lock:
+        if _extension is not None or _error is not None:
+            return _extension
+        from torch.utils.cpp_extension import load
+
+        name, flags = _compiler_flags()
+        try:
+            _extension = load(name, [str(SOURCE)], extra_cflags=flags, verbose=False)
+        except Exception as exc:  # no compiler, no ninja, a read-only cache, ...
+            _error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+            warnings.warn(
+                f"uenn-geo: the CPU kernel of the neighbour sums could not be built ({_error}); "
+                "the graph layers use the plain PyTorch path (the same numbers, slower). "
+                f"Install a C++ compiler and ninja, or set {ENV}=0 to skip the attempt.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return _extension
+
+
+def available() -> bool:
+    """Whether the kernel is enabled and built (builds it on the first call)."""
+    return enabled() and _load() is not None
+
+
+def attach(module: torch.nn.Module) -> bool:
+    """Decide now, eagerly, for every graph layer in ``module`` whose choice is still open
+    (``kernel`` :obj:`None`) whether it uses the kernel; before :func:`torch.compile`, which
+    cannot build it mid-trace. Returns :func:`available`."""
+    use = available()
+    for layer in module.modules():
+        if hasattr(layer, "kernel") and layer.kernel is None:
+            layer.kernel = use
+    return use
+
+
+@contextlib.contextmanager
+def plain_path(module: torch.nn.Module) -> Iterator[None]:
+    """Every graph layer of ``module`` on the plain PyTorch path for the duration (e.g. for
+    :mod:`torch.export`, whose programs must run without uenn-geo's operators)."""
+    layers = [m for m in module.modules() if hasattr(m, "kernel")]
+    before = [m.kernel for m in layers]
+    for m in layers:
+        m.kernel = False
+    try:
+        yield
+    finally:
+        for m, flag in zip(layers, before, strict=True):
+            m.kernel = flag
+
+
+@torch.library.custom_op("uenn_geo::neighbour_sums", mutates_args=())
+def neighbour_sums(
+    pos: Tensor,
+    index: Tensor,
+    shifts: Tensor | None,
+    v: Tensor,
+    x: Tensor | None,
+    rs: Tensor,
+    eta: Tensor,
+    cutoff: float,
+    eps: float,
+    vector_rows: bool,
+    scalar_row: bool,
+    centre_vectors: bool,
+    bond_vectors: bool,
+) -> Tensor:
+    r"""The neighbour sums :obj:`(N, R, B W)` of :meth:`VectorGaussianConv.neighbour_sums
+    <uenn_geo.nn.VectorGaussianConv.neighbour_sums>` for positions :obj:`(N, 3)`, a list
+    ``index`` :obj:`(2, E)` (centres first; best sorted by centre), image ``shifts``
+    :obj:`(E, 3)`, node features ``v`` :obj:`(N, F)` and ``x`` :obj:`(N, 3, F_v)`, and the
+    Gaussians' centres ``rs`` and widths ``eta`` :obj:`(B)`. No autograd; a
+    :func:`torch.compile`\ d graph calls it as one opaque operation."""
+    extension = _load()
+    if extension is None:
+        raise RuntimeError(f"the neighbour-sum kernel is not available: {_error}")
+    return extension.neighbour_sums(
+        pos, index, shifts, v, x, rs, eta, cutoff, eps,
+        vector_rows, scalar_row, centre_vectors, bond_vectors,
+    )  # fmt: skip
+
+
+@neighbour_sums.register_fake
+def _(pos, index, shifts, v, x, rs, eta, cutoff, eps, vector_rows, scalar_row, centre_vectors,
+      bond_vectors):  # fmt: skip
+    vector_channels = 0 if x is None else x.shape[2]
+    extra = int(centre_vectors) + int(bond_vectors) if vector_channels else 0
+    width = v.shape[1] + vector_channels * (1 + extra)
+    rows = 3 * int(vector_rows) + int(scalar_row)
+    return pos.new_empty(pos.shape[0], rows, rs.shape[0] * width)
+
+
+@torch.library.custom_op("uenn_geo::neighbour_sums_backward", mutates_args=())
+def neighbour_sums_backward(
+    grad: Tensor,
+    pos: Tensor,
+    index: Tensor,
+    shifts: Tensor | None,
+    v: Tensor,
+    x: Tensor | None,
+    rs: Tensor,
+    eta: Tensor,
+    cutoff: float,
+    eps: float,
+    vector_rows: bool,
+    scalar_row: bool,
+    centre_vectors: bool,
+    bond_vectors: bool,
+) -> list[Tensor]:
+    """The gradients of :func:`neighbour_sums` in ``pos``, ``shifts``, ``v`` and ``x`` for
+    the gradient ``grad`` of its output (empty tensors for absent ``shifts`` and ``x``); first
+    order only (a second derivative through it raises)."""
+    extension = _load()
+    if extension is None:
+        raise RuntimeError(f"the neighbour-sum kernel is not available: {_error}")
+    return extension.neighbour_sums_backward(
+        grad, pos, index, shifts, v, x, rs, eta, cutoff, eps,
+        vector_rows, scalar_row, centre_vectors, bond_vectors,
+    )  # fmt: skip
+
+
+@neighbour_sums_backward.register_fake
+def _(grad, pos, index, shifts, v, x, rs, eta, cutoff, eps, vector_rows, scalar_row,
+      centre_vectors, bond_vectors):  # fmt: skip
+    empty = pos.new_empty(0)
+    return [
+        torch.empty_like(pos),
+        empty if shifts is None else torch.empty_like(shifts),
+        torch.empty_like(v),
+        empty if x is None else torch.empty_like(x),
+    ]
+
+
+def _setup_context(ctx, inputs, output):
+    pos, index, shifts, v, x, rs, eta, *options = inputs
+    ctx.save_for_backward(pos, index, shifts, v, x, rs, eta)
+    ctx.options = options
+
+
+def _backward(ctx, grad):
+    pos, index, shifts, v, x, rs, eta = ctx.saved_tensors
+    gpos, gshifts, gv, gx = neighbour_sums_backward(
+        grad, pos, index, shifts, v, x, rs, eta, *ctx.options
+    )
+    return (
+        gpos, None, None if shifts is None else gshifts, gv, None if x is None else gx,
+        None, None, None, None, None, None, None, None,
+    )  # fmt: skip
+
+
+neighbour_sums.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,568 @@
+// The neighbour sums of the vector graph layer (Ma & Chan, sec. 4, eqs. 29-31) in one pass
+// over the edges, for inference on the CPU (no autograd): uenn_geo/nn/kernels.py builds and
+// registers it, uenn_geo/nn/conv.py (VectorGaussianConv.neighbour_sums) defines the numbers.
+//
+//   h[i, r, b, w] = sum_j e_ij^b feat_ij[r, w]
+//   e_ij^b = exp(max(-eta_b (r_ij - rs_b)^2, -60)) f_c(r_ij)                       (eq. 31)
+//   feat_ij rows: n vector rows [u_k v_j, x_jk, (u_k p), (u_k q)] and a scalar row
+//                 [v_j, q, (p^2), (q^2)], with u = r_ij / |r_ij|, q = u . x_j, p = u . x_i.
+//
+// The plain PyTorch path forms e (E x B) and feat (E x R W) in memory, lays them out in
+// chunks and multiplies them with torch.bmm. Here each atom's edges are gathered into small
+// buffers that stay in the cache and multiplied by a register-blocked kernel; nothing of size
+// E x B is written. Edges of one centre should be consecutive (Edges.chunked, or any list
+// sorted by centre); other orders give the same sums on one thread.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+using at::vec::Vectorized;
+
+int64_t round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
+
+template <typename T, bool A_ROWS = false>
+void gemm_tn_ld(const T* A, int64_t lda, const T* Bm, int64_t ldb, T* C, int64_t ldc, int64_t K,
+                int64_t Pp, int64_t Qp);
+
+// C (Pp x Qp) += A^T Bm over K rows; A is K x Pp, Bm is K x Qp (row-major), Pp a multiple of
+// 4 and Qp of the vector length: 4 x 2 vectors of accumulators in registers.
+template <typename T>
+void gemm_tn(const T* A, const T* Bm, T* C, int64_t K, int64_t Pp, int64_t Qp) {
+  gemm_tn_ld<T>(A, Pp, Bm, Qp, C, Qp, K, Pp, Qp);
+}
+
+// The same with leading dimensions: A[k * lda + p], Bm[k * ldb + q], C[p * ldc + q].
+template <typename T, bool A_ROWS>
+void gemm_tn_ld(const T* A, int64_t lda, const T* Bm, int64_t ldb, T* C, int64_t ldc, int64_t K,
+                int64_t Pp, int64_t Qp) {
+  // A_ROWS: A[p * lda + k] (C = A Bm) instead of A[k * lda + p] (C = A^T Bm)
+  const int64_t sp = A_ROWS ? lda : 1, sk = A_ROWS ? 1 : lda;
+  using V = Vectorized<T>;
+  const int64_t L = V::size();
+  for (int64_t p0 = 0; p0 < Pp; p0 += 4) {
+    int64_t q0 = 0;
+    for (; q0 + 2 * L <= Qp; q0 += 2 * L) {
+      V c00(0), c01(0), c10(0), c11(0), c20(0), c21(0), c30(0), c31(0);
+      for (int64_t k = 0; k < K; ++k) {
+        const V b0 = V::loadu(Bm + k * ldb + q0), b1 = V::loadu(Bm + k * ldb + q0 + L);
+        const T* a = A + k * sk + p0 * sp;
+        const V a0(a[0]), a1(a[sp]), a2(a[2 * sp]), a3(a[3 * sp]);
+        c00 = at::vec::fmadd(a0, b0, c00);
+        c01 = at::vec::fmadd(a0, b1, c01);
+        c10 = at::vec::fmadd(a1, b0, c10);
+        c11 = at::vec::fmadd(a1, b1, c11);
+        c20 = at::vec::fmadd(a2, b0, c20);
+        c21 = at::vec::fmadd(a2, b1, c21);
+        c30 = at::vec::fmadd(a3, b0, c30);
+        c31 = at::vec::fmadd(a3, b1, c31);
+      }
+      const V acc[4][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
+      for (int64_t p = 0; p < 4; ++p) {
+        T* c = C + (p0 + p) * ldc + q0;
+        (V::loadu(c) + acc[p][0]).store(c);
+        (V::loadu(c + L) + acc[p][1]).store(c + L);
+      }
+    }
+    for (; q0 < Qp; q0 += L) {
+      V c0(0), c1(0), c2(0), c3(0);
+      for (int64_t k = 0; k < K; ++k) {
+        const V b0 = V::loadu(Bm + k * ldb + q0);
+        const T* a = A + k * sk + p0 * sp;
+        c0 = at::vec::fmadd(V(a[0]), b0, c0);
+        c1 = at::vec::fmadd(V(a[sp]), b0, c1);
+        c2 = at::vec::fmadd(V(a[2 * sp]), b0, c2);
+        c3 = at::vec::fmadd(V(a[3 * sp]), b0, c3);
+      }
+      const V acc[4] = {c0, c1, c2, c3};
+      for (int64_t p = 0; p < 4; ++p) {
+        T* c = C + (p0 + p) * ldc + q0;
+        (V::loadu(c) + acc[p]).store(c);
+      }
+    }
+  }
+}
+
+struct Layout {
+  int64_t F, Fv, B, W, R;
+  bool vec_rows, sca_row, centre_vectors, bond_vectors;
+};
+
+// The sums of the edges [begin, end) into out (N, R, B, W); one thread.
+template <typename T>
+void sums_range(const T* pos, const int64_t* centre, const int64_t* nbr, const T* shifts,
+                const T* v, const T* x, const T* rs, const T* eta, T cutoff, T eps,
+                const Layout& s, int64_t begin, int64_t end, T* out) {
+  using V = Vectorized<T>;
+  const int64_t L = V::size();
+  const int64_t F = s.F, Fv = s.Fv, B = s.B, W = s.W, R = s.R, RW = R * W;
+  // The wider of B and R W is vectorised, the other blocked by four.
+  const bool basis_wide = B > RW;
+  const int64_t Pp = round_up(basis_wide ? RW : B, 4), Qp = round_up(basis_wide ? B : RW, L);
+  const int64_t e_stride = basis_wide ? Qp : Pp, f_stride = basis_wide ? Pp : Qp;
+  const int64_t kmax = 128;  // edges buffered per product
+  std::vector<T> ebuf(kmax * e_stride, T(0)), fbuf(kmax * f_stride, T(0)), cbuf(Pp * Qp);
+  std::vector<T> along(Fv), proj(Fv);
+  const int64_t Bv = round_up(B, L);
+  std::vector<T> rs_pad(Bv, T(0)), eta_pad(Bv, T(0));
+  std::copy(rs, rs + B, rs_pad.begin());
+  std::copy(eta, eta + B, eta_pad.begin());
+  // Gaussians far from r_ij sit at the clamp exp(-60) of eq. 31's evaluation; a block of
+  // them all below `skip` takes that value without exp (float: below exp(-25), 1e-11).
+  const V clamp(T(-60)), skip(std::is_same<T, float>::value ? T(-25) : T(-60));
+  const V clamped(std::exp(T(-60))), zero(T(0));
+  const int all_lanes = (1 << L) - 1;
+
+  auto flush = [&](int64_t i, int64_t K) {
+    if (K == 0) return;
+    std::fill(cbuf.begin(), cbuf.end(), T(0));
+    if (basis_wide) {
+      gemm_tn<T>(fbuf.data(), ebuf.data(), cbuf.data(), K, Pp, Qp);
+    } else {
+      gemm_tn<T>(ebuf.data(), fbuf.data(), cbuf.data(), K, Pp, Qp);
+    }
+    T* o = out + i * R * B * W;
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t w = 0; w < W; ++w) {
+          const int64_t col = r * W + w;
+          o[(r * B + b) * W + w] += basis_wide ? cbuf[col * Qp + b] : cbuf[b * Qp + col];
+        }
+  };
+
+  int64_t current = -1, K = 0;
+  for (int64_t k = begin; k < end; ++k) {
+    const int64_t i = centre[k], j = nbr[k];
+    if (i != current || K == kmax) {
+      flush(current, K);
+      current = i;
+      K = 0;
+    }
+    T d[3];
+    for (int c = 0; c < 3; ++c) d[c] = pos[3 * j + c] - pos[3 * i + c] + (shifts ? shifts[3 * k + c] : T(0));
+    const T r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+    if (!(r2 > 0)) continue;  // a zero-length edge (i = j) contributes nothing (eq. 31)
+    const T r = std::sqrt(r2);
+    const T xr = r / cutoff;
+    if (xr >= 1) continue;  // f_c = 0
+    const T y = 1 - xr;
+    const T fc = y * y * y * (1 + xr * (3 + 6 * xr));
+    const T inv = 1 / std::max(r, eps);
+    const T u[3] = {d[0] * inv, d[1] * inv, d[2] * inv};
+
+    T* e = ebuf.data() + K * e_stride;
+    const V vr(r), vfc(fc);
+    for (int64_t b = 0; b < B; b += L) {
+      const V t = vr - V::loadu(rs_pad.data() + b);
+      const V a = at::vec::maximum(zero - V::loadu(eta_pad.data() + b) * t * t, clamp);
+      const V val = ((a >= skip).zero_mask() == all_lanes) ? clamped * vfc : a.exp() * vfc;
+      if (b + L <= e_stride) {
+        val.store(e + b);
+      } else {
+        val.store(e + b, e_stride - b);
+      }
+    }
+    for (int64_t b = B; b < e_stride; ++b) e[b] = 0;
+
+    T* feat = fbuf.data() + K * f_stride;
+    const T* vj = v + j * F;
+    const T* xj = x ? x + j * 3 * Fv : nullptr;  // (3, Fv)
+    const T* xi = x ? x + i * 3 * Fv : nullptr;
+    for (int64_t c = 0; c < Fv; ++c) {
+      along[c] = u[0] * xj[c] + u[1] * xj[Fv + c] + u[2] * xj[2 * Fv + c];
+      if (s.centre_vectors) proj[c] = u[0] * xi[c] + u[1] * xi[Fv + c] + u[2] * xi[2 * Fv + c];
+    }
+    int64_t row = 0;
+    if (s.vec_rows) {
+      for (int64_t a = 0; a < 3; ++a, ++row) {
+        T* f = feat + row * W;
+        for (int64_t c = 0; c < F; ++c) f[c] = u[a] * vj[c];
+        int64_t o = F;
+        if (Fv) {
+          for (int64_t c = 0; c < Fv; ++c) f[o + c] = xj[a * Fv + c];
+          o += Fv;
+          if (s.centre_vectors) {
+            for (int64_t c = 0; c < Fv; ++c) f[o + c] = u[a] * proj[c];
+            o += Fv;
+          }
+          if (s.bond_vectors) {
+            for (int64_t c = 0; c < Fv; ++c) f[o + c] = u[a] * along[c];
+          }
+        }
+      }
+    }
+    if (s.sca_row) {
+      T* f = feat + row * W;
+      for (int64_t c = 0; c < F; ++c) f[c] = vj[c];
+      int64_t o = F;
+      if (Fv) {
+        for (int64_t c = 0; c < Fv; ++c) f[o + c] = along[c];
+        o += Fv;
+        if (s.centre_vectors) {
+          for (int64_t c = 0; c < Fv; ++c) f[o + c] = proj[c] * proj[c];
+          o += Fv;
+        }
+        if (s.bond_vectors) {
+          for (int64_t c = 0; c < Fv; ++c) f[o + c] = along[c] * along[c];
+        }
+      }
+    }
+    for (int64_t c = RW; c < f_stride; ++c) feat[c] = 0;
+    ++K;
+  }
+  flush(current, K);
+}
+
+// The backward of the sums: the gradients of positions, shifts and node features v, x for
+// the gradient G (N, R, B, W) of the sums; one thread (neighbours' rows are scattered to).
+// Per atom, dL/de (K x B) and dL/dfeat (K x R W) are two products with G_i; then the chain
+// rule through eq. 31, the unit vectors and the projections, edge by edge.
+template <typename T>
+void sums_backward(const T* G, const T* pos, const int64_t* centre, const int64_t* nbr,
+                   const T* shifts, const T* v, const T* x, const T* rs, const T* eta, T cutoff,
+                   T eps, const Layout& s, int64_t E, T* gpos, T* gshift, T* gv, T* gx) {
+  using V = Vectorized<T>;
+  const int64_t L = V::size();
+  const int64_t F = s.F, Fv = s.Fv, B = s.B, W = s.W, R = s.R, RW = R * W;
+  const int64_t kmax = 128, Bq = round_up(B, L), RWq = round_up(RW, L);
+  const int64_t srow = s.vec_rows ? 3 : 0;  // the scalar row's index
+  std::vector<T> Mb(B * RWq, T(0)), Mt(RW * Bq, T(0));  // G_i as (B, R W) and (R W, B)
+  const int64_t RWp = round_up(RW, 4);
+  std::vector<T> eb(kmax * Bq), de(kmax * Bq), fb(kmax * RWp);  // e, de/dr, feat per edge
+  std::vector<T> rs_pad(Bq, T(0)), eta_pad(Bq, T(0));
+  std::copy(rs, rs + B, rs_pad.begin());
+  std::copy(eta, eta + B, eta_pad.begin());
+  std::vector<T> Gf(kmax * RWq), Ge(kmax * Bq);
+  struct EdgeData {
+    int64_t k, j;
+    T u[3], r, fc, dfc;
+  };
+  std::vector<EdgeData> ed(kmax);
+  std::vector<T> along(Fv), proj(Fv), gq(Fv), gp(Fv);
+  const V skip(std::is_same<T, float>::value ? T(-25) : T(-60)), clamped(std::exp(T(-60)));
+  const int all_lanes = (1 << L) - 1;
+
+  auto flush = [&](int64_t i, int64_t K) {
+    if (K == 0) return;
+    const int64_t K4 = round_up(K, 4);
+    const T* Gi = G + i * R * B * W;
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t w = 0; w < W; ++w) {
+          const T val = Gi[(r * B + b) * W + w];
+          Mb[b * RWq + r * W + w] = val;
+          Mt[(r * W + w) * Bq + b] = val;
+        }
+    std::fill(eb.begin() + K * Bq, eb.begin() + K4 * Bq, T(0));
+    std::fill(fb.begin() + K * RWp, fb.begin() + K4 * RWp, T(0));
+    std::fill(Gf.begin(), Gf.begin() + K4 * RWq, T(0));
+    std::fill(Ge.begin(), Ge.begin() + K4 * Bq, T(0));
+    gemm_tn_ld<T, true>(eb.data(), Bq, Mb.data(), RWq, Gf.data(), RWq, B, K4, RWq);  // dL/dfeat
+    gemm_tn_ld<T, true>(fb.data(), RWp, Mt.data(), Bq, Ge.data(), Bq, RW, K4, Bq);   // dL/de
+    for (int64_t p = 0; p < K; ++p) {
+      const EdgeData& d = ed[p];
+      const int64_t j = d.j;
+      const T* u = d.u;
+      const T* gf = Gf.data() + p * RWq;
+      const T* ge = Ge.data() + p * Bq;
+      // dL/dr through e_b = exp(max(-eta_b (r - rs_b)^2, -60)) f_c(r)
+      V acc(0);
+      for (int64_t b = 0; b < Bq; b += L) acc = at::vec::fmadd(V::loadu(ge + b), V::loadu(de.data() + p * Bq + b), acc);
+      T lanes[64];
+      acc.store(lanes);
+      T gr = 0;
+      for (int64_t l = 0; l < L; ++l) gr += lanes[l];
+      const T* vj = v + j * F;
+      const T* xj = x ? x + j * 3 * Fv : nullptr;
+      const T* xi = x ? x + i * 3 * Fv : nullptr;
+      for (int64_t c = 0; c < Fv; ++c) {
+        along[c] = u[0] * xj[c] + u[1] * xj[Fv + c] + u[2] * xj[2 * Fv + c];
+        proj[c] = s.centre_vectors ? u[0] * xi[c] + u[1] * xi[Fv + c] + u[2] * xi[2 * Fv + c] : 0;
+        gq[c] = 0;
+        gp[c] = 0;
+      }
+      T gu[3] = {0, 0, 0};
+      if (s.vec_rows) {
+        for (int64_t a = 0; a < 3; ++a) {
+          const T* f = gf + a * W;
+          for (int64_t c = 0; c < F; ++c) {
+            gv[j * F + c] += f[c] * u[a];
+            gu[a] += f[c] * vj[c];
+          }
+          int64_t o = F;
+          if (Fv) {
+            for (int64_t c = 0; c < Fv; ++c) gx[(j * 3 + a) * Fv + c] += f[o + c];
+            o += Fv;
+            if (s.centre_vectors) {
+              for (int64_t c = 0; c < Fv; ++c) {
+                gu[a] += f[o + c] * proj[c];
+                gp[c] += f[o + c] * u[a];
+              }
+              o += Fv;
+            }
+            if (s.bond_vectors) {
+              for (int64_t c = 0; c < Fv; ++c) {
+                gu[a] += f[o + c] * along[c];
+                gq[c] += f[o + c] * u[a];
+              }
+            }
+          }
+        }
+      }
+      if (s.sca_row) {
+        const T* f = gf + srow * W;
+        for (int64_t c = 0; c < F; ++c) gv[j * F + c] += f[c];
+        int64_t o = F;
+        if (Fv) {
+          for (int64_t c = 0; c < Fv; ++c) gq[c] += f[o + c];
+          o += Fv;
+          if (s.centre_vectors) {
+            for (int64_t c = 0; c < Fv; ++c) gp[c] += f[o + c] * 2 * proj[c];
+            o += Fv;
+          }
+          if (s.bond_vectors) {
+            for (int64_t c = 0; c < Fv; ++c) gq[c] += f[o + c] * 2 * along[c];
+          }
+        }
+      }
+      for (int64_t c = 0; c < Fv; ++c)
+        for (int64_t a = 0; a < 3; ++a) {
+          gx[(j * 3 + a) * Fv + c] += gq[c] * u[a];
+          gu[a] += gq[c] * xj[a * Fv + c];
+          if (s.centre_vectors) {
+            gx[(i * 3 + a) * Fv + c] += gp[c] * u[a];
+            gu[a] += gp[c] * xi[a * Fv + c];
+          }
+        }
+      // u = d / max(r, eps), r = |d|
+      T gd[3];
+      if (d.r > eps) {
+        const T ug = u[0] * gu[0] + u[1] * gu[1] + u[2] * gu[2];
+        for (int a = 0; a < 3; ++a) gd[a] = (gu[a] - u[a] * ug) / d.r + u[a] * gr;
+      } else {
+        for (int a = 0; a < 3; ++a) gd[a] = gu[a] / eps + u[a] * eps / d.r * gr;
+      }
+      for (int a = 0; a < 3; ++a) {
+        gpos[3 * i + a] -= gd[a];
+        gpos[3 * j + a] += gd[a];
+        if (gshift) gshift[3 * d.k + a] = gd[a];
+      }
+    }
+  };
+
+  int64_t current = -1, K = 0;
+  for (int64_t k = 0; k < E; ++k) {
+    const int64_t i = centre[k], j = nbr[k];
+    if (i != current || K == kmax) {
+      flush(current, K);
+      current = i;
+      K = 0;
+    }
+    T d[3];
+    for (int c = 0; c < 3; ++c) d[c] = pos[3 * j + c] - pos[3 * i + c] + (shifts ? shifts[3 * k + c] : T(0));
+    const T r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+    if (!(r2 > 0)) continue;
+    const T r = std::sqrt(r2);
+    const T xr = r / cutoff;
+    if (xr >= 1) continue;
+    const T y = 1 - xr;
+    EdgeData& e = ed[K];
+    e.k = k;
+    e.j = j;
+    e.r = r;
+    e.fc = y * y * y * (1 + xr * (3 + 6 * xr));
+    e.dfc = -30 * xr * xr * y * y / cutoff;
+    const T inv = 1 / std::max(r, eps);
+    for (int c = 0; c < 3; ++c) e.u[c] = d[c] * inv;
+    {  // e_b and de_b/dr (the clamp at -60 has slope zero), padding lanes zero
+      const V vr(r), vfc(e.fc), vdfc(e.dfc), lo(T(-60)), zero(T(0)), two(T(2));
+      for (int64_t b = 0; b < Bq; b += L) {
+        const V eta_b = V::loadu(eta_pad.data() + b);
+        const V t = vr - V::loadu(rs_pad.data() + b);
+        const V a = zero - eta_b * t * t;
+        const V valid = V::blendv(zero, V(T(1)), eta_b > zero);
+        if ((a >= skip).zero_mask() == all_lanes) {  // far from r: the clamp's value, as forward
+          (clamped * vfc * valid).store(eb.data() + K * Bq + b);
+          (clamped * vdfc * valid).store(de.data() + K * Bq + b);
+          continue;
+        }
+        const V g = at::vec::maximum(a, lo).exp();
+        const V slope = V::blendv(zero, zero - two * eta_b * t * vfc, a > lo);
+        (g * vfc * valid).store(eb.data() + K * Bq + b);
+        (g * (vdfc + slope) * valid).store(de.data() + K * Bq + b);
+      }
+    }
+    // feat, transposed, as in the forward pass
+    const T* vj = v + j * F;
+    const T* xj = x ? x + j * 3 * Fv : nullptr;
+    const T* xi = x ? x + i * 3 * Fv : nullptr;
+    for (int64_t c = 0; c < Fv; ++c) {
+      along[c] = e.u[0] * xj[c] + e.u[1] * xj[Fv + c] + e.u[2] * xj[2 * Fv + c];
+      proj[c] = s.centre_vectors ? e.u[0] * xi[c] + e.u[1] * xi[Fv + c] + e.u[2] * xi[2 * Fv + c] : 0;
+    }
+    T* frow = fb.data() + K * RWp;
+    for (int64_t c = RW; c < RWp; ++c) frow[c] = 0;
+    auto put = [&](int64_t row, int64_t col, T val) { frow[row * W + col] = val; };
+    if (s.vec_rows) {
+      for (int64_t a = 0; a < 3; ++a) {
+        for (int64_t c = 0; c < F; ++c) put(a, c, e.u[a] * vj[c]);
+        int64_t o = F;
+        if (Fv) {
+          for (int64_t c = 0; c < Fv; ++c) put(a, o + c, xj[a * Fv + c]);
+          o += Fv;
+          if (s.centre_vectors) {
+            for (int64_t c = 0; c < Fv; ++c) put(a, o + c, e.u[a] * proj[c]);
+            o += Fv;
+          }
+          if (s.bond_vectors) {
+            for (int64_t c = 0; c < Fv; ++c) put(a, o + c, e.u[a] * along[c]);
+          }
+        }
+      }
+    }
+    if (s.sca_row) {
+      for (int64_t c = 0; c < F; ++c) put(srow, c, vj[c]);
+      int64_t o = F;
+      if (Fv) {
+        for (int64_t c = 0; c < Fv; ++c) put(srow, o + c, along[c]);
+        o += Fv;
+        if (s.centre_vectors) {
+          for (int64_t c = 0; c < Fv; ++c) put(srow, o + c, proj[c] * proj[c]);
+          o += Fv;
+        }
+        if (s.bond_vectors) {
+          for (int64_t c = 0; c < Fv; ++c) put(srow, o + c, along[c] * along[c]);
+        }
+      }
+    }
+    ++K;
+  }
+  flush(current, K);
+}
+
+torch::Tensor neighbour_sums(torch::Tensor pos, torch::Tensor index,
+                             c10::optional<torch::Tensor> shifts, torch::Tensor v,
+                             c10::optional<torch::Tensor> x, torch::Tensor rs, torch::Tensor eta,
+                             double cutoff, double eps, bool vec_rows, bool sca_row,
+                             bool centre_vectors, bool bond_vectors) {
+  TORCH_CHECK(pos.dim() == 2 && pos.size(1) == 3, "neighbour_sums: pos must be (N, 3)");
+  TORCH_CHECK(index.dim() == 2 && index.size(0) == 2 && index.scalar_type() == torch::kLong,
+              "neighbour_sums: index must be a (2, E) long tensor");
+  TORCH_CHECK(vec_rows || sca_row, "neighbour_sums: no output rows");
+  pos = pos.contiguous();
+  index = index.contiguous();
+  v = v.to(pos.scalar_type()).contiguous();
+  Layout s;
+  s.F = v.size(1);
+  s.B = rs.size(0);
+  s.Fv = 0;
+  torch::Tensor xs, sh;
+  if (x.has_value()) {
+    xs = x->to(pos.scalar_type()).contiguous();
+    s.Fv = xs.size(2);
+  }
+  if (shifts.has_value()) sh = shifts->to(pos.scalar_type()).contiguous();
+  s.vec_rows = vec_rows;
+  s.sca_row = sca_row;
+  s.centre_vectors = centre_vectors && s.Fv > 0;
+  s.bond_vectors = bond_vectors && s.Fv > 0;
+  s.W = s.F + s.Fv * (1 + (s.centre_vectors ? 1 : 0) + (s.bond_vectors ? 1 : 0));
+  s.R = (vec_rows ? 3 : 0) + (sca_row ? 1 : 0);
+  const int64_t N = pos.size(0), E = index.size(1);
+  auto out = torch::zeros({N, s.R, s.B * s.W}, pos.options());
+  if (E == 0 || N == 0) return out;
+  const int64_t* centre = index.data_ptr<int64_t>();
+  const int64_t* nbr = centre + E;
+  bool sorted = true;
+  for (int64_t k = 1; k < E && sorted; ++k) sorted = centre[k] >= centre[k - 1];
+  AT_DISPATCH_FLOATING_TYPES(pos.scalar_type(), "neighbour_sums", [&] {
+    auto rs_ = rs.to(pos.scalar_type()).contiguous();
+    auto eta_ = eta.to(pos.scalar_type()).contiguous();
+    const scalar_t* p = pos.data_ptr<scalar_t>();
+    const scalar_t* shp = shifts.has_value() ? sh.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* vp = v.data_ptr<scalar_t>();
+    const scalar_t* xp = s.Fv ? xs.data_ptr<scalar_t>() : nullptr;
+    scalar_t* o = out.data_ptr<scalar_t>();
+    auto run = [&](int64_t begin, int64_t end) {
+      sums_range<scalar_t>(p, centre, nbr, shp, vp, xp, rs_.data_ptr<scalar_t>(),
+                           eta_.data_ptr<scalar_t>(), (scalar_t)cutoff, (scalar_t)eps, s, begin,
+                           end, o);
+    };
+    if (!sorted) {
+      run(0, E);  // an atom's edges may be anywhere: one thread writes every atom
+      return;
+    }
+    // Threads take ranges of edges moved to the first edge of a centre: no atom is shared.
+    at::parallel_for(0, E, 4096, [&](int64_t begin, int64_t end) {
+      auto start_of = [&](int64_t k) {
+        while (k > 0 && k < E && centre[k] == centre[k - 1]) ++k;
+        return k;
+      };
+      const int64_t b = start_of(begin), e = start_of(end);
+      if (b < e) run(b, e);
+    });
+  });
+  return out;
+}
+
+std::vector<torch::Tensor> neighbour_sums_backward(
+    torch::Tensor grad, torch::Tensor pos, torch::Tensor index, c10::optional<torch::Tensor> shifts,
+    torch::Tensor v, c10::optional<torch::Tensor> x, torch::Tensor rs, torch::Tensor eta,
+    double cutoff, double eps, bool vec_rows, bool sca_row, bool centre_vectors,
+    bool bond_vectors) {
+  TORCH_CHECK(pos.dim() == 2 && pos.size(1) == 3, "neighbour_sums_backward: pos must be (N, 3)");
+  pos = pos.contiguous();
+  index = index.contiguous();
+  v = v.to(pos.scalar_type()).contiguous();
+  grad = grad.to(pos.scalar_type()).contiguous();
+  Layout s;
+  s.F = v.size(1);
+  s.B = rs.size(0);
+  s.Fv = 0;
+  torch::Tensor xs, sh;
+  if (x.has_value()) {
+    xs = x->to(pos.scalar_type()).contiguous();
+    s.Fv = xs.size(2);
+  }
+  if (shifts.has_value()) sh = shifts->to(pos.scalar_type()).contiguous();
+  s.vec_rows = vec_rows;
+  s.sca_row = sca_row;
+  s.centre_vectors = centre_vectors && s.Fv > 0;
+  s.bond_vectors = bond_vectors && s.Fv > 0;
+  s.W = s.F + s.Fv * (1 + (s.centre_vectors ? 1 : 0) + (s.bond_vectors ? 1 : 0));
+  s.R = (vec_rows ? 3 : 0) + (sca_row ? 1 : 0);
+  const int64_t E = index.size(1);
+  TORCH_CHECK(grad.numel() == pos.size(0) * s.R * s.B * s.W,
+              "neighbour_sums_backward: the gradient does not match the sums");
+  auto gpos = torch::zeros_like(pos);
+  auto gshift = shifts.has_value() ? torch::zeros_like(sh) : torch::empty({0}, pos.options());
+  auto gv = torch::zeros_like(v);
+  auto gx = x.has_value() ? torch::zeros_like(xs) : torch::empty({0}, pos.options());
+  if (E == 0) return {gpos, gshift, gv, gx};
+  const int64_t* centre = index.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(pos.scalar_type(), "neighbour_sums_backward", [&] {
+    auto rs_ = rs.to(pos.scalar_type()).contiguous();
+    auto eta_ = eta.to(pos.scalar_type()).contiguous();
+    sums_backward<scalar_t>(
+        grad.data_ptr<scalar_t>(), pos.data_ptr<scalar_t>(), centre, centre + E,
+        shifts.has_value() ? sh.data_ptr<scalar_t>() : nullptr, v.data_ptr<scalar_t>(),
+        s.Fv ? xs.data_ptr<scalar_t>() : nullptr, rs_.data_ptr<scalar_t>(),
+        eta_.data_ptr<scalar_t>(), (scalar_t)cutoff, (scalar_t)eps, s, E,
+        gpos.data_ptr<scalar_t>(), shifts.has_value() ? gshift.data_ptr<scalar_t>() : nullptr,
+        gv.data_ptr<scalar_t>(), s.Fv ? gx.data_ptr<scalar_t>() : nullptr);
+  });
+  return {gpos, gshift, gv, gx};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("neighbour_sums", &neighbour_sums, "neighbour sums of VectorGaussianConv");
+  m.def("neighbour_sums_backward", &neighbour_sums_backward, "their gradients (first order)");
+}
