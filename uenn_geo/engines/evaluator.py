@@ -158,7 +158,11 @@ class NeighbourCache:
         moved = (pos - self._pos).square().sum(dim=1).max() if pos.shape[0] else 0.0
         return bool(moved <= (0.5 * self.skin) ** 2)
 
-    def __call__(self, pos: Tensor, cell: Tensor | None, pbc: Tensor | None) -> Edges:
+    def __call__(
+        self, pos: Tensor, cell: Tensor | None, pbc: Tensor | None, chunked: bool = True
+    ) -> Edges:
+        """The pairs within the cutoff, laid out in chunks (``chunked``) or as a plain list
+        sorted by centre (what the fused kernel of :mod:`uenn_geo.nn.kernels` reads)."""
         key = (
             None if cell is None else tuple(cell.reshape(-1).tolist()),
             None if pbc is None else tuple(pbc.reshape(-1).tolist()),
@@ -178,7 +182,8 @@ class NeighbourCache:
         r = pos.index_select(0, edge_index[1]) - pos.index_select(0, edge_index[0]) + shifts
         keep = torch.nonzero(r.square().sum(dim=1) < self.cutoff**2).squeeze(1)
         # filtered and laid out in chunks (Edges.chunked) with one gather of the kept pairs
-        return Edges(edge_index, shifts, self.cutoff).chunked(pos.shape[0], subset=keep)
+        edges = Edges(edge_index, shifts, self.cutoff)
+        return edges.chunked(pos.shape[0], subset=keep) if chunked else edges._select(keep)
 
 
 @dataclass(frozen=True)
@@ -281,6 +286,16 @@ class Evaluator:
             return True
         return num_atoms >= COMPILE_MIN_ATOMS  # "auto"
 
+    def _fused(self, num_atoms: int) -> bool:
+        """Whether every graph layer of the compiled call takes the fused kernel (which reads
+        the plain list, so the chunked layout is not made)."""
+        if self.device.type != "cpu" or not self._use_compiled(num_atoms):
+            return False
+        layers = [m for model in self.members for m in model.modules() if hasattr(m, "kernel")]
+        return all(kernels.attach(m) for m in self.members) and all(
+            m.kernel and m.radial is None for m in layers
+        )
+
     def _compiled(self, model: nn.Module) -> dict[str, Any]:
         entry = _COMPILED.get(model)
         if entry is None:
@@ -328,7 +343,10 @@ class Evaluator:
             volume = float(torch.linalg.det(cell_t.double()).abs())
         if volume is not None and volume <= 0.0:
             volume = None
-        edges = None if self.neighbours is None else self.neighbours(pos, cell_t, pbc_t)
+        edges = None
+        if self.neighbours is not None:
+            chunked = not self._fused(pos.shape[0])
+            edges = self.neighbours(pos, cell_t, pbc_t, chunked=chunked)
         if self._use_compiled(pos.shape[0]):
             out = self._run_compiled(pos, z, cell_t, edges, volume is not None)
         else:
@@ -365,7 +383,8 @@ class Evaluator:
         entries = [self._compiled(m) for m in self.members]
         if any(entry.get("failed") for entry in entries):
             return self._run_eager(pos, z, cell, edges, stress)
-        edges = edges.chunked(pos.shape[0])
+        if not self._fused(pos.shape[0]):
+            edges = edges.chunked(pos.shape[0])
         if self.has_energy:  # one length while it fits: one compiled shape in MD
             edges = self._padded(edges, pos.shape[0])
         outs = []
