@@ -266,3 +266,22 @@ def test_compiled_energy_model_forces_and_stress(monkeypatch):
     assert abs(results["plain"][0]).max() > 1e-3
     for got, want in zip(results["kernel"], results["plain"], strict=True):
         assert np.abs(got - want).max() < 1e-10
+
+
+def test_a_second_derivative_in_eval_mode_says_how_to_get_it():
+    conv = layer().eval()
+    conv.kernel = True
+    pos, index, _ = graph()
+    v, x = torch.randn(pos.shape[0], 3, dtype=F64), torch.randn(pos.shape[0], 3, 4, dtype=F64)
+    pos.requires_grad_(True)
+    out = conv(pos, index, v, x)
+    (grad,) = torch.autograd.grad(out.square().sum(), pos, create_graph=True)
+    with pytest.raises(RuntimeError, match="plain_path"):
+        torch.autograd.grad(grad.square().sum(), pos)
+    with kernels.plain_path(conv):
+        assert conv.kernel is False
+        out = conv(pos, index, v, x)
+        (grad,) = torch.autograd.grad(out.square().sum(), pos, create_graph=True)
+        (second,) = torch.autograd.grad(grad.square().sum(), pos)
+    assert conv.kernel is True
+    assert second.abs().max() > 0

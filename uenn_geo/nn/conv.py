@@ -272,9 +272,10 @@ class VectorGaussianConv(MessagePassing):
             )
         self.register_module("radial", radial)
         #: Use the fused CPU kernel of :mod:`uenn_geo.nn.kernels` for the neighbour sums where
-        #: no gradient flows through them: :obj:`None` (default) decides at the first such
-        #: eager call (building the kernel if needed), :obj:`False` never. Not part of the
-        #: model: the numbers are the same either way.
+        #: no second derivative can follow (no gradient through them, or eval mode):
+        #: :obj:`None` (default) decides at the first such eager call (building the kernel if
+        #: needed), :obj:`False` never. Not part of the model: the numbers are the same (to
+        #: float round-off) either way.
         self.kernel: bool | None = None
         shape = (num_basis, self.feature_width, out_channels)
         if self.centre_species:

@@ -221,3 +221,16 @@ def _backward(ctx, grad):
 
 
 neighbour_sums.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _no_second_derivative(ctx, *grads):
+    raise RuntimeError(
+        "a second derivative through the fused neighbour-sum kernel is not implemented (its "
+        "backward is first order); take it with the layers in training mode, or on the plain "
+        "path: `with uenn_geo.nn.kernels.plain_path(model): ...` or UENN_GEO_KERNELS=0"
+    )
+
+
+neighbour_sums_backward.register_autograd(
+    _no_second_derivative, setup_context=lambda ctx, inputs, output: None
+)

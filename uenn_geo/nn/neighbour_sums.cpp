@@ -248,6 +248,13 @@ void sums_backward(const T* G, const T* pos, const int64_t* centre, const int64_
   const V skip(std::is_same<T, float>::value ? T(-25) : T(-60)), clamped(std::exp(T(-60)));
   const int all_lanes = (1 << L) - 1;
 
+  // y[0:n] += a x[0:n]
+  auto axpy = [&](T* y, const T* xs, T a, int64_t n) {
+    const V va(a);
+    int64_t c = 0;
+    for (; c + L <= n; c += L) at::vec::fmadd(va, V::loadu(xs + c), V::loadu(y + c)).store(y + c);
+    for (; c < n; ++c) y[c] += a * xs[c];
+  };
   auto flush = [&](int64_t i, int64_t K) {
     if (K == 0) return;
     const int64_t K4 = round_up(K, 4);
@@ -287,40 +294,43 @@ void sums_backward(const T* G, const T* pos, const int64_t* centre, const int64_
         gq[c] = 0;
         gp[c] = 0;
       }
-      T gu[3] = {0, 0, 0};
+      // dL/du_a collects dot products: one vector accumulator (and a scalar tail) per a
+      V uacc[3] = {V(0), V(0), V(0)};
+      T utail[3] = {0, 0, 0};
+      auto dot_into = [&](int64_t a, const T* p1, const T* p2, int64_t n) {
+        int64_t c = 0;
+        for (; c + L <= n; c += L) uacc[a] = at::vec::fmadd(V::loadu(p1 + c), V::loadu(p2 + c), uacc[a]);
+        for (; c < n; ++c) utail[a] += p1[c] * p2[c];
+      };
+      T* gvj = gv + j * F;
+      T* gxj = x ? gx + j * 3 * Fv : nullptr;
       if (s.vec_rows) {
         for (int64_t a = 0; a < 3; ++a) {
           const T* f = gf + a * W;
-          for (int64_t c = 0; c < F; ++c) {
-            gv[j * F + c] += f[c] * u[a];
-            gu[a] += f[c] * vj[c];
-          }
+          axpy(gvj, f, u[a], F);
+          dot_into(a, f, vj, F);
           int64_t o = F;
           if (Fv) {
-            for (int64_t c = 0; c < Fv; ++c) gx[(j * 3 + a) * Fv + c] += f[o + c];
+            axpy(gxj + a * Fv, f + o, T(1), Fv);
             o += Fv;
             if (s.centre_vectors) {
-              for (int64_t c = 0; c < Fv; ++c) {
-                gu[a] += f[o + c] * proj[c];
-                gp[c] += f[o + c] * u[a];
-              }
+              dot_into(a, f + o, proj.data(), Fv);
+              axpy(gp.data(), f + o, u[a], Fv);
               o += Fv;
             }
             if (s.bond_vectors) {
-              for (int64_t c = 0; c < Fv; ++c) {
-                gu[a] += f[o + c] * along[c];
-                gq[c] += f[o + c] * u[a];
-              }
+              dot_into(a, f + o, along.data(), Fv);
+              axpy(gq.data(), f + o, u[a], Fv);
             }
           }
         }
       }
       if (s.sca_row) {
         const T* f = gf + srow * W;
-        for (int64_t c = 0; c < F; ++c) gv[j * F + c] += f[c];
+        axpy(gvj, f, T(1), F);
         int64_t o = F;
         if (Fv) {
-          for (int64_t c = 0; c < Fv; ++c) gq[c] += f[o + c];
+          axpy(gq.data(), f + o, T(1), Fv);
           o += Fv;
           if (s.centre_vectors) {
             for (int64_t c = 0; c < Fv; ++c) gp[c] += f[o + c] * 2 * proj[c];
@@ -331,15 +341,22 @@ void sums_backward(const T* G, const T* pos, const int64_t* centre, const int64_
           }
         }
       }
-      for (int64_t c = 0; c < Fv; ++c)
+      if (Fv) {
         for (int64_t a = 0; a < 3; ++a) {
-          gx[(j * 3 + a) * Fv + c] += gq[c] * u[a];
-          gu[a] += gq[c] * xj[a * Fv + c];
+          axpy(gxj + a * Fv, gq.data(), u[a], Fv);
+          dot_into(a, gq.data(), xj + a * Fv, Fv);
           if (s.centre_vectors) {
-            gx[(i * 3 + a) * Fv + c] += gp[c] * u[a];
-            gu[a] += gp[c] * xi[a * Fv + c];
+            axpy(gx + (i * 3 + a) * Fv, gp.data(), u[a], Fv);
+            dot_into(a, gp.data(), xi + a * Fv, Fv);
           }
         }
+      }
+      T gu[3];
+      for (int64_t a = 0; a < 3; ++a) {
+        uacc[a].store(lanes);
+        gu[a] = utail[a];
+        for (int64_t l = 0; l < L; ++l) gu[a] += lanes[l];
+      }
       // u = d / max(r, eps), r = |d|
       T gd[3];
       if (d.r > eps) {
