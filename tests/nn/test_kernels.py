@@ -35,6 +35,13 @@ def layer(dtype=F64, **kwargs):
     return VectorGaussianConv(3, 5, 7, 4.0, **options)
 
 
+def node_features(conv, num):
+    """Random v (num, 3) and, where the layer has vector channels, x (num, 3, F_v)."""
+    v = torch.randn(num, 3, dtype=conv.dtype)
+    channels = conv.vector_channels
+    return v, torch.randn(num, 3, channels, dtype=conv.dtype) if channels else None
+
+
 def sums_both_ways(conv, pos, edges, v, x):
     with torch.no_grad():
         conv.kernel = True
@@ -65,12 +72,7 @@ def test_the_kernel_builds_here():
 def test_equals_the_plain_path_float64(options, periodic):
     conv = layer(**options)
     pos, index, shifts = graph(periodic=periodic)
-    v = torch.randn(pos.shape[0], 3, dtype=F64)
-    x = (
-        torch.randn(pos.shape[0], 3, conv.vector_channels, dtype=F64)
-        if conv.vector_channels
-        else None
-    )
+    v, x = node_features(conv, pos.shape[0])
     fused, plain = sums_both_ways(conv, pos, Edges(index, shifts, conv.cutoff), v, x)
     assert plain.abs().max() > 0.1
     assert torch.allclose(fused, plain, rtol=0, atol=1e-12)
@@ -157,12 +159,7 @@ def test_backward_equals_the_plain_path(options, periodic):
     # node features (the forces and stress of an energy model).
     conv = layer(**options).eval()
     pos, index, shifts = graph(periodic=periodic)
-    v = torch.randn(pos.shape[0], 3, dtype=F64)
-    x = (
-        torch.randn(pos.shape[0], 3, conv.vector_channels, dtype=F64)
-        if conv.vector_channels
-        else None
-    )
+    v, x = node_features(conv, pos.shape[0])
     conv.kernel = True
     fused, fused_grads = gradients(conv, pos, index, shifts, v, x)
     conv.kernel = False

@@ -21,6 +21,12 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__GNUC__)
+#define UENN_INLINE __attribute__((always_inline)) inline  // per-edge helpers in hot loops
+#else
+#define UENN_INLINE inline
+#endif
+
 namespace {
 
 using at::vec::Vectorized;
@@ -94,6 +100,79 @@ struct Layout {
   bool vec_rows, sca_row, centre_vectors, bond_vectors;
 };
 
+// The projections of an edge: q_c = u . x_jc (along) and p_c = u . x_ic (proj, centre_vectors).
+template <typename T>
+UENN_INLINE void projections(const Layout& s, const T* u, const T* xj, const T* xi, T* along, T* proj) {
+  const int64_t Fv = s.Fv;
+  for (int64_t c = 0; c < Fv; ++c) {
+    along[c] = u[0] * xj[c] + u[1] * xj[Fv + c] + u[2] * xj[2 * Fv + c];
+    proj[c] = s.centre_vectors ? u[0] * xi[c] + u[1] * xi[Fv + c] + u[2] * xi[2 * Fv + c] : T(0);
+  }
+}
+
+// The rows feat_ij (R x W, row-major) of one edge: n vector rows [u_a v_j, x_ja, (u_a p),
+// (u_a q)] and the scalar row [v_j, q, (p^2), (q^2)] (VectorGaussianConv.message).
+template <typename T>
+UENN_INLINE void feature_rows(const Layout& s, const T* u, const T* vj, const T* xj, const T* along,
+                  const T* proj, T* feat) {
+  const int64_t F = s.F, Fv = s.Fv, W = s.W;
+  int64_t row = 0;
+  if (s.vec_rows) {
+    for (int64_t a = 0; a < 3; ++a, ++row) {
+      T* f = feat + row * W;
+      for (int64_t c = 0; c < F; ++c) f[c] = u[a] * vj[c];
+      int64_t o = F;
+      if (Fv) {
+        for (int64_t c = 0; c < Fv; ++c) f[o + c] = xj[a * Fv + c];
+        o += Fv;
+        if (s.centre_vectors) {
+          for (int64_t c = 0; c < Fv; ++c) f[o + c] = u[a] * proj[c];
+          o += Fv;
+        }
+        if (s.bond_vectors) {
+          for (int64_t c = 0; c < Fv; ++c) f[o + c] = u[a] * along[c];
+        }
+      }
+    }
+  }
+  if (s.sca_row) {
+    T* f = feat + row * W;
+    for (int64_t c = 0; c < F; ++c) f[c] = vj[c];
+    int64_t o = F;
+    if (Fv) {
+      for (int64_t c = 0; c < Fv; ++c) f[o + c] = along[c];
+      o += Fv;
+      if (s.centre_vectors) {
+        for (int64_t c = 0; c < Fv; ++c) f[o + c] = proj[c] * proj[c];
+        o += Fv;
+      }
+      if (s.bond_vectors) {
+        for (int64_t c = 0; c < Fv; ++c) f[o + c] = along[c] * along[c];
+      }
+    }
+  }
+}
+
+// The geometry of edge k: false for a pair that contributes nothing (zero length, or at or
+// beyond the cutoff); else r, the unit vector u, f_c and its slope.
+template <typename T>
+UENN_INLINE bool edge_geometry(const T* pos, const T* shifts, int64_t k, int64_t i, int64_t j, T cutoff,
+                   T eps, T& r, T* u, T& fc, T& dfc) {
+  T d[3];
+  for (int c = 0; c < 3; ++c) d[c] = pos[3 * j + c] - pos[3 * i + c] + (shifts ? shifts[3 * k + c] : T(0));
+  const T r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+  if (!(r2 > 0)) return false;  // a zero-length edge (i = j) contributes nothing (eq. 31)
+  r = std::sqrt(r2);
+  const T xr = r / cutoff;
+  if (xr >= 1) return false;  // f_c = 0 with its derivatives
+  const T y = 1 - xr;
+  fc = y * y * y * (1 + xr * (3 + 6 * xr));
+  dfc = -30 * xr * xr * y * y / cutoff;
+  const T inv = 1 / std::max(r, eps);
+  for (int c = 0; c < 3; ++c) u[c] = d[c] * inv;
+  return true;
+}
+
 // The sums of the edges [begin, end) into out (N, R, B, W); one thread.
 template <typename T>
 void sums_range(const T* pos, const int64_t* centre, const int64_t* nbr, const T* shifts,
@@ -144,17 +223,8 @@ void sums_range(const T* pos, const int64_t* centre, const int64_t* nbr, const T
       current = i;
       K = 0;
     }
-    T d[3];
-    for (int c = 0; c < 3; ++c) d[c] = pos[3 * j + c] - pos[3 * i + c] + (shifts ? shifts[3 * k + c] : T(0));
-    const T r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
-    if (!(r2 > 0)) continue;  // a zero-length edge (i = j) contributes nothing (eq. 31)
-    const T r = std::sqrt(r2);
-    const T xr = r / cutoff;
-    if (xr >= 1) continue;  // f_c = 0
-    const T y = 1 - xr;
-    const T fc = y * y * y * (1 + xr * (3 + 6 * xr));
-    const T inv = 1 / std::max(r, eps);
-    const T u[3] = {d[0] * inv, d[1] * inv, d[2] * inv};
+    T r, u[3], fc, dfc;
+    if (!edge_geometry(pos, shifts, k, i, j, cutoff, eps, r, u, fc, dfc)) continue;
 
     T* e = ebuf.data() + K * e_stride;
     const V vr(r), vfc(fc);
@@ -171,48 +241,10 @@ void sums_range(const T* pos, const int64_t* centre, const int64_t* nbr, const T
     for (int64_t b = B; b < e_stride; ++b) e[b] = 0;
 
     T* feat = fbuf.data() + K * f_stride;
-    const T* vj = v + j * F;
     const T* xj = x ? x + j * 3 * Fv : nullptr;  // (3, Fv)
     const T* xi = x ? x + i * 3 * Fv : nullptr;
-    for (int64_t c = 0; c < Fv; ++c) {
-      along[c] = u[0] * xj[c] + u[1] * xj[Fv + c] + u[2] * xj[2 * Fv + c];
-      if (s.centre_vectors) proj[c] = u[0] * xi[c] + u[1] * xi[Fv + c] + u[2] * xi[2 * Fv + c];
-    }
-    int64_t row = 0;
-    if (s.vec_rows) {
-      for (int64_t a = 0; a < 3; ++a, ++row) {
-        T* f = feat + row * W;
-        for (int64_t c = 0; c < F; ++c) f[c] = u[a] * vj[c];
-        int64_t o = F;
-        if (Fv) {
-          for (int64_t c = 0; c < Fv; ++c) f[o + c] = xj[a * Fv + c];
-          o += Fv;
-          if (s.centre_vectors) {
-            for (int64_t c = 0; c < Fv; ++c) f[o + c] = u[a] * proj[c];
-            o += Fv;
-          }
-          if (s.bond_vectors) {
-            for (int64_t c = 0; c < Fv; ++c) f[o + c] = u[a] * along[c];
-          }
-        }
-      }
-    }
-    if (s.sca_row) {
-      T* f = feat + row * W;
-      for (int64_t c = 0; c < F; ++c) f[c] = vj[c];
-      int64_t o = F;
-      if (Fv) {
-        for (int64_t c = 0; c < Fv; ++c) f[o + c] = along[c];
-        o += Fv;
-        if (s.centre_vectors) {
-          for (int64_t c = 0; c < Fv; ++c) f[o + c] = proj[c] * proj[c];
-          o += Fv;
-        }
-        if (s.bond_vectors) {
-          for (int64_t c = 0; c < Fv; ++c) f[o + c] = along[c] * along[c];
-        }
-      }
-    }
+    projections(s, u, xj, xi, along.data(), proj.data());
+    feature_rows(s, u, v + j * F, xj, along.data(), proj.data(), feat);
     for (int64_t c = RW; c < f_stride; ++c) feat[c] = 0;
     ++K;
   }
@@ -288,12 +320,9 @@ void sums_backward(const T* G, const T* pos, const int64_t* centre, const int64_
       const T* vj = v + j * F;
       const T* xj = x ? x + j * 3 * Fv : nullptr;
       const T* xi = x ? x + i * 3 * Fv : nullptr;
-      for (int64_t c = 0; c < Fv; ++c) {
-        along[c] = u[0] * xj[c] + u[1] * xj[Fv + c] + u[2] * xj[2 * Fv + c];
-        proj[c] = s.centre_vectors ? u[0] * xi[c] + u[1] * xi[Fv + c] + u[2] * xi[2 * Fv + c] : 0;
-        gq[c] = 0;
-        gp[c] = 0;
-      }
+      projections(s, u, xj, xi, along.data(), proj.data());
+      std::fill(gq.begin(), gq.end(), T(0));
+      std::fill(gp.begin(), gp.end(), T(0));
       // dL/du_a collects dot products: one vector accumulator (and a scalar tail) per a
       V uacc[3] = {V(0), V(0), V(0)};
       T utail[3] = {0, 0, 0};
@@ -381,22 +410,11 @@ void sums_backward(const T* G, const T* pos, const int64_t* centre, const int64_
       current = i;
       K = 0;
     }
-    T d[3];
-    for (int c = 0; c < 3; ++c) d[c] = pos[3 * j + c] - pos[3 * i + c] + (shifts ? shifts[3 * k + c] : T(0));
-    const T r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
-    if (!(r2 > 0)) continue;
-    const T r = std::sqrt(r2);
-    const T xr = r / cutoff;
-    if (xr >= 1) continue;
-    const T y = 1 - xr;
     EdgeData& e = ed[K];
+    if (!edge_geometry(pos, shifts, k, i, j, cutoff, eps, e.r, e.u, e.fc, e.dfc)) continue;
     e.k = k;
     e.j = j;
-    e.r = r;
-    e.fc = y * y * y * (1 + xr * (3 + 6 * xr));
-    e.dfc = -30 * xr * xr * y * y / cutoff;
-    const T inv = 1 / std::max(r, eps);
-    for (int c = 0; c < 3; ++c) e.u[c] = d[c] * inv;
+    const T r = e.r;
     {  // e_b and de_b/dr (the clamp at -60 has slope zero), padding lanes zero
       const V vr(r), vfc(e.fc), vdfc(e.dfc), lo(T(-60)), zero(T(0)), two(T(2));
       for (int64_t b = 0; b < Bq; b += L) {
@@ -415,52 +433,60 @@ void sums_backward(const T* G, const T* pos, const int64_t* centre, const int64_
         (g * (vdfc + slope) * valid).store(de.data() + K * Bq + b);
       }
     }
-    // feat, transposed, as in the forward pass
-    const T* vj = v + j * F;
+    // feat as in the forward pass
     const T* xj = x ? x + j * 3 * Fv : nullptr;
     const T* xi = x ? x + i * 3 * Fv : nullptr;
-    for (int64_t c = 0; c < Fv; ++c) {
-      along[c] = e.u[0] * xj[c] + e.u[1] * xj[Fv + c] + e.u[2] * xj[2 * Fv + c];
-      proj[c] = s.centre_vectors ? e.u[0] * xi[c] + e.u[1] * xi[Fv + c] + e.u[2] * xi[2 * Fv + c] : 0;
-    }
+    projections(s, e.u, xj, xi, along.data(), proj.data());
     T* frow = fb.data() + K * RWp;
+    feature_rows(s, e.u, v + j * F, xj, along.data(), proj.data(), frow);
     for (int64_t c = RW; c < RWp; ++c) frow[c] = 0;
-    auto put = [&](int64_t row, int64_t col, T val) { frow[row * W + col] = val; };
-    if (s.vec_rows) {
-      for (int64_t a = 0; a < 3; ++a) {
-        for (int64_t c = 0; c < F; ++c) put(a, c, e.u[a] * vj[c]);
-        int64_t o = F;
-        if (Fv) {
-          for (int64_t c = 0; c < Fv; ++c) put(a, o + c, xj[a * Fv + c]);
-          o += Fv;
-          if (s.centre_vectors) {
-            for (int64_t c = 0; c < Fv; ++c) put(a, o + c, e.u[a] * proj[c]);
-            o += Fv;
-          }
-          if (s.bond_vectors) {
-            for (int64_t c = 0; c < Fv; ++c) put(a, o + c, e.u[a] * along[c]);
-          }
-        }
-      }
-    }
-    if (s.sca_row) {
-      for (int64_t c = 0; c < F; ++c) put(srow, c, vj[c]);
-      int64_t o = F;
-      if (Fv) {
-        for (int64_t c = 0; c < Fv; ++c) put(srow, o + c, along[c]);
-        o += Fv;
-        if (s.centre_vectors) {
-          for (int64_t c = 0; c < Fv; ++c) put(srow, o + c, proj[c] * proj[c]);
-          o += Fv;
-        }
-        if (s.bond_vectors) {
-          for (int64_t c = 0; c < Fv; ++c) put(srow, o + c, along[c] * along[c]);
-        }
-      }
-    }
     ++K;
   }
   flush(current, K);
+}
+
+// The inputs, contiguous and in the dtype of pos, and their layout.
+struct Inputs {
+  torch::Tensor pos, index, v, x, shifts, rs, eta;
+  Layout s;
+};
+
+Inputs prepare(torch::Tensor pos, torch::Tensor index, c10::optional<torch::Tensor> shifts,
+               torch::Tensor v, c10::optional<torch::Tensor> x, torch::Tensor rs,
+               torch::Tensor eta, bool vec_rows, bool sca_row, bool centre_vectors,
+               bool bond_vectors) {
+  TORCH_CHECK(pos.dim() == 2 && pos.size(1) == 3, "neighbour_sums: pos must be (N, 3)");
+  TORCH_CHECK(index.dim() == 2 && index.size(0) == 2 && index.scalar_type() == torch::kLong,
+              "neighbour_sums: index must be a (2, E) long tensor");
+  TORCH_CHECK(vec_rows || sca_row, "neighbour_sums: no output rows");
+  Inputs in;
+  const auto dtype = pos.scalar_type();
+  in.pos = pos.contiguous();
+  in.index = index.contiguous();
+  in.v = v.to(dtype).contiguous();
+  in.rs = rs.to(dtype).contiguous();
+  in.eta = eta.to(dtype).contiguous();
+  Layout& s = in.s;
+  s.F = in.v.size(1);
+  s.B = in.rs.size(0);
+  s.Fv = 0;
+  if (x.has_value()) {
+    in.x = x->to(dtype).contiguous();
+    s.Fv = in.x.size(2);
+  }
+  if (shifts.has_value()) in.shifts = shifts->to(dtype).contiguous();
+  s.vec_rows = vec_rows;
+  s.sca_row = sca_row;
+  s.centre_vectors = centre_vectors && s.Fv > 0;
+  s.bond_vectors = bond_vectors && s.Fv > 0;
+  s.W = s.F + s.Fv * (1 + (s.centre_vectors ? 1 : 0) + (s.bond_vectors ? 1 : 0));
+  s.R = (vec_rows ? 3 : 0) + (sca_row ? 1 : 0);
+  return in;
+}
+
+template <typename T>
+const T* data_or_null(const torch::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
 torch::Tensor neighbour_sums(torch::Tensor pos, torch::Tensor index,
@@ -468,47 +494,23 @@ torch::Tensor neighbour_sums(torch::Tensor pos, torch::Tensor index,
                              c10::optional<torch::Tensor> x, torch::Tensor rs, torch::Tensor eta,
                              double cutoff, double eps, bool vec_rows, bool sca_row,
                              bool centre_vectors, bool bond_vectors) {
-  TORCH_CHECK(pos.dim() == 2 && pos.size(1) == 3, "neighbour_sums: pos must be (N, 3)");
-  TORCH_CHECK(index.dim() == 2 && index.size(0) == 2 && index.scalar_type() == torch::kLong,
-              "neighbour_sums: index must be a (2, E) long tensor");
-  TORCH_CHECK(vec_rows || sca_row, "neighbour_sums: no output rows");
-  pos = pos.contiguous();
-  index = index.contiguous();
-  v = v.to(pos.scalar_type()).contiguous();
-  Layout s;
-  s.F = v.size(1);
-  s.B = rs.size(0);
-  s.Fv = 0;
-  torch::Tensor xs, sh;
-  if (x.has_value()) {
-    xs = x->to(pos.scalar_type()).contiguous();
-    s.Fv = xs.size(2);
-  }
-  if (shifts.has_value()) sh = shifts->to(pos.scalar_type()).contiguous();
-  s.vec_rows = vec_rows;
-  s.sca_row = sca_row;
-  s.centre_vectors = centre_vectors && s.Fv > 0;
-  s.bond_vectors = bond_vectors && s.Fv > 0;
-  s.W = s.F + s.Fv * (1 + (s.centre_vectors ? 1 : 0) + (s.bond_vectors ? 1 : 0));
-  s.R = (vec_rows ? 3 : 0) + (sca_row ? 1 : 0);
-  const int64_t N = pos.size(0), E = index.size(1);
-  auto out = torch::zeros({N, s.R, s.B * s.W}, pos.options());
+  const Inputs in = prepare(pos, index, shifts, v, x, rs, eta, vec_rows, sca_row,
+                            centre_vectors, bond_vectors);
+  const Layout& s = in.s;
+  const int64_t N = in.pos.size(0), E = in.index.size(1);
+  auto out = torch::zeros({N, s.R, s.B * s.W}, in.pos.options());
   if (E == 0 || N == 0) return out;
-  const int64_t* centre = index.data_ptr<int64_t>();
+  const int64_t* centre = in.index.data_ptr<int64_t>();
   const int64_t* nbr = centre + E;
   bool sorted = true;
   for (int64_t k = 1; k < E && sorted; ++k) sorted = centre[k] >= centre[k - 1];
-  AT_DISPATCH_FLOATING_TYPES(pos.scalar_type(), "neighbour_sums", [&] {
-    auto rs_ = rs.to(pos.scalar_type()).contiguous();
-    auto eta_ = eta.to(pos.scalar_type()).contiguous();
-    const scalar_t* p = pos.data_ptr<scalar_t>();
-    const scalar_t* shp = shifts.has_value() ? sh.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* vp = v.data_ptr<scalar_t>();
-    const scalar_t* xp = s.Fv ? xs.data_ptr<scalar_t>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(in.pos.scalar_type(), "neighbour_sums", [&] {
     scalar_t* o = out.data_ptr<scalar_t>();
     auto run = [&](int64_t begin, int64_t end) {
-      sums_range<scalar_t>(p, centre, nbr, shp, vp, xp, rs_.data_ptr<scalar_t>(),
-                           eta_.data_ptr<scalar_t>(), (scalar_t)cutoff, (scalar_t)eps, s, begin,
+      sums_range<scalar_t>(in.pos.data_ptr<scalar_t>(), centre, nbr,
+                           data_or_null<scalar_t>(in.shifts), in.v.data_ptr<scalar_t>(),
+                           data_or_null<scalar_t>(in.x), in.rs.data_ptr<scalar_t>(),
+                           in.eta.data_ptr<scalar_t>(), (scalar_t)cutoff, (scalar_t)eps, s, begin,
                            end, o);
     };
     if (!sorted) {
@@ -533,46 +535,27 @@ std::vector<torch::Tensor> neighbour_sums_backward(
     torch::Tensor v, c10::optional<torch::Tensor> x, torch::Tensor rs, torch::Tensor eta,
     double cutoff, double eps, bool vec_rows, bool sca_row, bool centre_vectors,
     bool bond_vectors) {
-  TORCH_CHECK(pos.dim() == 2 && pos.size(1) == 3, "neighbour_sums_backward: pos must be (N, 3)");
-  pos = pos.contiguous();
-  index = index.contiguous();
-  v = v.to(pos.scalar_type()).contiguous();
-  grad = grad.to(pos.scalar_type()).contiguous();
-  Layout s;
-  s.F = v.size(1);
-  s.B = rs.size(0);
-  s.Fv = 0;
-  torch::Tensor xs, sh;
-  if (x.has_value()) {
-    xs = x->to(pos.scalar_type()).contiguous();
-    s.Fv = xs.size(2);
-  }
-  if (shifts.has_value()) sh = shifts->to(pos.scalar_type()).contiguous();
-  s.vec_rows = vec_rows;
-  s.sca_row = sca_row;
-  s.centre_vectors = centre_vectors && s.Fv > 0;
-  s.bond_vectors = bond_vectors && s.Fv > 0;
-  s.W = s.F + s.Fv * (1 + (s.centre_vectors ? 1 : 0) + (s.bond_vectors ? 1 : 0));
-  s.R = (vec_rows ? 3 : 0) + (sca_row ? 1 : 0);
-  const int64_t E = index.size(1);
-  TORCH_CHECK(grad.numel() == pos.size(0) * s.R * s.B * s.W,
+  const Inputs in = prepare(pos, index, shifts, v, x, rs, eta, vec_rows, sca_row,
+                            centre_vectors, bond_vectors);
+  const Layout& s = in.s;
+  grad = grad.to(in.pos.scalar_type()).contiguous();
+  const int64_t E = in.index.size(1);
+  TORCH_CHECK(grad.numel() == in.pos.size(0) * s.R * s.B * s.W,
               "neighbour_sums_backward: the gradient does not match the sums");
-  auto gpos = torch::zeros_like(pos);
-  auto gshift = shifts.has_value() ? torch::zeros_like(sh) : torch::empty({0}, pos.options());
-  auto gv = torch::zeros_like(v);
-  auto gx = x.has_value() ? torch::zeros_like(xs) : torch::empty({0}, pos.options());
+  auto gpos = torch::zeros_like(in.pos);
+  auto gshift = in.shifts.defined() ? torch::zeros_like(in.shifts) : torch::empty({0}, in.pos.options());
+  auto gv = torch::zeros_like(in.v);
+  auto gx = in.x.defined() ? torch::zeros_like(in.x) : torch::empty({0}, in.pos.options());
   if (E == 0) return {gpos, gshift, gv, gx};
-  const int64_t* centre = index.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES(pos.scalar_type(), "neighbour_sums_backward", [&] {
-    auto rs_ = rs.to(pos.scalar_type()).contiguous();
-    auto eta_ = eta.to(pos.scalar_type()).contiguous();
+  const int64_t* centre = in.index.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(in.pos.scalar_type(), "neighbour_sums_backward", [&] {
     sums_backward<scalar_t>(
-        grad.data_ptr<scalar_t>(), pos.data_ptr<scalar_t>(), centre, centre + E,
-        shifts.has_value() ? sh.data_ptr<scalar_t>() : nullptr, v.data_ptr<scalar_t>(),
-        s.Fv ? xs.data_ptr<scalar_t>() : nullptr, rs_.data_ptr<scalar_t>(),
-        eta_.data_ptr<scalar_t>(), (scalar_t)cutoff, (scalar_t)eps, s, E,
-        gpos.data_ptr<scalar_t>(), shifts.has_value() ? gshift.data_ptr<scalar_t>() : nullptr,
-        gv.data_ptr<scalar_t>(), s.Fv ? gx.data_ptr<scalar_t>() : nullptr);
+        grad.data_ptr<scalar_t>(), in.pos.data_ptr<scalar_t>(), centre, centre + E,
+        data_or_null<scalar_t>(in.shifts), in.v.data_ptr<scalar_t>(),
+        data_or_null<scalar_t>(in.x), in.rs.data_ptr<scalar_t>(), in.eta.data_ptr<scalar_t>(),
+        (scalar_t)cutoff, (scalar_t)eps, s, E, gpos.data_ptr<scalar_t>(),
+        in.shifts.defined() ? gshift.data_ptr<scalar_t>() : nullptr, gv.data_ptr<scalar_t>(),
+        in.x.defined() ? gx.data_ptr<scalar_t>() : nullptr);
   });
   return {gpos, gshift, gv, gx};
 }
