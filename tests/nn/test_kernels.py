@@ -282,3 +282,32 @@ def test_a_second_derivative_in_eval_mode_says_how_to_get_it():
         (second,) = torch.autograd.grad(grad.square().sum(), pos)
     assert conv.kernel is True
     assert second.abs().max() > 0
+
+
+def test_an_atom_outside_the_positions_is_refused_not_read():
+    # The plain path raises an IndexError; the kernel must not read or write out of bounds.
+    conv = layer(vector_channels=0)
+    conv.kernel = True
+    pos, _, _ = graph(num=4)
+    v, _ = node_features(conv, 4)
+    for bad in (4, 10**8, -1):
+        index = torch.tensor([[0, 0, 1], [1, 2, bad]])
+        with torch.no_grad(), pytest.raises(RuntimeError, match="outside 0..3"):
+            conv(pos, index, v)
+
+
+def test_compiled_energy_forces_with_func_grad_in_eval_mode():
+    # energy_forces under torch.compile takes its derivatives with torch.func.grad inside the
+    # graph, which cannot take the operator: such graphs keep the plain path even after the
+    # layers chose the kernel, and give the eager forces.
+    from torch_geometric.data import Data
+
+    torch.manual_seed(0)
+    model = UENNForceField(cutoff=4.0, atomic_numbers=[18], conservative=True, dtype=F64).eval()
+    data = Data(pos=torch.rand(20, 3, dtype=F64) * 5, z=torch.full((20,), 18))
+    assert kernels.attach(model)
+    eager = model.energy_forces(data)
+    compiled = torch.compile(model.energy_forces)(data)
+    assert eager["forces"].abs().max() > 1e-3
+    assert torch.allclose(compiled["forces"], eager["forces"], rtol=0, atol=1e-10)
+    assert torch.allclose(compiled["energy"], eager["energy"], rtol=0, atol=1e-10)

@@ -426,13 +426,15 @@ class Evaluator:
 
 
 def pad_edges(edges: Edges, num_edges: int) -> Edges:
-    """``edges`` with self-pairs of atom 0 (zero shift) appended up to ``num_edges``: whole
-    chunks of atom 0 in a chunked layout. A pair of length zero contributes nothing to the
-    graph layers (eq. 31 is zero at :math:`r = 0`, and so are its derivatives)."""
+    """``edges`` with self-pairs of the last centre (atom 0 for an empty list; zero shift)
+    appended up to ``num_edges``: whole chunks of that atom in a chunked layout, and a list
+    sorted by centre stays sorted. A pair of length zero contributes nothing to the graph
+    layers (eq. 31 is zero at :math:`r = 0`, and so are its derivatives)."""
     extra = num_edges - edges.num_edges
     if extra <= 0:
         return edges
-    index = torch.cat([edges.index, edges.index.new_zeros(2, extra)], dim=1)
+    last = edges.index[0, -1:] if edges.num_edges else edges.index.new_zeros(1)
+    index = torch.cat([edges.index, last.expand(2, extra)], dim=1)
     shifts = edges.shifts
     if shifts is not None:
         shifts = torch.cat([shifts, shifts.new_zeros(extra, shifts.shape[1])])
@@ -452,7 +454,9 @@ def _network(
         def energy(x: Tensor, e: Edges) -> Tensor:
             return fn(x, species, e).sum().reshape(1)
 
-        with _weights_frozen(model):
+        # the compiled graph is differentiated from outside (autograd), where the fused
+        # kernel's backward applies (uenn_geo.nn.kernels)
+        with _weights_frozen(model), kernels.differentiated_outside(model):
             return energy_response(energy, pos, edges, batch, cells)
 
 

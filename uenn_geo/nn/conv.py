@@ -277,6 +277,9 @@ class VectorGaussianConv(MessagePassing):
         #: needed), :obj:`False` never. Not part of the model: the numbers are the same (to
         #: float round-off) either way.
         self.kernel: bool | None = None
+        #: Also inside compiled graphs that need gradients (set for the duration of a call by
+        #: :func:`uenn_geo.nn.kernels.differentiated_outside`).
+        self.kernel_compiled_grad = False
         shape = (num_basis, self.feature_width, out_channels)
         if self.centre_species:
             shape = (self.centre_species, *shape)
@@ -373,7 +376,9 @@ class VectorGaussianConv(MessagePassing):
         """Whether :mod:`uenn_geo.nn.kernels` computes the sums: on the CPU, in three
         dimensions, plain Gaussians, not under :func:`torch.export`; with a gradient through
         the sums only in eval mode (the kernel's backward is first order; training
-        differentiates forces again) and never one for the Gaussians themselves."""
+        differentiates forces again), never one for the Gaussians themselves, and inside a
+        compiled graph only where autograd differentiates it from outside
+        (:func:`~uenn_geo.nn.kernels.differentiated_outside`)."""
         if self.kernel is False or self.radial is not None or torch.compiler.is_exporting():
             return False
         if pos.shape[1] != 3 or pos.device.type != "cpu":
@@ -382,9 +387,12 @@ class VectorGaussianConv(MessagePassing):
             basis = (self.basis.rs, self.basis.log_eta)
             if any(t.requires_grad for t in basis):
                 return False
-            if self.training and any(
-                t is not None and t.requires_grad for t in (pos, v, x, edges.shifts)
-            ):
+            inputs = (pos, v, x, edges.shifts)
+            if self.training and any(t is not None and t.requires_grad for t in inputs):
+                return False
+            # torch.func.grad inside a compiled graph cannot take the operator (and its inputs
+            # need not look as if they required gradients there)
+            if torch.compiler.is_compiling() and not self.kernel_compiled_grad:
                 return False
         if self.kernel is None:
             if torch.compiler.is_compiling():

@@ -11,7 +11,10 @@ round-off. The backward is first order only, so :class:`~uenn_geo.nn.VectorGauss
 takes the kernel where no gradient flows through the sums (forces predicted directly) or
 where one flows but no second derivative can follow (layers in eval mode: forces and stress
 from the energy in the ASE calculator, ``uenn-geo md``, OpenMM and LAMMPS, evaluation); on
-the CPU, in three dimensions, with plain Gaussians, never under :func:`torch.export`.
+the CPU, in three dimensions, with plain Gaussians, never under :func:`torch.export`; in a
+:func:`torch.compile`\ d graph that needs gradients only where autograd differentiates the
+graph from outside (:func:`differentiated_outside`, which the evaluator uses), not under
+:func:`torch.func.grad` inside it.
 Training (a force loss differentiates the forces again) keeps the plain path. Speed:
 docs/bench.md.
 
@@ -36,7 +39,14 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-__all__ = ["attach", "available", "enabled", "neighbour_sums", "plain_path"]
+__all__ = [
+    "attach",
+    "available",
+    "differentiated_outside",
+    "enabled",
+    "neighbour_sums",
+    "plain_path",
+]
 
 #: The C++ source, shipped inside the package.
 SOURCE = Path(__file__).with_name("neighbour_sums.cpp")
@@ -119,6 +129,23 @@ def plain_path(module: torch.nn.Module) -> Iterator[None]:
     finally:
         for m, flag in zip(layers, before, strict=True):
             m.kernel = flag
+
+
+@contextlib.contextmanager
+def differentiated_outside(module: torch.nn.Module) -> Iterator[None]:
+    r"""Let the graph layers of ``module`` take the kernel inside :func:`torch.compile`\ d
+    graphs that need gradients, for the duration: right where the compiled graph is
+    differentiated by autograd from outside (the evaluator of an energy model), wrong under
+    :func:`torch.func.grad` inside the graph, which cannot take the operator (so, by default,
+    compiled graphs that need gradients take the plain path)."""
+    layers = [m for m in module.modules() if hasattr(m, "kernel_compiled_grad")]
+    for m in layers:
+        m.kernel_compiled_grad = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.kernel_compiled_grad = False
 
 
 @torch.library.custom_op("uenn_geo::neighbour_sums", mutates_args=())

@@ -459,6 +459,11 @@ Inputs prepare(torch::Tensor pos, torch::Tensor index, c10::optional<torch::Tens
   TORCH_CHECK(index.dim() == 2 && index.size(0) == 2 && index.scalar_type() == torch::kLong,
               "neighbour_sums: index must be a (2, E) long tensor");
   TORCH_CHECK(vec_rows || sca_row, "neighbour_sums: no output rows");
+  if (index.numel() > 0) {
+    const int64_t lo = index.min().item<int64_t>(), hi = index.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < pos.size(0), "neighbour_sums: edge_index holds atom ", lo < 0 ? lo : hi,
+                ", outside 0..", pos.size(0) - 1, " (", pos.size(0), " atoms)");
+  }
   Inputs in;
   const auto dtype = pos.scalar_type();
   in.pos = pos.contiguous();
