@@ -362,7 +362,7 @@ class VectorGaussianConv(MessagePassing):
             edges.check(pos.shape[0])
         if v is None:
             v = pos.new_ones(pos.shape[0], 1)
-        if self._use_kernel(pos, v, x, edges):
+        if kernels.takes_kernel(self, pos, v, x, edges.shifts):
             return kernels.neighbour_sums(
                 pos, edges.index, edges.shifts, v, x, self.basis.rs, self.basis.eta,
                 self.cutoff, self.eps, self.weight is not None, self.scalar_weight is not None,
@@ -371,34 +371,6 @@ class VectorGaussianConv(MessagePassing):
         return self.propagate(
             edges.index, pos=pos, v=v, x=x, shifts=edges.shifts, chunk=edges.chunk
         )
-
-    def _use_kernel(self, pos: Tensor, v: Tensor, x: Tensor | None, edges: Edges) -> bool:
-        """Whether :mod:`uenn_geo.nn.kernels` computes the sums: on the CPU, in three
-        dimensions, plain Gaussians, not under :func:`torch.export`; with a gradient through
-        the sums only in eval mode (the kernel's backward is first order; training
-        differentiates forces again), never one for the Gaussians themselves, and inside a
-        compiled graph only where autograd differentiates it from outside
-        (:func:`~uenn_geo.nn.kernels.differentiated_outside`)."""
-        if self.kernel is False or self.radial is not None or torch.compiler.is_exporting():
-            return False
-        if pos.shape[1] != 3 or pos.device.type != "cpu":
-            return False
-        if torch.is_grad_enabled():
-            basis = (self.basis.rs, self.basis.log_eta)
-            if any(t.requires_grad for t in basis):
-                return False
-            inputs = (pos, v, x, edges.shifts)
-            if self.training and any(t is not None and t.requires_grad for t in inputs):
-                return False
-            # torch.func.grad inside a compiled graph cannot take the operator (and its inputs
-            # need not look as if they required gradients there)
-            if torch.compiler.is_compiling() and not self.kernel_compiled_grad:
-                return False
-        if self.kernel is None:
-            if torch.compiler.is_compiling():
-                return False  # decided eagerly (uenn_geo.nn.kernels.attach) before compiling
-            self.kernel = kernels.available()
-        return self.kernel
 
     def contract(self, h: Tensor, centre: Tensor | None = None) -> Tensor:
         r"""Contract the neighbour sums of :meth:`neighbour_sums` with :math:`w` (and

@@ -46,6 +46,7 @@ __all__ = [
     "enabled",
     "neighbour_sums",
     "plain_path",
+    "takes_kernel",
 ]
 
 #: The C++ source, shipped inside the package.
@@ -114,6 +115,36 @@ def attach(module: torch.nn.Module) -> bool:
         if hasattr(layer, "kernel") and layer.kernel is None:
             layer.kernel = use
     return use
+
+
+def takes_kernel(
+    layer: torch.nn.Module, pos: Tensor, v: Tensor, x: Tensor | None, shifts: Tensor | None
+) -> bool:
+    """Whether the graph layer ``layer`` (a :class:`~uenn_geo.nn.VectorGaussianConv`) computes
+    its sums here: on the CPU, in three dimensions, plain Gaussians, not under
+    :func:`torch.export`; with a gradient through the sums only in eval mode (the backward is
+    first order; training differentiates forces again), never one for the Gaussians
+    themselves, and inside a compiled graph only where autograd differentiates it from
+    outside (:func:`differentiated_outside`). Decides ``layer.kernel`` at the first eager call."""
+    if layer.kernel is False or layer.radial is not None or torch.compiler.is_exporting():
+        return False
+    if pos.shape[1] != 3 or pos.device.type != "cpu":
+        return False
+    if torch.is_grad_enabled():
+        if layer.basis.rs.requires_grad or layer.basis.log_eta.requires_grad:
+            return False
+        inputs = (pos, v, x, shifts)
+        if layer.training and any(t is not None and t.requires_grad for t in inputs):
+            return False
+        # torch.func.grad inside a compiled graph cannot take the operator (and its inputs
+        # need not look as if they required gradients there)
+        if torch.compiler.is_compiling() and not layer.kernel_compiled_grad:
+            return False
+    if layer.kernel is None:
+        if torch.compiler.is_compiling():
+            return False  # decided eagerly (attach) before compiling
+        layer.kernel = available()
+    return layer.kernel
 
 
 @contextlib.contextmanager
