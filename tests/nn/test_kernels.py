@@ -171,6 +171,32 @@ def test_backward_equals_the_plain_path(options, periodic):
         assert torch.allclose(got, want, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("widths", [(1, 0), (9, 8), (17, 5), (2, 13)])
+def test_feature_widths_past_the_vector_length(widths, dtype):
+    # The kernel reads v and x as rows padded to whole vectors (4 doubles or 8 floats with
+    # AVX2, 8 or 16 with AVX-512) and writes each segment of feat as whole vectors: widths
+    # below, at and past a vector, in every segment, forward and backward.
+    channels, vector_channels = widths
+    torch.manual_seed(2)
+    conv = VectorGaussianConv(
+        channels, 5, 6, 4.0, vector_channels=vector_channels, output="both", dtype=dtype,
+        centre_vectors=vector_channels > 0, bond_vectors=vector_channels > 0,
+    ).eval()  # fmt: skip
+    pos, index, shifts = graph(dtype=dtype, periodic=True)
+    v = torch.randn(pos.shape[0], channels, dtype=dtype)
+    x = torch.randn(pos.shape[0], 3, vector_channels, dtype=dtype) if vector_channels else None
+    conv.kernel = True
+    fused, fused_grads = gradients(conv, pos, index, shifts, v, x)
+    conv.kernel = False
+    plain, plain_grads = gradients(conv, pos, index, shifts, v, x)
+    tol = 1e-12 if dtype == F64 else 1e-5
+    assert (fused - plain).abs().max() <= tol * plain.abs().max()
+    for got, want in zip(fused_grads, plain_grads, strict=True):
+        assert want.abs().max() > 1e-3
+        assert (got - want).abs().max() <= tol * want.abs().max()
+
+
 def test_training_takes_the_plain_path(monkeypatch):
     # The kernel's backward is first order; a force loss differentiates the forces again, so
     # a layer in training mode with a gradient through its sums must not call it.

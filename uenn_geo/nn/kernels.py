@@ -71,7 +71,10 @@ def _compiler_flags() -> tuple[str, list[str]]:
         "AVX2": ["-mavx2", "-mfma", "-mf16c"],
         "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"],
     }.get(capability)
-    flags = ["-O3"]
+    # -fno-tree-vectorize: the hot loops are written with ATen's vector classes; the
+    # compiler's own vectorisation of the short per-edge loops (a few features long) made
+    # the kernels 5-15% slower (docs/bench.md, sixteenth round)
+    flags = ["-O3", "-fno-tree-vectorize"]
     if isa is not None:  # at::vec's vector classes for this instruction set
         flags += [*isa, f"-DCPU_CAPABILITY_{capability}", f"-DCPU_CAPABILITY={capability}"]
     else:

@@ -12,6 +12,11 @@
 // buffers that stay in the cache and multiplied by a register-blocked kernel; nothing of size
 // E x B is written. Edges of one centre should be consecutive (Edges.chunked, or any list
 // sorted by centre); other orders give the same sums on one thread.
+//
+// Precision: in float32 the Gaussians' exp is ATen's exp_u20 (within 20 ulp, ~2e-6 relative,
+// the polynomial PyTorch's own fused CPU kernels use; about twice as fast as the 1-ulp exp):
+// the sums stay within float32 round-off of the plain path (tests/nn/test_kernels.py). In
+// float64 it is the correctly rounded exp (exp_u20 is exp there).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -33,7 +38,21 @@ using at::vec::Vectorized;
 
 int64_t round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
 
-template <typename T, bool A_ROWS = false>
+// The sum of a vector's lanes, by halves (a tree of depth log2 L, not a chain of L adds).
+template <typename T>
+UENN_INLINE T lane_sum(const Vectorized<T>& v) {
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same<T, float>::value) return v.reduce_add();  // shuffles in registers
+#endif
+  constexpr int64_t L = Vectorized<T>::size();
+  T lanes[L];
+  v.store(lanes);
+  for (int64_t w = L / 2; w >= 1; w /= 2)
+    for (int64_t l = 0; l < w; ++l) lanes[l] += lanes[l + w];
+  return lanes[0];
+}
+
+template <typename T, bool A_ROWS = false, bool ASSIGN = false>
 void gemm_tn_ld(const T* A, int64_t lda, const T* Bm, int64_t ldb, T* C, int64_t ldc, int64_t K,
                 int64_t Pp, int64_t Qp);
 
@@ -45,10 +64,11 @@ void gemm_tn(const T* A, const T* Bm, T* C, int64_t K, int64_t Pp, int64_t Qp) {
 }
 
 // The same with leading dimensions: A[k * lda + p], Bm[k * ldb + q], C[p * ldc + q].
-template <typename T, bool A_ROWS>
+template <typename T, bool A_ROWS, bool ASSIGN>
 void gemm_tn_ld(const T* A, int64_t lda, const T* Bm, int64_t ldb, T* C, int64_t ldc, int64_t K,
                 int64_t Pp, int64_t Qp) {
-  // A_ROWS: A[p * lda + k] (C = A Bm) instead of A[k * lda + p] (C = A^T Bm)
+  // A_ROWS: A[p * lda + k] (C = A Bm) instead of A[k * lda + p] (C = A^T Bm);
+  // ASSIGN: C = product instead of C += product
   const int64_t sp = A_ROWS ? lda : 1, sk = A_ROWS ? 1 : lda;
   using V = Vectorized<T>;
   const int64_t L = V::size();
@@ -72,8 +92,8 @@ void gemm_tn_ld(const T* A, int64_t lda, const T* Bm, int64_t ldb, T* C, int64_t
       const V acc[4][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
       for (int64_t p = 0; p < 4; ++p) {
         T* c = C + (p0 + p) * ldc + q0;
-        (V::loadu(c) + acc[p][0]).store(c);
-        (V::loadu(c + L) + acc[p][1]).store(c + L);
+        (ASSIGN ? acc[p][0] : V::loadu(c) + acc[p][0]).store(c);
+        (ASSIGN ? acc[p][1] : V::loadu(c + L) + acc[p][1]).store(c + L);
       }
     }
     for (; q0 < Qp; q0 += L) {
@@ -89,7 +109,7 @@ void gemm_tn_ld(const T* A, int64_t lda, const T* Bm, int64_t ldb, T* C, int64_t
       const V acc[4] = {c0, c1, c2, c3};
       for (int64_t p = 0; p < 4; ++p) {
         T* c = C + (p0 + p) * ldc + q0;
-        (V::loadu(c) + acc[p]).store(c);
+        (ASSIGN ? acc[p] : V::loadu(c) + acc[p]).store(c);
       }
     }
   }
@@ -97,58 +117,75 @@ void gemm_tn_ld(const T* A, int64_t lda, const T* Bm, int64_t ldb, T* C, int64_t
 
 struct Layout {
   int64_t F, Fv, B, W, R;
+  int64_t Fp, Fvp;  // F and Fv rounded up to the vector length: rows of v and x as the kernels read them
   bool vec_rows, sca_row, centre_vectors, bond_vectors;
 };
 
 // The projections of an edge: q_c = u . x_jc (along) and p_c = u . x_ic (proj, centre_vectors).
+// x_j and x_i are zero-padded rows (3, Fvp); so are along and proj.
 template <typename T>
 UENN_INLINE void projections(const Layout& s, const T* u, const T* xj, const T* xi, T* along, T* proj) {
-  const int64_t Fv = s.Fv;
-  for (int64_t c = 0; c < Fv; ++c) {
-    along[c] = u[0] * xj[c] + u[1] * xj[Fv + c] + u[2] * xj[2 * Fv + c];
-    proj[c] = s.centre_vectors ? u[0] * xi[c] + u[1] * xi[Fv + c] + u[2] * xi[2 * Fv + c] : T(0);
+  using V = Vectorized<T>;
+  const int64_t Fvp = s.Fvp;
+  const V u0(u[0]), u1(u[1]), u2(u[2]);
+  for (int64_t c = 0; c < Fvp; c += V::size()) {
+    (u0 * V::loadu(xj + c) + u1 * V::loadu(xj + Fvp + c) + u2 * V::loadu(xj + 2 * Fvp + c)).store(along + c);
+    if (s.centre_vectors)
+      (u0 * V::loadu(xi + c) + u1 * V::loadu(xi + Fvp + c) + u2 * V::loadu(xi + 2 * Fvp + c)).store(proj + c);
   }
 }
 
 // The rows feat_ij (R x W, row-major) of one edge: n vector rows [u_a v_j, x_ja, (u_a p),
-// (u_a q)] and the scalar row [v_j, q, (p^2), (q^2)] (VectorGaussianConv.message).
+// (u_a q)] and the scalar row [v_j, q, (p^2), (q^2)] (VectorGaussianConv.message). Each
+// segment is stored as whole vectors from zero-padded inputs: the lanes past its end are zeros
+// that land in the next segment (stored after it) or past the last row, where feat needs
+// a vector's length of room.
 template <typename T>
 UENN_INLINE void feature_rows(const Layout& s, const T* u, const T* vj, const T* xj, const T* along,
-                  const T* proj, T* feat) {
-  const int64_t F = s.F, Fv = s.Fv, W = s.W;
+                              const T* proj, T* feat) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  const int64_t F = s.F, Fv = s.Fv, Fp = s.Fp, Fvp = s.Fvp, W = s.W;
+  auto put = [](T* dst, const T* src, const V& scale, int64_t np) {
+    for (int64_t c = 0; c < np; c += L) (scale * V::loadu(src + c)).store(dst + c);
+  };
+  auto put_square = [](T* dst, const T* src, int64_t np) {
+    for (int64_t c = 0; c < np; c += L) {
+      const V a = V::loadu(src + c);
+      (a * a).store(dst + c);
+    }
+  };
+  const V one(T(1));
   int64_t row = 0;
   if (s.vec_rows) {
     for (int64_t a = 0; a < 3; ++a, ++row) {
       T* f = feat + row * W;
-      for (int64_t c = 0; c < F; ++c) f[c] = u[a] * vj[c];
+      const V ua(u[a]);
+      put(f, vj, ua, Fp);
       int64_t o = F;
       if (Fv) {
-        for (int64_t c = 0; c < Fv; ++c) f[o + c] = xj[a * Fv + c];
+        put(f + o, xj + a * Fvp, one, Fvp);
         o += Fv;
         if (s.centre_vectors) {
-          for (int64_t c = 0; c < Fv; ++c) f[o + c] = u[a] * proj[c];
+          put(f + o, proj, ua, Fvp);
           o += Fv;
         }
-        if (s.bond_vectors) {
-          for (int64_t c = 0; c < Fv; ++c) f[o + c] = u[a] * along[c];
-        }
+        if (s.bond_vectors) put(f + o, along, ua, Fvp);
       }
     }
   }
   if (s.sca_row) {
     T* f = feat + row * W;
-    for (int64_t c = 0; c < F; ++c) f[c] = vj[c];
+    put(f, vj, one, Fp);
     int64_t o = F;
     if (Fv) {
-      for (int64_t c = 0; c < Fv; ++c) f[o + c] = along[c];
+      put(f + o, along, one, Fvp);
       o += Fv;
       if (s.centre_vectors) {
-        for (int64_t c = 0; c < Fv; ++c) f[o + c] = proj[c] * proj[c];
+        put_square(f + o, proj, Fvp);
         o += Fv;
       }
-      if (s.bond_vectors) {
-        for (int64_t c = 0; c < Fv; ++c) f[o + c] = along[c] * along[c];
-      }
+      if (s.bond_vectors) put_square(f + o, along, Fvp);
     }
   }
 }
@@ -186,8 +223,8 @@ void sums_range(const T* pos, const int64_t* centre, const int64_t* nbr, const T
   const int64_t Pp = round_up(basis_wide ? RW : B, 4), Qp = round_up(basis_wide ? B : RW, L);
   const int64_t e_stride = basis_wide ? Qp : Pp, f_stride = basis_wide ? Pp : Qp;
   const int64_t kmax = 128;  // edges buffered per product
-  std::vector<T> ebuf(kmax * e_stride, T(0)), fbuf(kmax * f_stride, T(0)), cbuf(Pp * Qp);
-  std::vector<T> along(Fv), proj(Fv);
+  std::vector<T> ebuf(kmax * e_stride, T(0)), fbuf(kmax * f_stride + L, T(0)), cbuf(Pp * Qp);
+  std::vector<T> along(s.Fvp, T(0)), proj(s.Fvp, T(0));
   const int64_t Bv = round_up(B, L);
   std::vector<T> rs_pad(Bv, T(0)), eta_pad(Bv, T(0));
   std::copy(rs, rs + B, rs_pad.begin());
@@ -206,13 +243,22 @@ void sums_range(const T* pos, const int64_t* centre, const int64_t* nbr, const T
     } else {
       gemm_tn<T>(ebuf.data(), fbuf.data(), cbuf.data(), K, Pp, Qp);
     }
-    T* o = out + i * R * B * W;
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t b = 0; b < B; ++b)
+    T* o = out + i * R * B * W;  // (R, B, W) from the product's (R W, B) or (B, R W)
+    if (basis_wide) {
+      for (int64_t r = 0; r < R; ++r)
         for (int64_t w = 0; w < W; ++w) {
-          const int64_t col = r * W + w;
-          o[(r * B + b) * W + w] += basis_wide ? cbuf[col * Qp + b] : cbuf[b * Qp + col];
+          const T* c = cbuf.data() + (r * W + w) * Qp;
+          T* ob = o + r * B * W + w;
+          for (int64_t b = 0; b < B; ++b) ob[b * W] += c[b];
         }
+    } else {
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t r = 0; r < R; ++r) {
+          const T* c = cbuf.data() + b * Qp + r * W;
+          T* ob = o + (r * B + b) * W;
+          for (int64_t w = 0; w < W; ++w) ob[w] += c[w];
+        }
+    }
   };
 
   int64_t current = -1, K = 0;
@@ -231,7 +277,7 @@ void sums_range(const T* pos, const int64_t* centre, const int64_t* nbr, const T
     for (int64_t b = 0; b < B; b += L) {
       const V t = vr - V::loadu(rs_pad.data() + b);
       const V a = at::vec::maximum(zero - V::loadu(eta_pad.data() + b) * t * t, clamp);
-      const V val = ((a >= skip).zero_mask() == all_lanes) ? clamped * vfc : a.exp() * vfc;
+      const V val = ((a >= skip).zero_mask() == all_lanes) ? clamped * vfc : a.exp_u20() * vfc;
       if (b + L <= e_stride) {
         val.store(e + b);
       } else {
@@ -241,10 +287,10 @@ void sums_range(const T* pos, const int64_t* centre, const int64_t* nbr, const T
     for (int64_t b = B; b < e_stride; ++b) e[b] = 0;
 
     T* feat = fbuf.data() + K * f_stride;
-    const T* xj = x ? x + j * 3 * Fv : nullptr;  // (3, Fv)
-    const T* xi = x ? x + i * 3 * Fv : nullptr;
-    projections(s, u, xj, xi, along.data(), proj.data());
-    feature_rows(s, u, v + j * F, xj, along.data(), proj.data(), feat);
+    const T* xj = x ? x + j * 3 * s.Fvp : nullptr;  // (3, Fvp)
+    const T* xi = x ? x + i * 3 * s.Fvp : nullptr;
+    if (x) projections(s, u, xj, xi, along.data(), proj.data());
+    feature_rows(s, u, v + j * s.Fp, xj, along.data(), proj.data(), feat);
     for (int64_t c = RW; c < f_stride; ++c) feat[c] = 0;
     ++K;
   }
@@ -265,45 +311,45 @@ void sums_backward(const T* G, const T* pos, const int64_t* centre, const int64_
   const int64_t kmax = 128, Bq = round_up(B, L), RWq = round_up(RW, L);
   const int64_t srow = s.vec_rows ? 3 : 0;  // the scalar row's index
   std::vector<T> Mb(B * RWq, T(0)), Mt(RW * Bq, T(0));  // G_i as (B, R W) and (R W, B)
-  const int64_t RWp = round_up(RW, 4);
-  std::vector<T> eb(kmax * Bq), de(kmax * Bq), fb(kmax * RWp);  // e, de/dr, feat per edge
+  const int64_t RWp = round_up(RW, 4), Fp = s.Fp, Fvp = s.Fvp;
+  std::vector<T> eb(kmax * Bq), de(kmax * Bq), fb(kmax * RWp + L);  // e, de/dr, feat per edge
   std::vector<T> rs_pad(Bq, T(0)), eta_pad(Bq, T(0));
   std::copy(rs, rs + B, rs_pad.begin());
   std::copy(eta, eta + B, eta_pad.begin());
-  std::vector<T> Gf(kmax * RWq), Ge(kmax * Bq);
+  std::vector<T> Gf(kmax * RWq + L, T(0)), Ge(kmax * Bq);  // + L: whole vectors read past a row
   struct EdgeData {
     int64_t k, j;
-    T u[3], r, fc, dfc;
+    T u[3], r, inv_r, fc, dfc;
   };
   std::vector<EdgeData> ed(kmax);
-  std::vector<T> along(Fv), proj(Fv), gq(Fv), gp(Fv);
+  std::vector<T> along(Fvp, T(0)), proj(Fvp, T(0)), gq(Fvp), gp(Fvp);
   const V skip(std::is_same<T, float>::value ? T(-25) : T(-60)), clamped(std::exp(T(-60)));
   const int all_lanes = (1 << L) - 1;
 
-  // y[0:n] += a x[0:n]
-  auto axpy = [&](T* y, const T* xs, T a, int64_t n) {
+  // y[0:np] += a x[0:np], np a multiple of L. The padded rows of v and x are zero and those
+  // of gv, gx, gq, gp are scratch: whole vectors past a segment of x (the next segment of a
+  // row of dL/dfeat) add nothing where they meet zeros and are dropped where they are stored.
+  auto axpy = [&](T* y, const T* xs, T a, int64_t np) {
     const V va(a);
-    int64_t c = 0;
-    for (; c + L <= n; c += L) at::vec::fmadd(va, V::loadu(xs + c), V::loadu(y + c)).store(y + c);
-    for (; c < n; ++c) y[c] += a * xs[c];
+    for (int64_t c = 0; c < np; c += L) at::vec::fmadd(va, V::loadu(xs + c), V::loadu(y + c)).store(y + c);
   };
   auto flush = [&](int64_t i, int64_t K) {
     if (K == 0) return;
     const int64_t K4 = round_up(K, 4);
     const T* Gi = G + i * R * B * W;
+    // G_i (R, B, W) as Mb (B, R W) and Mt (R W, B): runs of W, and of B with stride W
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t r = 0; r < R; ++r) std::copy_n(Gi + (r * B + b) * W, W, Mb.data() + b * RWq + r * W);
     for (int64_t r = 0; r < R; ++r)
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t w = 0; w < W; ++w) {
-          const T val = Gi[(r * B + b) * W + w];
-          Mb[b * RWq + r * W + w] = val;
-          Mt[(r * W + w) * Bq + b] = val;
-        }
+      for (int64_t w = 0; w < W; ++w) {
+        const T* g = Gi + r * B * W + w;
+        T* m = Mt.data() + (r * W + w) * Bq;
+        for (int64_t b = 0; b < B; ++b) m[b] = g[b * W];
+      }
     std::fill(eb.begin() + K * Bq, eb.begin() + K4 * Bq, T(0));
     std::fill(fb.begin() + K * RWp, fb.begin() + K4 * RWp, T(0));
-    std::fill(Gf.begin(), Gf.begin() + K4 * RWq, T(0));
-    std::fill(Ge.begin(), Ge.begin() + K4 * Bq, T(0));
-    gemm_tn_ld<T, true>(eb.data(), Bq, Mb.data(), RWq, Gf.data(), RWq, B, K4, RWq);  // dL/dfeat
-    gemm_tn_ld<T, true>(fb.data(), RWp, Mt.data(), Bq, Ge.data(), Bq, RW, K4, Bq);   // dL/de
+    gemm_tn_ld<T, true, true>(eb.data(), Bq, Mb.data(), RWq, Gf.data(), RWq, B, K4, RWq);  // dL/dfeat
+    gemm_tn_ld<T, true, true>(fb.data(), RWp, Mt.data(), Bq, Ge.data(), Bq, RW, K4, Bq);   // dL/de
     for (int64_t p = 0; p < K; ++p) {
       const EdgeData& d = ed[p];
       const int64_t j = d.j;
@@ -313,84 +359,78 @@ void sums_backward(const T* G, const T* pos, const int64_t* centre, const int64_
       // dL/dr through e_b = exp(max(-eta_b (r - rs_b)^2, -60)) f_c(r)
       V acc(0);
       for (int64_t b = 0; b < Bq; b += L) acc = at::vec::fmadd(V::loadu(ge + b), V::loadu(de.data() + p * Bq + b), acc);
-      T lanes[64];
-      acc.store(lanes);
-      T gr = 0;
-      for (int64_t l = 0; l < L; ++l) gr += lanes[l];
-      const T* vj = v + j * F;
-      const T* xj = x ? x + j * 3 * Fv : nullptr;
-      const T* xi = x ? x + i * 3 * Fv : nullptr;
-      projections(s, u, xj, xi, along.data(), proj.data());
+      const T gr = lane_sum(acc);
+      const T* vj = v + j * Fp;
+      const T* xj = x ? x + j * 3 * Fvp : nullptr;
+      const T* xi = x ? x + i * 3 * Fvp : nullptr;
+      if (x) projections(s, u, xj, xi, along.data(), proj.data());
       std::fill(gq.begin(), gq.end(), T(0));
       std::fill(gp.begin(), gp.end(), T(0));
-      // dL/du_a collects dot products: one vector accumulator (and a scalar tail) per a
+      // dL/du_a collects dot products: one vector accumulator per a
       V uacc[3] = {V(0), V(0), V(0)};
-      T utail[3] = {0, 0, 0};
-      auto dot_into = [&](int64_t a, const T* p1, const T* p2, int64_t n) {
-        int64_t c = 0;
-        for (; c + L <= n; c += L) uacc[a] = at::vec::fmadd(V::loadu(p1 + c), V::loadu(p2 + c), uacc[a]);
-        for (; c < n; ++c) utail[a] += p1[c] * p2[c];
+      auto dot_into = [&](int64_t a, const T* p1, const T* p2, int64_t np) {
+        for (int64_t c = 0; c < np; c += L) uacc[a] = at::vec::fmadd(V::loadu(p1 + c), V::loadu(p2 + c), uacc[a]);
       };
-      T* gvj = gv + j * F;
-      T* gxj = x ? gx + j * 3 * Fv : nullptr;
+      // y += 2 x z (the squared projections of the scalar row)
+      auto axpy2 = [&](T* y, const T* xs, const T* z, int64_t np) {
+        const V two(T(2));
+        for (int64_t c = 0; c < np; c += L)
+          at::vec::fmadd(two * V::loadu(xs + c), V::loadu(z + c), V::loadu(y + c)).store(y + c);
+      };
+      T* gvj = gv + j * Fp;
+      T* gxj = x ? gx + j * 3 * Fvp : nullptr;
       if (s.vec_rows) {
         for (int64_t a = 0; a < 3; ++a) {
           const T* f = gf + a * W;
-          axpy(gvj, f, u[a], F);
-          dot_into(a, f, vj, F);
+          axpy(gvj, f, u[a], Fp);
+          dot_into(a, f, vj, Fp);
           int64_t o = F;
           if (Fv) {
-            axpy(gxj + a * Fv, f + o, T(1), Fv);
+            axpy(gxj + a * Fvp, f + o, T(1), Fvp);
             o += Fv;
             if (s.centre_vectors) {
-              dot_into(a, f + o, proj.data(), Fv);
-              axpy(gp.data(), f + o, u[a], Fv);
+              dot_into(a, f + o, proj.data(), Fvp);
+              axpy(gp.data(), f + o, u[a], Fvp);
               o += Fv;
             }
             if (s.bond_vectors) {
-              dot_into(a, f + o, along.data(), Fv);
-              axpy(gq.data(), f + o, u[a], Fv);
+              dot_into(a, f + o, along.data(), Fvp);
+              axpy(gq.data(), f + o, u[a], Fvp);
             }
           }
         }
       }
       if (s.sca_row) {
         const T* f = gf + srow * W;
-        axpy(gvj, f, T(1), F);
+        axpy(gvj, f, T(1), Fp);
         int64_t o = F;
         if (Fv) {
-          axpy(gq.data(), f + o, T(1), Fv);
+          axpy(gq.data(), f + o, T(1), Fvp);
           o += Fv;
           if (s.centre_vectors) {
-            for (int64_t c = 0; c < Fv; ++c) gp[c] += f[o + c] * 2 * proj[c];
+            axpy2(gp.data(), f + o, proj.data(), Fvp);
             o += Fv;
           }
-          if (s.bond_vectors) {
-            for (int64_t c = 0; c < Fv; ++c) gq[c] += f[o + c] * 2 * along[c];
-          }
+          if (s.bond_vectors) axpy2(gq.data(), f + o, along.data(), Fvp);
         }
       }
       if (Fv) {
         for (int64_t a = 0; a < 3; ++a) {
-          axpy(gxj + a * Fv, gq.data(), u[a], Fv);
-          dot_into(a, gq.data(), xj + a * Fv, Fv);
+          axpy(gxj + a * Fvp, gq.data(), u[a], Fvp);
+          dot_into(a, gq.data(), xj + a * Fvp, Fvp);
           if (s.centre_vectors) {
-            axpy(gx + (i * 3 + a) * Fv, gp.data(), u[a], Fv);
-            dot_into(a, gp.data(), xi + a * Fv, Fv);
+            axpy(gx + (i * 3 + a) * Fvp, gp.data(), u[a], Fvp);
+            dot_into(a, gp.data(), xi + a * Fvp, Fvp);
           }
         }
       }
       T gu[3];
-      for (int64_t a = 0; a < 3; ++a) {
-        uacc[a].store(lanes);
-        gu[a] = utail[a];
-        for (int64_t l = 0; l < L; ++l) gu[a] += lanes[l];
-      }
+      for (int64_t a = 0; a < 3; ++a) gu[a] = lane_sum(uacc[a]);
       // u = d / max(r, eps), r = |d|
       T gd[3];
       if (d.r > eps) {
         const T ug = u[0] * gu[0] + u[1] * gu[1] + u[2] * gu[2];
-        for (int a = 0; a < 3; ++a) gd[a] = (gu[a] - u[a] * ug) / d.r + u[a] * gr;
+        for (int a = 0; a < 3; ++a) gd[a] = (gu[a] - u[a] * ug) * d.inv_r + u[a] * gr;
       } else {
         for (int a = 0; a < 3; ++a) gd[a] = gu[a] / eps + u[a] * eps / d.r * gr;
       }
@@ -415,6 +455,7 @@ void sums_backward(const T* G, const T* pos, const int64_t* centre, const int64_
     e.k = k;
     e.j = j;
     const T r = e.r;
+    e.inv_r = 1 / r;
     {  // e_b and de_b/dr (the clamp at -60 has slope zero), padding lanes zero
       const V vr(r), vfc(e.fc), vdfc(e.dfc), lo(T(-60)), zero(T(0)), two(T(2));
       for (int64_t b = 0; b < Bq; b += L) {
@@ -427,18 +468,18 @@ void sums_backward(const T* G, const T* pos, const int64_t* centre, const int64_
           (clamped * vdfc * valid).store(de.data() + K * Bq + b);
           continue;
         }
-        const V g = at::vec::maximum(a, lo).exp();
+        const V g = at::vec::maximum(a, lo).exp_u20();
         const V slope = V::blendv(zero, zero - two * eta_b * t * vfc, a > lo);
         (g * vfc * valid).store(eb.data() + K * Bq + b);
         (g * (vdfc + slope) * valid).store(de.data() + K * Bq + b);
       }
     }
     // feat as in the forward pass
-    const T* xj = x ? x + j * 3 * Fv : nullptr;
-    const T* xi = x ? x + i * 3 * Fv : nullptr;
-    projections(s, e.u, xj, xi, along.data(), proj.data());
+    const T* xj = x ? x + j * 3 * Fvp : nullptr;
+    const T* xi = x ? x + i * 3 * Fvp : nullptr;
+    if (x) projections(s, e.u, xj, xi, along.data(), proj.data());
     T* frow = fb.data() + K * RWp;
-    feature_rows(s, e.u, v + j * F, xj, along.data(), proj.data(), frow);
+    feature_rows(s, e.u, v + j * Fp, xj, along.data(), proj.data(), frow);
     for (int64_t c = RW; c < RWp; ++c) frow[c] = 0;
     ++K;
   }
@@ -494,6 +535,31 @@ const T* data_or_null(const torch::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
+// Rows of n values as rows of np (zero-padded), and a row of room after them.
+template <typename T>
+std::vector<T> padded_rows(const T* src, int64_t rows, int64_t n, int64_t np) {
+  std::vector<T> out((rows + 1) * np, T(0));
+  for (int64_t r = 0; r < rows; ++r) std::copy_n(src + r * n, n, out.data() + r * np);
+  return out;
+}
+
+// The padded copies of v (N, Fp) and x (N, 3, Fvp) the kernels read, and the layout with
+// Fp, Fvp set for T's vector length.
+template <typename T>
+struct PaddedInputs {
+  Layout s;
+  std::vector<T> v, x;
+  PaddedInputs(const Inputs& in) : s(in.s) {
+    constexpr int64_t L = Vectorized<T>::size();
+    const int64_t N = in.pos.size(0);
+    s.Fp = round_up(s.F, L);
+    s.Fvp = round_up(s.Fv, L);
+    v = padded_rows(in.v.data_ptr<T>(), N, s.F, s.Fp);
+    if (in.x.defined()) x = padded_rows(in.x.data_ptr<T>(), 3 * N, s.Fv, s.Fvp);
+  }
+  const T* x_or_null() const { return x.empty() ? nullptr : x.data(); }
+};
+
 torch::Tensor neighbour_sums(torch::Tensor pos, torch::Tensor index,
                              c10::optional<torch::Tensor> shifts, torch::Tensor v,
                              c10::optional<torch::Tensor> x, torch::Tensor rs, torch::Tensor eta,
@@ -511,12 +577,12 @@ torch::Tensor neighbour_sums(torch::Tensor pos, torch::Tensor index,
   for (int64_t k = 1; k < E && sorted; ++k) sorted = centre[k] >= centre[k - 1];
   AT_DISPATCH_FLOATING_TYPES(in.pos.scalar_type(), "neighbour_sums", [&] {
     scalar_t* o = out.data_ptr<scalar_t>();
+    const PaddedInputs<scalar_t> p(in);
     auto run = [&](int64_t begin, int64_t end) {
       sums_range<scalar_t>(in.pos.data_ptr<scalar_t>(), centre, nbr,
-                           data_or_null<scalar_t>(in.shifts), in.v.data_ptr<scalar_t>(),
-                           data_or_null<scalar_t>(in.x), in.rs.data_ptr<scalar_t>(),
-                           in.eta.data_ptr<scalar_t>(), (scalar_t)cutoff, (scalar_t)eps, s, begin,
-                           end, o);
+                           data_or_null<scalar_t>(in.shifts), p.v.data(), p.x_or_null(),
+                           in.rs.data_ptr<scalar_t>(), in.eta.data_ptr<scalar_t>(),
+                           (scalar_t)cutoff, (scalar_t)eps, p.s, begin, end, o);
     };
     if (!sorted) {
       run(0, E);  // an atom's edges may be anywhere: one thread writes every atom
@@ -554,13 +620,22 @@ std::vector<torch::Tensor> neighbour_sums_backward(
   if (E == 0) return {gpos, gshift, gv, gx};
   const int64_t* centre = in.index.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(in.pos.scalar_type(), "neighbour_sums_backward", [&] {
+    const PaddedInputs<scalar_t> p(in);
+    const int64_t N = in.pos.size(0);
+    std::vector<scalar_t> gvp((N + 1) * p.s.Fp, 0), gxp(p.x.empty() ? 0 : (3 * N + 1) * p.s.Fvp, 0);
     sums_backward<scalar_t>(
         grad.data_ptr<scalar_t>(), in.pos.data_ptr<scalar_t>(), centre, centre + E,
-        data_or_null<scalar_t>(in.shifts), in.v.data_ptr<scalar_t>(),
-        data_or_null<scalar_t>(in.x), in.rs.data_ptr<scalar_t>(), in.eta.data_ptr<scalar_t>(),
-        (scalar_t)cutoff, (scalar_t)eps, s, E, gpos.data_ptr<scalar_t>(),
-        in.shifts.defined() ? gshift.data_ptr<scalar_t>() : nullptr, gv.data_ptr<scalar_t>(),
-        in.x.defined() ? gx.data_ptr<scalar_t>() : nullptr);
+        data_or_null<scalar_t>(in.shifts), p.v.data(), p.x_or_null(), in.rs.data_ptr<scalar_t>(),
+        in.eta.data_ptr<scalar_t>(), (scalar_t)cutoff, (scalar_t)eps, p.s, E,
+        gpos.data_ptr<scalar_t>(), in.shifts.defined() ? gshift.data_ptr<scalar_t>() : nullptr,
+        gvp.data(), p.x.empty() ? nullptr : gxp.data());
+    // the padded rows back to (N, F) and (N, 3, Fv)
+    scalar_t* gv_out = gv.data_ptr<scalar_t>();
+    for (int64_t r = 0; r < N; ++r) std::copy_n(gvp.data() + r * p.s.Fp, s.F, gv_out + r * s.F);
+    if (!p.x.empty()) {
+      scalar_t* gx_out = gx.data_ptr<scalar_t>();
+      for (int64_t r = 0; r < 3 * N; ++r) std::copy_n(gxp.data() + r * p.s.Fvp, s.Fv, gx_out + r * s.Fv);
+    }
   });
   return {gpos, gshift, gv, gx};
 }
