@@ -197,6 +197,18 @@ def test_feature_widths_past_the_vector_length(widths, dtype):
         assert (got - want).abs().max() <= tol * want.abs().max()
 
 
+def test_no_edges_gives_zero_sums_and_gradients():
+    # An atom alone (the energy model's isolated-atom readout): nothing to sum, nothing to
+    # differentiate; the gradients are zeros, not uninitialised memory.
+    conv = layer().eval()
+    conv.kernel = True
+    pos = torch.randn(4, 3, dtype=F64)
+    v, x = node_features(conv, 4)
+    h, grads = gradients(conv, pos, torch.zeros(2, 0, dtype=torch.long), None, v, x)
+    assert h.abs().max() == 0
+    assert all(float(g.abs().max()) == 0 for g in grads)
+
+
 def test_training_takes_the_plain_path(monkeypatch):
     # The kernel's backward is first order; a force loss differentiates the forces again, so
     # a layer in training mode with a gradient through its sums must not call it.

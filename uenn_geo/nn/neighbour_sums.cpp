@@ -500,15 +500,21 @@ Inputs prepare(torch::Tensor pos, torch::Tensor index, c10::optional<torch::Tens
   TORCH_CHECK(index.dim() == 2 && index.size(0) == 2 && index.scalar_type() == torch::kLong,
               "neighbour_sums: index must be a (2, E) long tensor");
   TORCH_CHECK(vec_rows || sca_row, "neighbour_sums: no output rows");
-  if (index.numel() > 0) {
-    const int64_t lo = index.min().item<int64_t>(), hi = index.max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < pos.size(0), "neighbour_sums: edge_index holds atom ", lo < 0 ? lo : hi,
-                ", outside 0..", pos.size(0) - 1, " (", pos.size(0), " atoms)");
-  }
   Inputs in;
   const auto dtype = pos.scalar_type();
   in.pos = pos.contiguous();
   in.index = index.contiguous();
+  {  // one pass over the indices (a tenth of aten::min and aten::max for 2 x 78k indices)
+    const int64_t* idx = in.index.data_ptr<int64_t>();
+    int64_t lo = 0, hi = 0;
+    for (int64_t k = 0, n = in.index.numel(); k < n; ++k) {
+      lo = std::min(lo, idx[k]);
+      hi = std::max(hi, idx[k]);
+    }
+    TORCH_CHECK(lo >= 0 && (in.index.numel() == 0 || hi < pos.size(0)),
+                "neighbour_sums: edge_index holds atom ", lo < 0 ? lo : hi, ", outside 0..",
+                pos.size(0) - 1, " (", pos.size(0), " atoms)");
+  }
   in.v = v.to(dtype).contiguous();
   in.rs = rs.to(dtype).contiguous();
   in.eta = eta.to(dtype).contiguous();
@@ -615,9 +621,9 @@ std::vector<torch::Tensor> neighbour_sums_backward(
               "neighbour_sums_backward: the gradient does not match the sums");
   auto gpos = torch::zeros_like(in.pos);
   auto gshift = in.shifts.defined() ? torch::zeros_like(in.shifts) : torch::empty({0}, in.pos.options());
-  auto gv = torch::zeros_like(in.v);
-  auto gx = in.x.defined() ? torch::zeros_like(in.x) : torch::empty({0}, in.pos.options());
-  if (E == 0) return {gpos, gshift, gv, gx};
+  auto gv = torch::empty_like(in.v);  // written whole from the padded rows below
+  auto gx = in.x.defined() ? torch::empty_like(in.x) : torch::empty({0}, in.pos.options());
+  if (E == 0) return {gpos, gshift, gv.zero_(), gx.zero_()};
   const int64_t* centre = in.index.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(in.pos.scalar_type(), "neighbour_sums_backward", [&] {
     const PaddedInputs<scalar_t> p(in);
