@@ -95,18 +95,31 @@ def test_any_edge_order_and_chunk_layout(layout):
 
 
 def test_threads_split_atoms_not_edges():
-    # Ranges of edges move to the first edge of a centre: more threads, the same sums.
-    conv = layer()
-    pos, index, _ = graph(num=60, spread=4.0)
-    edges = Edges(index, None, conv.cutoff)
-    v, x = torch.randn(60, 3, dtype=F64), torch.randn(60, 3, 4, dtype=F64)
+    # A list sorted by centre is split among threads at the first edge of a centre: more
+    # threads, the same sums; in the backward each thread adds into its own copy of the
+    # scattered gradients (positions, node features), summed after.
+    conv = layer(centre_vectors=True, bond_vectors=True).eval()
+    pos, index, shifts = graph(num=100, spread=4.0, periodic=True)
+    order = torch.argsort(index[0], stable=True)  # graph() appends a self-pair at the end
+    index, shifts = index[:, order], shifts[order]
+    assert index.shape[1] > 2 * 4096  # the kernels' grain: at least two ranges
+    v, x = torch.randn(100, 3, dtype=F64), torch.randn(100, 3, 4, dtype=F64)
     threads = torch.get_num_threads()
+    results = {}
     try:
-        torch.set_num_threads(2)
-        fused, plain = sums_both_ways(conv, pos, edges, v, x)
+        for name, num in (("one", 1), ("two", 2)):
+            torch.set_num_threads(num)
+            conv.kernel = True
+            results[name] = gradients(conv, pos, index, shifts, v, x)
+        conv.kernel = False
+        plain = gradients(conv, pos, index, shifts, v, x)
     finally:
         torch.set_num_threads(threads)
-    assert torch.allclose(fused, plain, rtol=0, atol=1e-12)
+    for name in ("one", "two"):
+        sums, grads = results[name]
+        assert torch.allclose(sums, plain[0], rtol=0, atol=1e-12)
+        for got, want in zip(grads, plain[1], strict=True):
+            assert torch.allclose(got, want, rtol=0, atol=1e-12)
 
 
 def test_float32_to_round_off():

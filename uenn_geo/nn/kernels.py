@@ -74,7 +74,9 @@ def _compiler_flags() -> tuple[str, list[str]]:
     # -fno-tree-vectorize: the hot loops are written with ATen's vector classes; the
     # compiler's own vectorisation of the short per-edge loops (a few features long) made
     # the kernels 5-15% slower (docs/bench.md, sixteenth round)
-    flags = ["-O3", "-fno-tree-vectorize"]
+    # -fopenmp: at::parallel_for's threads (ATen's header is OpenMP pragmas, ignored without
+    # it); the extension then uses the libgomp that torch has loaded already.
+    flags = ["-O3", "-fno-tree-vectorize", "-fopenmp"]
     if isa is not None:  # at::vec's vector classes for this instruction set
         flags += [*isa, f"-DCPU_CAPABILITY_{capability}", f"-DCPU_CAPABILITY={capability}"]
     else:
@@ -91,7 +93,9 @@ def _load() -> ModuleType | None:
 
         name, flags = _compiler_flags()
         try:
-            _extension = load(name, [str(SOURCE)], extra_cflags=flags, verbose=False)
+            _extension = load(
+                name, [str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False
+            )
         except Exception as exc:  # no compiler, no ninja, a read-only cache, ...
             _error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
             warnings.warn(

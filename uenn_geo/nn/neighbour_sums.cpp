@@ -297,14 +297,16 @@ void sums_range(const T* pos, const int64_t* centre, const int64_t* nbr, const T
   flush(current, K);
 }
 
-// The backward of the sums: the gradients of positions, shifts and node features v, x for
-// the gradient G (N, R, B, W) of the sums; one thread (neighbours' rows are scattered to).
+// The backward of the sums over the edges [begin, end): the gradients of positions, shifts
+// and node features v, x for the gradient G (N, R, B, W) of the sums, added into gpos, gv, gx
+// (neighbours' rows are scattered to: one thread per set of those) and written into gshift.
 // Per atom, dL/de (K x B) and dL/dfeat (K x R W) are two products with G_i; then the chain
 // rule through eq. 31, the unit vectors and the projections, edge by edge.
 template <typename T>
 void sums_backward(const T* G, const T* pos, const int64_t* centre, const int64_t* nbr,
                    const T* shifts, const T* v, const T* x, const T* rs, const T* eta, T cutoff,
-                   T eps, const Layout& s, int64_t E, T* gpos, T* gshift, T* gv, T* gx) {
+                   T eps, const Layout& s, int64_t begin, int64_t end, T* gpos, T* gshift, T* gv,
+                   T* gx) {
   using V = Vectorized<T>;
   const int64_t L = V::size();
   const int64_t F = s.F, Fv = s.Fv, B = s.B, W = s.W, R = s.R, RW = R * W;
@@ -443,7 +445,7 @@ void sums_backward(const T* G, const T* pos, const int64_t* centre, const int64_
   };
 
   int64_t current = -1, K = 0;
-  for (int64_t k = 0; k < E; ++k) {
+  for (int64_t k = begin; k < end; ++k) {
     const int64_t i = centre[k], j = nbr[k];
     if (i != current || K == kmax) {
       flush(current, K);
@@ -541,6 +543,18 @@ const T* data_or_null(const torch::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
+bool sorted_by_centre(const int64_t* centre, int64_t E) {
+  for (int64_t k = 1; k < E; ++k)
+    if (centre[k] < centre[k - 1]) return false;
+  return true;
+}
+
+// Threads take ranges of edges moved to the first edge of a centre: no atom is shared.
+int64_t first_of_centre(const int64_t* centre, int64_t E, int64_t k) {
+  while (k > 0 && k < E && centre[k] == centre[k - 1]) ++k;
+  return k;
+}
+
 // Rows of n values as rows of np (zero-padded), and a row of room after them.
 template <typename T>
 std::vector<T> padded_rows(const T* src, int64_t rows, int64_t n, int64_t np) {
@@ -579,8 +593,7 @@ torch::Tensor neighbour_sums(torch::Tensor pos, torch::Tensor index,
   if (E == 0 || N == 0) return out;
   const int64_t* centre = in.index.data_ptr<int64_t>();
   const int64_t* nbr = centre + E;
-  bool sorted = true;
-  for (int64_t k = 1; k < E && sorted; ++k) sorted = centre[k] >= centre[k - 1];
+  const bool sorted = sorted_by_centre(centre, E);
   AT_DISPATCH_FLOATING_TYPES(in.pos.scalar_type(), "neighbour_sums", [&] {
     scalar_t* o = out.data_ptr<scalar_t>();
     const PaddedInputs<scalar_t> p(in);
@@ -596,11 +609,7 @@ torch::Tensor neighbour_sums(torch::Tensor pos, torch::Tensor index,
     }
     // Threads take ranges of edges moved to the first edge of a centre: no atom is shared.
     at::parallel_for(0, E, 4096, [&](int64_t begin, int64_t end) {
-      auto start_of = [&](int64_t k) {
-        while (k > 0 && k < E && centre[k] == centre[k - 1]) ++k;
-        return k;
-      };
-      const int64_t b = start_of(begin), e = start_of(end);
+      const int64_t b = first_of_centre(centre, E, begin), e = first_of_centre(centre, E, end);
       if (b < e) run(b, e);
     });
   });
@@ -625,16 +634,50 @@ std::vector<torch::Tensor> neighbour_sums_backward(
   auto gx = in.x.defined() ? torch::empty_like(in.x) : torch::empty({0}, in.pos.options());
   if (E == 0) return {gpos, gshift, gv.zero_(), gx.zero_()};
   const int64_t* centre = in.index.data_ptr<int64_t>();
+  const bool split = sorted_by_centre(centre, E) && at::get_num_threads() > 1;
   AT_DISPATCH_FLOATING_TYPES(in.pos.scalar_type(), "neighbour_sums_backward", [&] {
     const PaddedInputs<scalar_t> p(in);
-    const int64_t N = in.pos.size(0);
-    std::vector<scalar_t> gvp((N + 1) * p.s.Fp, 0), gxp(p.x.empty() ? 0 : (3 * N + 1) * p.s.Fvp, 0);
-    sums_backward<scalar_t>(
-        grad.data_ptr<scalar_t>(), in.pos.data_ptr<scalar_t>(), centre, centre + E,
-        data_or_null<scalar_t>(in.shifts), p.v.data(), p.x_or_null(), in.rs.data_ptr<scalar_t>(),
-        in.eta.data_ptr<scalar_t>(), (scalar_t)cutoff, (scalar_t)eps, p.s, E,
-        gpos.data_ptr<scalar_t>(), in.shifts.defined() ? gshift.data_ptr<scalar_t>() : nullptr,
-        gvp.data(), p.x.empty() ? nullptr : gxp.data());
+    const int64_t N = in.pos.size(0), npos = 3 * N, nv = (N + 1) * p.s.Fp;
+    const int64_t nx = p.x.empty() ? 0 : (3 * N + 1) * p.s.Fvp;
+    std::vector<scalar_t> gvp(nv, 0), gxp(nx, 0);
+    // Thread t > 0 adds into its own copies of gpos, gv, gx (a neighbour's rows can belong to
+    // another thread's atoms), summed after; thread 0 into the results.
+    const int64_t threads = split ? at::get_num_threads() : 1;
+    std::vector<std::vector<scalar_t>> own(threads);
+    auto run = [&](int64_t begin, int64_t end, int64_t t) {
+      scalar_t* gp = gpos.data_ptr<scalar_t>();
+      scalar_t* gvt = gvp.data();
+      scalar_t* gxt = gxp.data();
+      if (t > 0) {
+        if (own[t].empty()) own[t].assign(npos + nv + nx, scalar_t(0));
+        gp = own[t].data();
+        gvt = gp + npos;
+        gxt = gvt + nv;
+      }
+      sums_backward<scalar_t>(
+          grad.data_ptr<scalar_t>(), in.pos.data_ptr<scalar_t>(), centre, centre + E,
+          data_or_null<scalar_t>(in.shifts), p.v.data(), p.x_or_null(),
+          in.rs.data_ptr<scalar_t>(), in.eta.data_ptr<scalar_t>(), (scalar_t)cutoff,
+          (scalar_t)eps, p.s, begin, end, gp,
+          in.shifts.defined() ? gshift.data_ptr<scalar_t>() : nullptr, gvt,
+          p.x.empty() ? nullptr : gxt);
+    };
+    if (!split) {
+      run(0, E, 0);
+    } else {
+      at::parallel_for(0, E, 4096, [&](int64_t begin, int64_t end) {
+        const int64_t b = first_of_centre(centre, E, begin), e = first_of_centre(centre, E, end);
+        if (b < e) run(b, e, at::get_thread_num());
+      });
+      for (int64_t t = 1; t < threads; ++t) {
+        if (own[t].empty()) continue;
+        const scalar_t* o = own[t].data();
+        scalar_t* gp = gpos.data_ptr<scalar_t>();
+        for (int64_t c = 0; c < npos; ++c) gp[c] += o[c];
+        for (int64_t c = 0; c < nv; ++c) gvp[c] += o[npos + c];
+        for (int64_t c = 0; c < nx; ++c) gxp[c] += o[npos + nv + c];
+      }
+    }
     // the padded rows back to (N, F) and (N, 3, Fv)
     scalar_t* gv_out = gv.data_ptr<scalar_t>();
     for (int64_t r = 0; r < N; ++r) std::copy_n(gvp.data() + r * p.s.Fp, s.F, gv_out + r * s.F);
