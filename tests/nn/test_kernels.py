@@ -362,3 +362,32 @@ def test_compiled_energy_forces_with_func_grad_in_eval_mode():
     assert eager["forces"].abs().max() > 1e-3
     assert torch.allclose(compiled["forces"], eager["forces"], rtol=0, atol=1e-10)
     assert torch.allclose(compiled["energy"], eager["energy"], rtol=0, atol=1e-10)
+
+
+def test_build_falls_back_to_one_thread_then_to_the_plain_path(monkeypatch):
+    # A compiler without OpenMP builds the kernel without threads; no compiler at all leaves
+    # the plain path with a warning that says how to skip the attempt.
+    import torch.utils.cpp_extension as cpp
+
+    calls = []
+
+    def fake_load(name, sources, extra_cflags, extra_ldflags, verbose):
+        calls.append((name, "-fopenmp" in extra_cflags))
+        if "-fopenmp" in extra_cflags or fail_all:
+            raise RuntimeError("g++: error: unsupported option '-fopenmp'")
+        return "serial-extension"
+
+    monkeypatch.setattr(cpp, "load", fake_load)
+    for fail_all in (False, True):
+        calls.clear()
+        monkeypatch.setattr(kernels, "_extension", None)
+        monkeypatch.setattr(kernels, "_error", None)
+        if fail_all:
+            with pytest.warns(RuntimeWarning, match=f"{kernels.ENV}=0"):
+                assert kernels._load() is None
+            assert "unsupported option" in kernels._error
+        else:
+            assert kernels._load() == "serial-extension"
+            assert kernels._error is None
+        assert [openmp for _, openmp in calls] == [True, False]
+        assert calls[1][0].endswith("_serial")

@@ -74,9 +74,7 @@ def _compiler_flags() -> tuple[str, list[str]]:
     # -fno-tree-vectorize: the hot loops are written with ATen's vector classes; the
     # compiler's own vectorisation of the short per-edge loops (a few features long) made
     # the kernels 5-15% slower (docs/bench.md, sixteenth round)
-    # -fopenmp: at::parallel_for's threads (ATen's header is OpenMP pragmas, ignored without
-    # it); the extension then uses the libgomp that torch has loaded already.
-    flags = ["-O3", "-fno-tree-vectorize", "-fopenmp"]
+    flags = ["-O3", "-fno-tree-vectorize"]
     if isa is not None:  # at::vec's vector classes for this instruction set
         flags += [*isa, f"-DCPU_CAPABILITY_{capability}", f"-DCPU_CAPABILITY={capability}"]
     else:
@@ -92,12 +90,24 @@ def _load() -> ModuleType | None:
         from torch.utils.cpp_extension import load
 
         name, flags = _compiler_flags()
-        try:
-            _extension = load(
-                name, [str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False
-            )
-        except Exception as exc:  # no compiler, no ninja, a read-only cache, ...
-            _error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+        # -fopenmp: at::parallel_for's threads (ATen's header is OpenMP pragmas, ignored
+        # without it; the extension then shares the libgomp torch loaded). A compiler without
+        # OpenMP (Apple's clang) gets the kernel on one thread instead.
+        for openmp in (["-fopenmp"], []):
+            try:
+                _extension = load(
+                    name + ("" if openmp else "_serial"),
+                    [str(SOURCE)],
+                    extra_cflags=flags + openmp,
+                    extra_ldflags=openmp,
+                    verbose=False,
+                )
+                break
+            except Exception as exc:  # no compiler, no ninja, a read-only cache, ...
+                _error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+        if _extension is not None:
+            _error = None
+        else:
             warnings.warn(
                 f"uenn-geo: the CPU kernel of the neighbour sums could not be built ({_error}); "
                 "the graph layers use the plain PyTorch path (the same numbers, slower). "
