@@ -106,6 +106,14 @@ def _load() -> ModuleType | None:
             except Exception as exc:  # no compiler, no ninja, a read-only cache, ...
                 _error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
         if _extension is not None:
+            if not openmp:  # built, but without threads
+                warnings.warn(
+                    f"uenn-geo: the CPU kernel of the neighbour sums was built without OpenMP "
+                    f"({_error}); it runs on one thread. A compiler with OpenMP (GCC, or clang "
+                    "with libomp) gives it torch's threads.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             _error = None
         else:
             warnings.warn(

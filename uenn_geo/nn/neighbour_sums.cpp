@@ -502,6 +502,17 @@ Inputs prepare(torch::Tensor pos, torch::Tensor index, c10::optional<torch::Tens
   TORCH_CHECK(index.dim() == 2 && index.size(0) == 2 && index.scalar_type() == torch::kLong,
               "neighbour_sums: index must be a (2, E) long tensor");
   TORCH_CHECK(vec_rows || sca_row, "neighbour_sums: no output rows");
+  // the kernels read whole rows of v and x for every atom, and a shift for every edge
+  const int64_t N = pos.size(0), E = index.size(1);
+  TORCH_CHECK(v.dim() == 2 && v.size(0) == N, "neighbour_sums: v must be (N, F) with N = ", N,
+              " (the rows of pos), got ", v.sizes());
+  TORCH_CHECK(!x.has_value() || (x->dim() == 3 && x->size(0) == N && x->size(1) == 3),
+              "neighbour_sums: x must be (N, 3, F_v) with N = ", N);
+  TORCH_CHECK(!shifts.has_value() || (shifts->dim() == 2 && shifts->size(0) == E &&
+                                      shifts->size(1) == 3),
+              "neighbour_sums: shifts must be (E, 3) with E = ", E, " (the edges)");
+  TORCH_CHECK(rs.dim() == 1 && eta.dim() == 1 && rs.numel() == eta.numel(),
+              "neighbour_sums: rs and eta must be (B,) each");
   Inputs in;
   const auto dtype = pos.scalar_type();
   in.pos = pos.contiguous();
@@ -634,15 +645,19 @@ std::vector<torch::Tensor> neighbour_sums_backward(
   auto gx = in.x.defined() ? torch::empty_like(in.x) : torch::empty({0}, in.pos.options());
   if (E == 0) return {gpos, gshift, gv.zero_(), gx.zero_()};
   const int64_t* centre = in.index.data_ptr<int64_t>();
-  const bool split = sorted_by_centre(centre, E) && at::get_num_threads() > 1;
+  // threads only where each has a few thousand edges (the forward's grain)
+  const bool split = sorted_by_centre(centre, E) && at::get_num_threads() > 1 && E >= 8192;
   AT_DISPATCH_FLOATING_TYPES(in.pos.scalar_type(), "neighbour_sums_backward", [&] {
     const PaddedInputs<scalar_t> p(in);
     const int64_t N = in.pos.size(0), npos = 3 * N, nv = (N + 1) * p.s.Fp;
     const int64_t nx = p.x.empty() ? 0 : (3 * N + 1) * p.s.Fvp;
     std::vector<scalar_t> gvp(nv, 0), gxp(nx, 0);
-    // Thread t > 0 adds into its own copies of gpos, gv, gx (a neighbour's rows can belong to
-    // another thread's atoms), summed after; thread 0 into the results.
+    // The edges cut into one range of whole centres per thread; range t > 0 adds into its own
+    // copies of gpos, gv, gx (a neighbour's rows can belong to another range's atoms), summed
+    // after; range 0 into the results. Ranges, not thread ids, own the copies.
     const int64_t threads = split ? at::get_num_threads() : 1;
+    std::vector<int64_t> cut(threads + 1);
+    for (int64_t t = 0; t <= threads; ++t) cut[t] = first_of_centre(centre, E, E * t / threads);
     std::vector<std::vector<scalar_t>> own(threads);
     auto run = [&](int64_t begin, int64_t end, int64_t t) {
       scalar_t* gp = gpos.data_ptr<scalar_t>();
@@ -665,9 +680,9 @@ std::vector<torch::Tensor> neighbour_sums_backward(
     if (!split) {
       run(0, E, 0);
     } else {
-      at::parallel_for(0, E, 4096, [&](int64_t begin, int64_t end) {
-        const int64_t b = first_of_centre(centre, E, begin), e = first_of_centre(centre, E, end);
-        if (b < e) run(b, e, at::get_thread_num());
+      at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t)
+          if (cut[t] < cut[t + 1]) run(cut[t], cut[t + 1], t);
       });
       for (int64_t t = 1; t < threads; ++t) {
         if (own[t].empty()) continue;
@@ -694,4 +709,11 @@ std::vector<torch::Tensor> neighbour_sums_backward(
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("neighbour_sums", &neighbour_sums, "neighbour sums of VectorGaussianConv");
   m.def("neighbour_sums_backward", &neighbour_sums_backward, "their gradients (first order)");
+  m.def("openmp", []() {
+#ifdef _OPENMP
+    return true;
+#else
+    return false;
+#endif
+  }, "whether the kernels were built with OpenMP (threads)");
 }
