@@ -11,7 +11,8 @@
 // chunks and multiplies them with torch.bmm. Here each atom's edges are gathered into small
 // buffers that stay in the cache and multiplied by a register-blocked kernel; nothing of size
 // E x B is written. Edges of one centre should be consecutive (Edges.chunked, or any list
-// sorted by centre); other orders give the same sums on one thread.
+// sorted by centre); other orders give the same sums on one thread. A list sorted by centre
+// is split among torch's threads into ranges of whole centres (at::parallel_for: OpenMP).
 //
 // Precision: in float32 the Gaussians' exp is ATen's exp_u20 (within 20 ulp, ~2e-6 relative,
 // the polynomial PyTorch's own fused CPU kernels use; about twice as fast as the 1-ulp exp):
@@ -210,7 +211,7 @@ UENN_INLINE bool edge_geometry(const T* pos, const T* shifts, int64_t k, int64_t
   return true;
 }
 
-// The sums of the edges [begin, end) into out (N, R, B, W); one thread.
+// The sums of the edges [begin, end) into out (N, R, B, W), on the calling thread.
 template <typename T>
 void sums_range(const T* pos, const int64_t* centre, const int64_t* nbr, const T* shifts,
                 const T* v, const T* x, const T* rs, const T* eta, T cutoff, T eps,
