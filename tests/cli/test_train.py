@@ -421,6 +421,14 @@ def test_batch_size_default_follows_the_structures():
     assert TrainJob(data="x", max_epochs=1, batch_size=5).resolved_batch_size(True, 30.0) == 5
 
 
+class _FramesWithData(list):
+    """Structures with an in-memory dataset's ``_data`` (their atomic numbers joined)."""
+
+    @property
+    def _data(self):
+        return Data(z=torch.cat([frame.z for frame in self]))
+
+
 def test_small_molecules_get_a_third_block_and_bond_vectors():
     """Files of at most COMPILE_MAX_ATOMS atoms a structure on average: FILE_MODEL plus
     SMALL_MOLECULE_MODEL; larger structures: FILE_MODEL (two blocks); flags win."""
@@ -429,8 +437,8 @@ def test_small_molecules_get_a_third_block_and_bond_vectors():
     from uenn_geo.cli.train_job import SMALL_MOLECULE_MODEL, _build_model
     from uenn_geo.cli.train_settings import COMPILE_MAX_ATOMS
 
-    sets = SimpleNamespace(stats=None, from_file=True, train=SimpleNamespace(_data=Data(
-        z=torch.tensor([1, 6, 8]))))  # fmt: skip
+    sets = SimpleNamespace(stats=None, from_file=True, train=_FramesWithData([Data(
+        pos=torch.zeros(3, 3), z=torch.tensor([1, 6, 8]))]))  # fmt: skip
     job = TrainJob(train_file="x.xyz", max_epochs=1)
     small = _build_model(job, sets, False, 9.0)
     assert SMALL_MOLECULE_MODEL == {"num_blocks": 3, "bond_vectors": True}
@@ -440,6 +448,33 @@ def test_small_molecules_get_a_third_block_and_bond_vectors():
     assert large.config["num_blocks"] == 2 and not large.config["bond_vectors"]
     mine = TrainJob(train_file="x.xyz", max_epochs=1, model_kwargs={"num_blocks": 2})
     assert _build_model(mine, sets, False, 9.0).config["num_blocks"] == 2
+
+
+def test_gaussians_start_below_the_shortest_distance_of_the_training_set():
+    """Files: the first Gaussian centre R_MIN_MARGIN below the shortest distance within the
+    cutoff, through periodic images too; 0 without pairs; a given r_min wins."""
+    from types import SimpleNamespace
+
+    from uenn_geo.cli.train_job import R_MIN_MARGIN, _build_model, _gaussians_start
+
+    pair = Data(pos=torch.tensor([[0.0, 0.0, 0.0], [1.2, 0.0, 0.0], [0.0, 3.0, 0.0]]))
+    assert R_MIN_MARGIN == 0.5 and _gaussians_start([pair], 5.0) == pytest.approx(0.7)
+    cell = torch.eye(3).unsqueeze(0) * 2.1  # one atom: its images 2.1 A away
+    crystal = Data(pos=torch.zeros(1, 3), cell=cell, pbc=torch.ones(1, 3, dtype=torch.bool))
+    assert _gaussians_start([crystal, pair], 5.0) == pytest.approx(0.7)
+    assert _gaussians_start([crystal], 5.0) == pytest.approx(1.6)
+    assert _gaussians_start([Data(pos=torch.zeros(1, 3))], 5.0) == 0.0
+    assert _gaussians_start([pair], 1.0) == 0.0  # nothing within the cutoff
+    close = Data(pos=torch.tensor([[0.0, 0.0, 0.0], [0.3, 0.0, 0.0]]))
+    assert _gaussians_start([close], 5.0) == 0.0
+    frames = [pair.clone() for _ in range(3)]
+    for frame in frames:
+        frame.z = torch.tensor([1, 6, 8])
+    sets = SimpleNamespace(stats=None, from_file=True, train=_FramesWithData(frames))
+    job = TrainJob(train_file="x.xyz", max_epochs=1)
+    assert _build_model(job, sets, False, 3.0).config["r_min"] == pytest.approx(0.7)
+    mine = TrainJob(train_file="x.xyz", max_epochs=1, model_kwargs={"r_min": 0.0})
+    assert _build_model(mine, sets, False, 3.0).config["r_min"] == 0.0
 
 
 def test_resume_keeps_the_defaults_the_run_started_with(files, tmp_path, monkeypatch, capsys):

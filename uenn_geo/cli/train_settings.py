@@ -71,7 +71,9 @@ class TrainJob:
         dtype: ``"float32"`` (default) or ``"float64"``.
         direct: predict forces directly, without an energy (default: the model has an
             energy whenever the data has energies).
-        model_kwargs: further keyword arguments of the model.
+        model_kwargs: further keyword arguments of the model (for files, the graph model's
+            ``r_min`` defaults to :data:`~uenn_geo.cli.train_job.R_MIN_MARGIN` below the
+            training structures' shortest interatomic distance).
 
     Training (see :class:`~uenn_geo.train.TrainConfig`):
         energy_weight: weight of the per-atom energy term (default: 0.01 when the model has
