@@ -72,12 +72,10 @@ FILE_MODEL = {
 SMALL_MOLECULE_MODEL = {"num_blocks": 3, "bond_vectors": True}
 
 
-#: The first Gaussian centre of models trained on files sits this far (Angstrom) below the
-#: shortest interatomic distance of the training structures (:func:`_gaussians_start`), so
-#: that the Gaussians resolve the distances that occur rather than the empty range from 0;
-#: shorter distances (MD, hotter frames) still meet the first Gaussians' tails, smoothly. On
-#: EMT copper (shortest distance 1.99 A) the 16 Gaussians of [1.5, 5] A instead of [0, 5] A
-#: lowered the test force RMSE of 600-s runs (docs/training.md, seventeenth round).
+#: The first Gaussian of models trained on files sits this far (Angstrom) below the training
+#: structures' shortest distance (:func:`_gaussians_start`): the Gaussians resolve distances
+#: that occur, not the empty range from 0; shorter ones meet the first Gaussians' tails. On
+#: EMT copper (shortest distance 1.99 A) it lowered the test force RMSE (docs/training.md).
 R_MIN_MARGIN = 0.5
 
 
