@@ -464,6 +464,7 @@ def test_gaussians_start_below_the_shortest_distance_of_the_training_set():
     assert _gaussians_start([crystal, pair], 5.0) == pytest.approx(0.7)
     assert _gaussians_start([crystal], 5.0) == pytest.approx(1.6)
     assert _gaussians_start([Data(pos=torch.zeros(1, 3))], 5.0) == 0.0
+    assert _gaussians_start([], 5.0) == 0.0  # no structures
     assert _gaussians_start([pair], 1.0) == 0.0  # nothing within the cutoff
     close = Data(pos=torch.tensor([[0.0, 0.0, 0.0], [0.3, 0.0, 0.0]]))
     assert _gaussians_start([close], 5.0) == 0.0

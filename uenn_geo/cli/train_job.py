@@ -573,7 +573,7 @@ def _gaussians_start(data: Any, cutoff: float, sample: int = 256) -> float:
     distance within ``cutoff`` in up to ``sample`` structures spread over it (Angstrom,
     rounded to 0.01; 0 when none has two atoms that close)."""
     shortest = math.inf
-    for i in _picks(data, sample) if len(data) else []:
+    for i in _picks(data, sample):
         frame = data[i]
         cell, pbc = getattr(frame, "cell", None), getattr(frame, "pbc", None)
         edge_index, shifts = radius_graph(frame.pos, cutoff, cell=cell, pbc=pbc)
