@@ -17,6 +17,7 @@ from uenn_geo.calculator import UENNCalculator
 from uenn_geo.edges import build_edges
 from uenn_geo.export import export_model, load_exported
 from uenn_geo.models import MODELS, ForceModel, load_model, save_model
+from uenn_geo.nn import EquivariantLinear
 from uenn_geo.testing import random_orthogonal, random_permutation, relative_error
 
 F64 = torch.float64
@@ -44,12 +45,14 @@ CASES = {
          "separate_scalars": True, "own_species": True, "centre_vectors": True,
          "bond_vectors": True},
     ),
-    # learned radial functions and Gaussians (no pair term: it reads them as fixed)
+    # learned radial functions and Gaussians (no pair term: it reads them as fixed), smooth
+    # directions in the bias terms
     "graph-radial": (
         "graph",
         {"cutoff": 4.0, "num_basis": 6, "hidden_channels": 6, "mlp_channels": [8],
          "interaction_channels": 2, "atomic_numbers": [1, 8], "dtype": "float64",
-         "conservative": True, "pair_term": False, "radial_mlp": 5, "learnable_basis": True},
+         "conservative": True, "pair_term": False, "radial_mlp": 5, "learnable_basis": True,
+         "bias_delta": 0.1},
     ),
     "schnet": (
         "schnet",
@@ -73,6 +76,8 @@ def make(case: str) -> ForceModel:
         for module in model.modules():  # learned radial functions start at zero: not here
             if getattr(module, "radial", None) is not None:
                 module.radial[2].weight.uniform_(-0.5, 0.5)
+            if isinstance(module, EquivariantLinear) and module.bias is not None:
+                module.bias.uniform_(-0.5, 0.5)  # biases start at zero: the e b term counts
     return model
 
 

@@ -6,6 +6,7 @@ from torch_geometric.data import Batch, Data
 
 from uenn_geo.edges import Edges, build_edges
 from uenn_geo.models.forcefield import UENNForceField
+from uenn_geo.nn import EquivariantLinear
 from uenn_geo.testing import apply_group, random_orthogonal, random_permutation, relative_error
 
 F64 = torch.float64
@@ -400,6 +401,35 @@ def test_conservative_forces_are_minus_energy_gradient():
     assert torch.equal(again["forces"], out["forces"]) and not again["energy"].requires_grad
 
 
+def test_smooth_directions_keep_the_forces_smooth_at_a_symmetric_site():
+    """At the centre of a cuboctahedron (an atom of an fcc crystal) the first layer's vectors
+    vanish by symmetry; eq. 8's directions turn abruptly there, the smooth ones do not."""
+    corners = [(a, b, 0) for a in (-1, 1) for b in (-1, 1)]
+    shell = [p[k:] + p[:k] for p in corners for k in range(3)]  # 12 neighbours at 2.55 A
+    pos = torch.tensor([(0, 0, 0), *shell], dtype=F64) * 2.55 / 2**0.5
+    direction = torch.zeros(13, 3, dtype=F64)
+    direction[0] = torch.tensor([0.3, -0.5, 0.8], dtype=F64)
+    data = Data(pos=pos, z=torch.full((13,), 18))
+    growth = {}
+    for delta in (0.0, 0.1):
+        torch.manual_seed(0)
+        model = conservative(bias_delta=delta)
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, EquivariantLinear) and module.bias is not None:
+                    module.bias.uniform_(-0.3, 0.3)
+
+        def jump(step, model=model):
+            f = [model(Data(pos=pos + s * direction, z=data.z))[0] for s in (step, -step)]
+            return float((f[0] - f[1]).norm())
+
+        growth[delta] = jump(1e-6) / jump(1e-7)
+    # smooth forces: the jump across the site shrinks with the step (10x for 10x);
+    # eq. 8: it does not (the direction of a vanishing vector flips)
+    assert growth[0.1] == pytest.approx(10.0, rel=0.05)
+    assert growth[0.0] < 2.0
+
+
 @pytest.mark.parametrize("reflection", [False, True])
 def test_conservative_energy_invariant_forces_equivariant(reflection):
     model = conservative(atomic_numbers=[1, 8], num_blocks=2)
@@ -516,11 +546,12 @@ def test_models_saved_before_the_pair_term_load_without_it(tmp_path):
 
     model = make_model(pair_term=False, interaction_basis=None)  # as models were then
     record = model_record(model)
-    for key in ("pair_term", "interaction_basis"):  # a file written before these existed
+    for key in ("pair_term", "interaction_basis", "bias_delta"):  # written before these
         del record["config"][key]
     torch.save(record, tmp_path / "old.pt")
     loaded = load_model(tmp_path / "old.pt")
     assert loaded.pair_weight is None and loaded.config["pair_term"] is False
+    assert loaded.config["bias_delta"] == 0.0  # eq. 8, as models were then
     data = cluster(5)
     assert torch.equal(loaded(data), model.eval()(data))  # both in eval mode: the same path
 

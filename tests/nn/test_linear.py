@@ -162,3 +162,43 @@ def test_separate_scalar_weights_equivariant(reflection):
     torch.testing.assert_close(lin(xh)[:, 3:, :], h @ lin.scalar_weight + lin.scalar_bias)
     with pytest.raises(ValueError, match="num_scalars"):
         EquivariantLinear(5, 4, separate_scalars=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_smooth_directions_equivariant(dtype):
+    lin = EquivariantLinear(6, 9, num_scalars=1, dtype=dtype, delta=0.1)
+    torch.nn.init.normal_(lin.bias)
+    xh = torch.randn(5, 4, 6, dtype=dtype)
+    if dtype.is_complex:
+        U = haar_unitary(3)
+        xh[:, 3:, :] = xh[:, 3:, :].real.to(dtype)  # the scalar row stays real
+    else:
+        U = random_orthogonal(3, dtype=dtype, reflection=True)
+    assert_equivariant(lin, xh, U, num_scalars=1, out_num_scalars=1)
+
+
+def test_smooth_directions_match_eq_8_far_from_zero_and_stay_smooth_near_it():
+    delta = 0.1
+    smooth = EquivariantLinear(3, 2, dtype=torch.float64, delta=delta)
+    plain = EquivariantLinear(3, 2, dtype=torch.float64)
+    plain.load_state_dict(smooth.state_dict())
+    torch.nn.init.normal_(smooth.bias)
+    plain.bias.data.copy_(smooth.bias.data)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    x = 100 * x / x.norm(dim=0, keepdim=True)  # |x| = 100 = 1000 delta
+    torch.testing.assert_close(smooth(x), plain(x), rtol=1e-5, atol=1e-5)
+    # e = x / sqrt(|x|^2 + delta^2) exactly
+    x = torch.randn(4, 3, dtype=torch.float64) * 0.05
+    e = x / (x.square().sum(0, keepdim=True) + delta**2).sqrt()
+    torch.testing.assert_close(smooth(x), x @ smooth.weight + e @ smooth.bias)
+    # through zero: eq. 8's output jumps with the direction, the smooth one moves by O(s / delta)
+    v = torch.randn(4, 1, dtype=torch.float64)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    s = 1e-4
+    jump_plain = (plain(x * 0 + s * v) - plain(x * 0 - s * v)).abs().max()
+    jump_smooth = (smooth(x * 0 + s * v) - smooth(x * 0 - s * v)).abs().max()
+    assert jump_plain > 0.1
+    assert jump_smooth < 10 * 2 * s * v.norm() / delta * smooth.bias.abs().max()
+    with pytest.raises(ValueError, match="delta"):
+        EquivariantLinear(3, 2, delta=-1.0)
+    assert "delta=0.1" in repr(smooth)

@@ -31,6 +31,8 @@ def checked_config(**cfg: Any) -> dict[str, Any]:
                 f"{name} trains the radial functions that the pair term's closed-form fit "
                 f"reads as fixed; set pair_term=False with {name}"
             )
+    if not cfg["bias_delta"] >= 0:
+        raise ValueError(f"bias_delta must be >= 0 (0: eq. 8's x / |x|), got {cfg['bias_delta']}")
     if cfg["gram_channels"] < 0:
         raise ValueError(f"gram_channels must be >= 0, got {cfg['gram_channels']}")
     e0s = cfg["e0s"]

@@ -172,6 +172,12 @@ class UENNForceField(ForceModel):
             default: :obj:`0`, none).
         learnable_basis (bool): train the Gaussians' centres and widths in every graph layer
             (:class:`~uenn_geo.nn.GaussianBasis`) (default: :obj:`False`).
+        bias_delta (float): :math:`\delta` of the smooth directions
+            :math:`e = x / \sqrt{\|x\|^2 + \delta^2}` in the bias term of every MLP layer
+            (``delta`` of :class:`~uenn_geo.nn.EquivariantLinear`), in place of eq. 8's
+            :math:`x / \|x\|`, whose direction turns abruptly where a vector feature passes
+            near zero, as the first layer's vectors do by symmetry inside a crystal or a
+            cluster (default: :obj:`0.0`, eq. 8).
 
     Shapes:
         - input: a PyG ``Data``/``Batch`` with ``pos`` :obj:`(N, 3)` (Angstrom), ``z``
@@ -204,6 +210,7 @@ class UENNForceField(ForceModel):
         "bond_vectors": False,
         "radial_mlp": 0,
         "learnable_basis": False,
+        "bias_delta": 0.0,
     }
 
     def __init__(
@@ -231,6 +238,7 @@ class UENNForceField(ForceModel):
         bond_vectors: bool = False,
         radial_mlp: int = 0,
         learnable_basis: bool = False,
+        bias_delta: float = 0.0,
     ) -> None:
         super().__init__()
         dtype = resolve_dtype(dtype)
@@ -258,6 +266,7 @@ class UENNForceField(ForceModel):
             bond_vectors=bool(bond_vectors),
             radial_mlp=int(radial_mlp),
             learnable_basis=bool(learnable_basis),
+            bias_delta=float(bias_delta),
         )
         self.cutoff = float(cutoff)
         self.num_species = len(atomic_numbers)
@@ -308,7 +317,12 @@ class UENNForceField(ForceModel):
             channels = [c_in, *cfg["mlp_channels"], c_out]
             act, own_weights = cfg["activation"], cfg["separate_scalars"]
             mlp = EquivariantMLP(
-                channels, act=act, num_scalars=1, dtype=dtype, separate_scalars=own_weights
+                channels,
+                act=act,
+                num_scalars=1,
+                dtype=dtype,
+                separate_scalars=own_weights,
+                delta=cfg["bias_delta"],
             )
             self.mlps.append(mlp)
             if k > 0:

@@ -37,7 +37,7 @@ def safe_norm(x: Tensor, dim: int = -2, keepdim: bool = True) -> Tensor:
     return torch.where(nonzero, torch.where(nonzero, sq, 1.0).sqrt(), 0.0)
 
 
-def unit_vectors(x: Tensor, eps: float = DEFAULT_EPS, dim: int = -2) -> Tensor:
+def unit_vectors(x: Tensor, eps: float = DEFAULT_EPS, dim: int = -2, delta: float = 0.0) -> Tensor:
     r"""Normalise each vector of ``x``: the paper's :math:`e_k` (eq. 8).
 
     .. math::
@@ -48,7 +48,22 @@ def unit_vectors(x: Tensor, eps: float = DEFAULT_EPS, dim: int = -2) -> Tensor:
     bias. The map is continuous, depends on :math:`x` only through :math:`x` itself and its
     (invariant) norm, so it stays equivariant, and its gradient is bounded by
     :math:`1/\epsilon` everywhere (finite at :math:`x = 0`).
+
+    With ``delta`` :math:`\delta > 0`, the smooth form
+
+    .. math::
+        e = \frac{x}{\sqrt{\|x\|^2 + \delta^2}}
+
+    which is :math:`x/\|x\|` up to :math:`O(\delta^2/\|x\|^2)` for :math:`\|x\| \gg \delta`,
+    :math:`x/\delta` near zero, infinitely differentiable, with every derivative of order
+    :math:`k` bounded by a constant times :math:`\delta^{-k}`. Eq. 8's direction turns
+    through any angle as :math:`x` passes near zero, with derivatives of order
+    :math:`1/\|x\|`: for a force field whose vector features vanish by symmetry (atoms in
+    a bulk crystal, the inside of a cluster) that is a force of any size. Equivariant for
+    the same reason as eq. 8.
     """
+    if delta > 0:
+        return x * torch.rsqrt(squared_norm(x, dim=dim) + delta * delta)
     return x / safe_norm(x, dim=dim).clamp_min(eps)
 
 

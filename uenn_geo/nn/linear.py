@@ -85,6 +85,10 @@ class EquivariantLinear(nn.Module):
             :math:`h' = h W_s + b_s`, instead of the vectors' :math:`W` (the group acts as
             the identity on them, so any linear map of the scalars is equivariant); needs
             ``num_scalars > 0`` (default: :obj:`False`, eqs. 16-17).
+        delta (float): with :math:`\delta > 0`, the smooth
+            :math:`e = x / \sqrt{\|x\|^2 + \delta^2}` in place of eq. 8's :math:`x / \|x\|`
+            (:func:`~uenn_geo.nn.functional.unit_vectors`): no direction turns abruptly where a
+            vector passes near zero (default: :obj:`0.0`, eq. 8).
         device, dtype: factory arguments; a complex ``dtype`` makes :math:`W, b` complex
             (default: :obj:`torch.get_default_dtype()`).
 
@@ -110,8 +114,11 @@ class EquivariantLinear(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         separate_scalars: bool = False,
+        delta: float = 0.0,
     ) -> None:
         super().__init__()
+        if not delta >= 0:
+            raise ValueError(f"delta must be >= 0 (0: eq. 8's x / |x|), got {delta}")
         if separate_scalars and num_scalars < 1:
             raise ValueError("separate_scalars needs scalar rows: num_scalars >= 1")
         if in_channels < 1 or out_channels < 1:
@@ -130,6 +137,7 @@ class EquivariantLinear(nn.Module):
         self.out_channels = out_channels
         self.num_scalars = num_scalars
         self.eps = eps
+        self.delta = float(delta)
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(in_channels, out_channels, **factory))
         if bias:
@@ -161,11 +169,11 @@ class EquivariantLinear(nn.Module):
             return x @ self.weight
         m = self.num_scalars
         if m == 0:
-            e = unit_vectors(x, self.eps)
+            e = unit_vectors(x, self.eps, delta=self.delta)
         else:
             vec = x[..., : x.shape[-2] - m, :]
             ones = torch.ones_like(x[..., x.shape[-2] - m :, :])
-            e = torch.cat([unit_vectors(vec, self.eps), ones], dim=-2)
+            e = torch.cat([unit_vectors(vec, self.eps, delta=self.delta), ones], dim=-2)
         # One matmul for both terms: [x, e] @ [W; b].
         return torch.cat([x, e], dim=-1) @ torch.cat([self.weight, self.bias], dim=0)
 
@@ -176,7 +184,7 @@ class EquivariantLinear(nn.Module):
         if self.bias is None:
             y_vec = vec @ self.weight
         else:
-            e = unit_vectors(vec, self.eps)
+            e = unit_vectors(vec, self.eps, delta=self.delta)
             y_vec = torch.cat([vec, e], dim=-1) @ torch.cat([self.weight, self.bias], dim=0)
         y_sca = h @ self.scalar_weight
         if self.scalar_bias is not None:
@@ -194,4 +202,6 @@ class EquivariantLinear(nn.Module):
             parts.append(f"num_scalars={self.num_scalars}")
         if self.scalar_weight is not None:
             parts.append("separate_scalars=True")
+        if self.delta:
+            parts.append(f"delta={self.delta:g}")
         return f"{self.__class__.__name__}({', '.join(parts)})"

@@ -35,6 +35,8 @@ class EquivariantMLP(nn.Module):
         eps (float): norm floor for :math:`e` (default: :obj:`1e-6`).
         separate_scalars (bool): scalar rows with weights of their own
             (:class:`EquivariantLinear`) (default: :obj:`False`).
+        delta (float): the smooth :math:`e` of :class:`EquivariantLinear` (default:
+            :obj:`0.0`, eq. 8).
         device, dtype: factory arguments (default: :obj:`torch.get_default_dtype()`).
 
     Shapes:
@@ -57,6 +59,7 @@ class EquivariantMLP(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         separate_scalars: bool = False,
+        delta: float = 0.0,
     ) -> None:
         super().__init__()
         channels = [int(c) for c in channels]
@@ -76,6 +79,7 @@ class EquivariantMLP(nn.Module):
                 device=device,
                 dtype=dtype,
                 separate_scalars=separate_scalars,
+                delta=delta,
             )
             for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
         )
