@@ -13,6 +13,7 @@ from torch_geometric.data import Data
 import uenn_geo
 from uenn_geo.cli import build_parser, main
 from uenn_geo.cli.train import TrainJob, job_from_args
+from uenn_geo.cli.train_job import FILE_MODEL
 
 ETHANOL = Path(__file__).parents[2] / ".." / "shared" / "data" / "ethanol"
 SMALL = {"num_blocks": 1, "hidden_channels": 4, "mlp_channels": [6], "num_basis": 6}
@@ -67,6 +68,7 @@ def test_dft_file_with_isolated_atoms_and_test_file(files, tmp_path, capsys):
     assert model.config["species_pairs"] and model.config["separate_scalars"]
     assert model.config["num_blocks"] == 1 and not model.config["pair_term"]
     assert model.config["bond_vectors"]  # SMALL_MOLECULE_MODEL: 9 atoms a structure
+    assert model.config["bias_delta"] == FILE_MODEL["bias_delta"] > 0  # smooth directions
     # the model predicts the isolated atoms' energies exactly (the E0s of the file)
     for atoms in ase.io.read(ETHANOL / "isolated_atoms.xyz", ":"):
         data = Data(pos=torch.zeros(1, 3), z=torch.tensor(atoms.numbers))

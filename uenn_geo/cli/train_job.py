@@ -51,16 +51,16 @@ __all__ = [
 #: materials (MACE, NequIP and Allegro use 4-6 A), where the first neighbour shells lie.
 FILE_CUTOFF = 5.0
 
-#: The force field's options for files (molecules and materials), besides the cutoff and the
-#: energy: the variants that measurably lowered the errors on rMD17 ethanol and EMT copper
-#: (docs/molecules.md, "What helped"; docs/training.md): radial weights per species pair, 16
-#: Gaussians, separate weights for the scalar rows (and the class's two blocks: a third
-#: helped per epoch but cost more in time); no pair term (it extrapolates violently).
+#: The force field's options for files besides the cutoff and the energy: what measurably
+#: lowered the errors on rMD17 ethanol and EMT copper (docs/molecules.md, docs/training.md):
+#: weights per species pair, 16 Gaussians, separate scalar weights, no pair term (it
+#: extrapolates violently), smooth directions in the biases (eq. 8's turn abruptly).
 FILE_MODEL = {
     "pair_term": False,
     "species_pairs": True,
     "num_basis": 16,
     "separate_scalars": True,
+    "bias_delta": 0.3,
 }
 
 #: On top of :data:`FILE_MODEL` for files of small molecules (at most
