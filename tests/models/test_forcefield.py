@@ -428,6 +428,8 @@ def test_smooth_directions_keep_the_forces_smooth_at_a_symmetric_site():
     # eq. 8: it does not (the direction of a vanishing vector flips)
     assert growth[0.1] == pytest.approx(10.0, rel=0.05)
     assert growth[0.0] < 2.0
+    with pytest.raises(ValueError, match="bias_delta must be >= 0"):
+        UENNForceField(**SMALL, bias_delta=-0.1)
 
 
 @pytest.mark.parametrize("reflection", [False, True])
