@@ -43,6 +43,13 @@ def test_chunked_layout_holds_every_edge_once():
     )
     want = sorted(zip(*edges.index.tolist(), map(tuple, edges.shifts.tolist()), strict=True))
     assert real == want
+    # plain() removes the padding and keeps the atoms' own periodic images (i, i, s != 0)
+    assert bool((edges.index[0] == edges.index[1]).any())
+    plain = laid.plain()
+    assert plain.chunk == 0 and edges.plain() is edges
+    assert (
+        sorted(zip(*plain.index.tolist(), map(tuple, plain.shifts.tolist()), strict=True)) == want
+    )
     assert laid.chunked(10) is laid  # laid out once
     assert shuffled.chunked(10, size=8, max_padding=1.0).chunk == 0  # padding would not pay
     # without a size: the largest that pads by at most max_padding

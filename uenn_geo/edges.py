@@ -197,6 +197,19 @@ class Edges:
             shifts = torch.where(valid.unsqueeze(1), torch.index_select(shifts, 0, edge), 0.0)
         return Edges(torch.stack([padded_centre, padded]), shifts, self.cutoff, size)
 
+    def plain(self) -> Edges:
+        r"""The list without the layout of :meth:`chunked`: its padding (self-loops
+        :math:`(i, i)` of zero shift) removed, for models that read every edge as a pair of
+        atoms (e.g. :class:`~uenn_geo.models.SchNetForceField`, whose filters do not vanish
+        at :math:`r = 0`). A plain list is returned unchanged. Run eagerly: the number of
+        edges kept depends on the values."""
+        if not self.chunk:
+            return self
+        keep = self.index[0] != self.index[1]
+        if self.shifts is not None:  # an atom's own periodic image is a real edge
+            keep = keep | (self.shifts != 0).any(dim=1)
+        return self._select(keep.nonzero().squeeze(1))
+
     def _select(self, subset: Tensor) -> Edges:
         """The plain list of the edges ``subset``."""
         shifts = None if self.shifts is None else self.shifts.index_select(0, subset)

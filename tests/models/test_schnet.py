@@ -6,7 +6,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.nn.models import SchNet
 
 import uenn_geo.models
-from uenn_geo.edges import Edges, build_edges, nearest_edges
+from uenn_geo.edges import Edges, build_edges, edges_of, nearest_edges
 from uenn_geo.models import load_model, save_model
 from uenn_geo.models.schnet import SchNetForceField
 from uenn_geo.testing import apply_group, random_orthogonal, random_permutation, relative_error
@@ -187,6 +187,37 @@ def test_given_edges_are_used_and_truncation():
     truncated = make_model(max_num_neighbors=2)
     truncated.load_state_dict(model.state_dict())
     assert relative_error(truncated(data), full) > 1e-3
+
+
+@pytest.mark.parametrize("periodic_cell", [False, True], ids=["cluster", "periodic"])
+def test_engine_lists_chunked_or_with_a_skin_change_nothing(periodic_cell):
+    # The engines (uenn_geo.engines.Evaluator, UENNCalculator) hand a model its list laid out
+    # in chunks, padded with self-loops at r = 0, and from a Verlet cache; SchNet's filters
+    # do not vanish at r = 0 nor beyond r_c, so it must read neither padding nor skin pairs.
+    from ase import Atoms
+
+    from uenn_geo.calculator import UENNCalculator
+
+    torch.manual_seed(3)
+    model = make_model()
+    data = periodic(6, length=4.5) if periodic_cell else cluster(10, spread=1.2)
+    ref = model.energy_forces(data)
+    edges = edges_of(data, model.cutoff)
+    chunked = edges.chunked(data.pos.shape[0], size=8, max_padding=100.0)
+    assert chunked.num_edges > edges.num_edges
+    out = model.energy_forces(data, chunked)
+    assert torch.allclose(out["forces"], ref["forces"], atol=1e-12)
+    assert torch.allclose(out["energy"], ref["energy"], atol=1e-12)
+    wide = edges_of(data, model.cutoff + 1.0)  # pairs up to 1 A past the cutoff
+    assert wide.num_edges > edges.num_edges
+    skin = Edges(wide.index, wide.shifts, model.cutoff)
+    assert torch.allclose(model.energy_forces(data, skin)["forces"], ref["forces"], atol=1e-12)
+    atoms = Atoms(numbers=data.z.numpy(), positions=data.pos.numpy())
+    if periodic_cell:
+        atoms.set_cell(data.cell[0].numpy())
+        atoms.pbc = True
+    atoms.calc = UENNCalculator(model, skin=1.0)
+    assert torch.allclose(torch.from_numpy(atoms.get_forces()), ref["forces"], atol=1e-10)
 
 
 def test_fit_scales_and_training_gradients():

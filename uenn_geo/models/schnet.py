@@ -37,7 +37,9 @@ class _GivenGraph(nn.Module):
     def forward(self, pos: Tensor, batch: Tensor) -> tuple[Tensor, Tensor]:
         if self.given is None:
             raise RuntimeError("SchNetForceField sets the edges before calling SchNet")
-        dist = self.given.vectors(pos).norm(dim=-1)
+        # SchNet's cosine cutoff is 0 at r_c but not beyond: pairs a list holds past the
+        # cutoff (a Verlet list's skin) sit at r_c, where their filters vanish
+        dist = self.given.vectors(pos).norm(dim=-1).clamp(max=self.given.cutoff)
         return self.given.index.flip(0), dist
 
 
@@ -205,7 +207,7 @@ class SchNetForceField(ForceModel):
         (:mod:`uenn_geo.models.response`)."""
         pos = check_positions(data, self.dtype)
         z = self._atomic_numbers(data, pos.shape[0])
-        edges = self.edges(data, edges)
+        edges = self.edges(data, edges).plain()  # the chunks' padding would be pairs at r = 0
         if self.max_num_neighbors is not None:
             edges = nearest_edges(edges, pos, self.max_num_neighbors)
         batch, num_graphs = batch_of(data, pos.shape[0], pos.device)
