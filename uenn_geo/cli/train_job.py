@@ -173,8 +173,8 @@ def _run_locked(job: TrainJob, out: Path, device: Any = "cpu") -> dict[str, Any]
     if sets.stats is None:  # a prepared set is not read at start (no pass over the data)
         _warn_no_edges(model, sets.train)
     _fit_scales(model, job.model, sets.train)
-    refit = has_energy(model) and energies and model.config.get("e0s") is None
-    if refit and sets.stats is None:  # start from energies fitted by least squares
+    refit = has_energy(model) and energies  # E0s: the shift b_z of atoms with neighbours
+    if refit and sets.stats is None and model.config.get("e0s") is None:  # least squares
         refit_energy_shift(model, sets.train, 4 * job.batch_size)
     model.to(device)
     # lists stored: batches of one shape possible; auto compiles them for our model on files

@@ -12,17 +12,18 @@ __all__ = ["CastFloats", "ConfigTypeWeights"]
 
 
 class CastFloats:
-    """A PyG transform: floating-point attributes (pos, forces, energy, cell, shifts) to one
+    """A PyG transform: floating-point attributes (pos, forces, cell, shifts, stress) to one
     dtype.
 
-    Data sets keep float64 targets; a float32 model casts each batch once, here.
+    Data sets keep float64 targets; a float32 model casts each batch once, here. Energies
+    stay float64: totals of thousands of eV, which float32 rounds to tenths of a meV.
 
     Args:
         dtype (torch.dtype or str): the real floating dtype, e.g. ``model.dtype``.
     """
 
     #: The attributes cast (those present and floating-point).
-    keys = ("pos", "forces", "energy", "cell", "shifts", "stress", "stress_weight", "weight")
+    keys = ("pos", "forces", "cell", "shifts", "stress", "stress_weight", "weight")
 
     def __init__(self, dtype: torch.dtype | str) -> None:
         self.dtype = resolve_dtype(dtype)

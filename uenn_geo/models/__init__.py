@@ -126,8 +126,12 @@ def model_from_record(record: Any, source: str = "record") -> nn.Module:
             f"{unknown} (written by another version); load it with the version that wrote it"
         )
     model = MODELS[name](**config)
+    state, own = dict(record["state_dict"]), model.state_dict()
+    for key in getattr(model, "legacy_buffers", ()):  # added later: their initial values
+        if key in own:
+            state.setdefault(key, own[key])
     try:
-        model.load_state_dict(record["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError as err:
         raise ValueError(f"{source}: weights do not fit the stored configuration: {err}") from err
     model.metadata = record.get("metadata", {})

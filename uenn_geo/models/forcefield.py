@@ -17,7 +17,7 @@ from uenn_geo.models.base import ForceModel, batch_of, check_positions
 from uenn_geo.models.config import checked_config
 from uenn_geo.models.pair import fit_pair, has_positions
 from uenn_geo.models.response import cells_of, energy_response
-from uenn_geo.models.scales import fit_force_energy_scales
+from uenn_geo.models.scales import company, fit_force_energy_scales
 from uenn_geo.nn.conv import VectorGaussianConv
 from uenn_geo.nn.gram import GramInvariants
 from uenn_geo.nn.linear import EquivariantLinear
@@ -149,7 +149,9 @@ class UENNForceField(ForceModel):
         pair_term (bool): add the pair term fitted by :meth:`fit_pair` (default:
             :obj:`True`; models saved before it existed load without it).
         e0s (dict, optional): isolated-atom energies in eV by atomic number (conservative
-            mode; see above).
+            mode): :math:`\mu_z`, less the readout of an atom alone, which so has its E0
+            exactly; an atom with neighbours also gets the buffer ``binding_shift``
+            :math:`b_z` (zero until refitted, :func:`~uenn_geo.models.scales.company`).
         own_species (bool): give every block's MLP the atom's own species, one-hot, as
             scalar channels :math:`[\mathbf{0}; v_i]` (the graph layers see only the
             neighbours' species) (default: :obj:`False`).
@@ -212,6 +214,7 @@ class UENNForceField(ForceModel):
         "learnable_basis": False,
         "bias_delta": 0.0,
     }
+    legacy_buffers = ("binding_shift",)  # older files lack them: initial values (zero)
 
     def __init__(
         self,
@@ -286,9 +289,10 @@ class UENNForceField(ForceModel):
         self.register_buffer("force_scale", torch.tensor(1.0, dtype=dtype))
         if self.conservative:
             self.register_buffer("energy_scale", torch.tensor(1.0, dtype=dtype))
-            shift = torch.zeros(species, dtype=dtype)
-            if cfg["e0s"] is not None:
-                shift = torch.tensor([cfg["e0s"][str(z)] for z in numbers], dtype=dtype)
+            shift = torch.zeros(species, dtype=torch.float64)  # float64: E_i are of 1000s eV
+            if cfg["e0s"] is not None:  # E0s, and b_z for atoms with company (refitted)
+                shift = torch.tensor([cfg["e0s"][str(z)] for z in numbers], dtype=torch.float64)
+                self.register_buffer("binding_shift", torch.zeros_like(shift))
             self.register_buffer("energy_shift", shift)
         pair_weight = None
         if cfg["pair_term"]:
@@ -417,7 +421,7 @@ class UENNForceField(ForceModel):
 
         def energy(x: Tensor, e: Edges) -> Tensor:
             atomic = self.atomic_energies(x, species, e)
-            return x.new_zeros(num_graphs).index_add(0, batch, atomic)
+            return atomic.new_zeros(num_graphs).index_add(0, batch, atomic)
 
         return energy_response(energy, pos, edges, batch, cell, training=self.training, traced=True)
 
@@ -456,8 +460,8 @@ class UENNForceField(ForceModel):
         return out.gather(2, index).squeeze(-1)
 
     def atomic_energies(self, pos: Tensor, species: Tensor, edges: Edges) -> Tensor:
-        r"""Energies :math:`E_i` of the atoms in eV :obj:`(N)` (conservative mode), on plain
-        tensors: the readout of the class docstring. Differentiable in ``pos`` and the
+        r"""Energies :math:`E_i` of the atoms in eV :obj:`(N)`, float64 (conservative mode), on
+        plain tensors: the readout of the class docstring. Differentiable in ``pos`` and the
         shifts of ``edges``."""
         if self.energy_readout is None:
             raise ValueError(
@@ -465,25 +469,24 @@ class UENNForceField(ForceModel):
                 "conservative=True"
             )
         n = pos.shape[1]
-        h, sums = self._features(pos, species, edges)
-        invariants = torch.cat([h[:, :n, :].square().sum(dim=1), h[:, n, :]], dim=-1)
-        atomic = self.energy_readout(invariants).squeeze(-1)
+        atomic, sums = self._readout(pos, species, edges)
+        if self.config["e0s"] is not None:  # E0 alone, E0 + b_z in company (models/scales.py)
+            alone = torch.arange(self.num_species, device=pos.device)  # one atom of each
+            empty = Edges(alone.new_zeros(2, 0), None, self.cutoff)
+            atomic = atomic - self._readout(pos.new_zeros(len(alone), n), alone, empty)[0][species]
+        atomic = atomic * self.energy_scale + self.energy_shift[species]
         if self.config["e0s"] is not None:
-            atomic = atomic - self._isolated_readout(pos)[species]
-        atomic = atomic * self.energy_scale
+            atomic = atomic + self.binding_shift[species] * company(pos, edges, self.cutoff)
         if self.pair_weight is not None:
             atomic = atomic + 0.5 * self._pair_readout(sums[:, n : n + 1, :], species)[:, 0]
-        return atomic + self.energy_shift[species]
+        return atomic
 
-    def _isolated_readout(self, like: Tensor) -> Tensor:
-        r"""The energy readout :math:`\epsilon(h^\circ_z)` of one atom of each species alone."""
-        species = torch.arange(self.num_species, device=like.device)
-        pos = like.new_zeros(self.num_species, like.shape[1])
-        alone = Edges(species.new_zeros(2, 0), None, self.cutoff)
-        h, _ = self._features(pos, species, alone)
+    def _readout(self, pos: Tensor, species: Tensor, edges: Edges) -> tuple[Tensor, Tensor]:
+        r"""The energy readout :math:`\epsilon(h_i)` :obj:`(N)` and the neighbour sums."""
+        h, sums = self._features(pos, species, edges)
         n = pos.shape[1]
         invariants = torch.cat([h[:, :n, :].square().sum(dim=1), h[:, n, :]], dim=-1)
-        return self.energy_readout(invariants).squeeze(-1)
+        return self.energy_readout(invariants).squeeze(-1), sums
 
     def compute_forces(
         self,
@@ -584,11 +587,8 @@ class UENNForceField(ForceModel):
     def fit_pair(
         self, graphs: Iterable[Any], batch_size: int = 32, ridge: float = 1e-9
     ) -> list[Any]:
-        r"""Fit the pair term to the forces of ``graphs`` by linear least squares.
-
-        See :func:`uenn_geo.models.pair.fit_pair`, which this calls; returns the residuals
-        that :meth:`fit_scales` reads.
-        """
+        """Fit the pair term to the forces of ``graphs`` (:func:`uenn_geo.models.pair.fit_pair`);
+        returns the residuals that :meth:`fit_scales` reads."""
         return fit_pair(self, graphs, batch_size, ridge)
 
     def __repr__(self) -> str:

@@ -9,6 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from uenn_geo.edges import Edges
+from uenn_geo.nn.functional import safe_norm
+from uenn_geo.nn.radial import smooth_cutoff
+
 
 def fit_force_energy_scales(
     forces: Tensor | Iterable[Any],
@@ -66,6 +70,27 @@ def fit_force_energy_scales(
     return scale, shift
 
 
+def company(pos: Tensor, edges: Edges, cutoff: float) -> Tensor:
+    r"""How much company each atom has, :math:`c_i \in [0, 1]` :obj:`(N)`: 0 alone, 1 with
+    neighbours.
+
+    .. math::
+        c_i = S\big(\min(2 \textstyle\sum_j f_c(r_{ij}), 1)\big), \qquad
+        S(s) = 10 s^3 - 15 s^4 + 6 s^5
+
+    with :math:`f_c` the cutoff of eq. 31 (:func:`~uenn_geo.nn.radial.smooth_cutoff`) and
+    :math:`S` the quintic smoothstep: :math:`c_i` is twice continuously differentiable in the
+    positions, exactly 0 for an atom with no neighbour within the cutoff, and exactly 1 (no
+    force) once its neighbours' :math:`f_c` add up to 1/2 (one neighbour within half the
+    cutoff does): every atom of a molecule or a solid. Self-loops at :math:`r = 0` (the
+    padding of :meth:`Edges.chunked`) count for nothing.
+    """
+    r = safe_norm(edges.vectors(pos), dim=-1, keepdim=False)
+    weight = torch.where(r > 0, smooth_cutoff(r, cutoff), 0.0)
+    s = pos.new_zeros(pos.shape[0]).index_add(0, edges.index[0], 2.0 * weight).clamp(max=1.0)
+    return s**3 * (10.0 + s * (6.0 * s - 15.0))
+
+
 @torch.no_grad()
 def refit_energy_shift(model: Any, graphs: Iterable[Any], batch_size: int = 64) -> Tensor:
     r"""Refit a model's per-species energy shifts :math:`\mu_z` to the energies of ``graphs``.
@@ -75,6 +100,11 @@ def refit_energy_shift(model: Any, graphs: Iterable[Any], batch_size: int = 64) 
     squares, :math:`E_g \approx E_g^{\text{model}} - \sum_z n_{gz} (\mu_z^{\text{old}} -
     \mu_z)`, and stores it in ``model.energy_shift``. Species absent from ``graphs`` keep
     their shift.
+
+    A model with fixed E0s (``config["e0s"]``) keeps them, so that an atom alone has its E0
+    exactly; its ``binding_shift`` :math:`b_z`, which adds :math:`b_{z_i} c_i` to the
+    energy of atom :math:`i` (:func:`company`: 1 for an atom with neighbours), is refitted
+    the same way, with :math:`\sum_{i \in g, z_i = z} c_i` in place of :math:`n_{gz}`.
 
     Args:
         model: a model with an energy and an ``energy_shift`` buffer per species
@@ -86,9 +116,8 @@ def refit_energy_shift(model: Any, graphs: Iterable[Any], batch_size: int = 64) 
     """
     from torch_geometric.loader import DataLoader
 
-    if model.config.get("e0s") is not None:
-        raise ValueError("the model's energy shifts are its E0s (fixed); nothing to refit")
-    shift = model.energy_shift
+    bound = model.config.get("e0s") is not None
+    shift = model.binding_shift if bound else model.energy_shift
     num = shift.shape[0]
     rows, targets = [], []
     was_training = model.training
@@ -100,8 +129,12 @@ def refit_energy_shift(model: Any, graphs: Iterable[Any], batch_size: int = 64) 
                 species = model.species_index(batch.z, batch.num_nodes)
             else:  # shifts per atomic number (SchNet)
                 species = batch.z.long()
+            weight = torch.ones_like(species).double()
+            if bound:
+                pos = batch.pos.to(shift.dtype)
+                weight = company(pos, model.edges(batch), model.cutoff).double()
             counts = torch.zeros(batch.num_graphs, num, dtype=torch.float64)
-            counts.index_put_((batch.batch, species), torch.ones_like(species).double(), True)
+            counts.index_put_((batch.batch, species), weight, True)
             rows.append(counts)
             # what the shifts must add: E_ref - (E_model - sum_z n_z mu_z)
             targets.append(batch.energy.reshape(-1).double() - energy + counts @ shift.double())
