@@ -69,11 +69,14 @@ def test_dft_file_with_isolated_atoms_and_test_file(files, tmp_path, capsys):
     assert model.config["num_blocks"] == 1 and not model.config["pair_term"]
     assert model.config["bond_vectors"]  # SMALL_MOLECULE_MODEL: 9 atoms a structure
     assert model.config["bias_delta"] == FILE_MODEL["bias_delta"] > 0  # smooth directions
-    # the model predicts the isolated atoms' energies exactly (the E0s of the file)
+    # the model predicts the isolated atoms' energies exactly (the E0s of the file, float64),
+    # and atoms with neighbours get the binding shift refitted after training
     for atoms in ase.io.read(ETHANOL / "isolated_atoms.xyz", ":"):
         data = Data(pos=torch.zeros(1, 3), z=torch.tensor(atoms.numbers))
-        e = model.energy_forces(data)["energy"].item()
-        assert e == pytest.approx(atoms.get_potential_energy(), abs=2e-4)  # float32 ulp
+        assert model.energy_forces(data)["energy"].item() == atoms.get_potential_energy()
+    present = model.species_index(torch.tensor([1, 6, 8]), 3)  # N: only an isolated atom
+    assert bool((model.binding_shift[present] != 0).all())
+    assert model.binding_shift.count_nonzero() == 3
     test = metrics["errors"]["test"]["all"]
     assert {"energy_rmse_per_atom", "energy_mae", "force_rmse", "force_rmse_worst"} <= set(test)
     # per config_type rows on the validation set when it holds several types
