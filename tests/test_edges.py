@@ -47,6 +47,14 @@ def test_chunked_layout_holds_every_edge_once():
     assert bool((edges.index[0] == edges.index[1]).any())
     plain = laid.plain()
     assert plain.chunk == 0 and edges.plain() is edges
+    # zero-shift self-loops in a plain list (the evaluator's padding) go too
+    loop = torch.tensor([[3], [3]])
+    padded = Edges(
+        torch.cat([edges.index, loop], 1),
+        torch.cat([edges.shifts, torch.zeros(1, 3, dtype=F64)]),
+        4.0,
+    )
+    assert torch.equal(padded.plain().index, edges.index)
     assert (
         sorted(zip(*plain.index.tolist(), map(tuple, plain.shifts.tolist()), strict=True)) == want
     )

@@ -198,16 +198,16 @@ class Edges:
         return Edges(torch.stack([padded_centre, padded]), shifts, self.cutoff, size)
 
     def plain(self) -> Edges:
-        r"""The list without the layout of :meth:`chunked`: its padding (self-loops
-        :math:`(i, i)` of zero shift) removed, for models that read every edge as a pair of
-        atoms (e.g. :class:`~uenn_geo.models.SchNetForceField`, whose filters do not vanish
-        at :math:`r = 0`). A plain list is returned unchanged. Run eagerly: the number of
-        edges kept depends on the values."""
-        if not self.chunk:
-            return self
+        r"""A plain list without padding: the self-loops :math:`(i, i)` of zero shift that
+        :meth:`chunked` (or the evaluator's padded lists) add removed, for models that read
+        every edge as a pair of atoms (e.g. :class:`~uenn_geo.models.SchNetForceField`, whose
+        filters do not vanish at :math:`r = 0`). A plain list without such loops is returned
+        unchanged. Run eagerly: the number of edges kept depends on the values."""
         keep = self.index[0] != self.index[1]
         if self.shifts is not None:  # an atom's own periodic image is a real edge
             keep = keep | (self.shifts != 0).any(dim=1)
+        if not self.chunk and bool(keep.all()):
+            return self
         return self._select(keep.nonzero().squeeze(1))
 
     def _select(self, subset: Tensor) -> Edges:

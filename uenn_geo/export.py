@@ -18,7 +18,9 @@ the conventions of :mod:`uenn_geo.neighbors`:
 Outputs: forces :obj:`(N, 3)` in eV/A for a direct-force model; ``(atomic_energies (N) in eV,
 forces (N, 3) in eV/A)`` for a conservative one (the energy of a structure is the sum of its
 atoms' energies; the forces are the exact autograd derivatives, traced into the graph). The
-number of atoms and edges is dynamic; dtype and device are those of the model at export time.
+number of atoms and edges is dynamic; dtype and device are those of the model at export time,
+except the atomic energies of a conservative model, which are float64 (totals of thousands of
+eV).
 """
 
 from __future__ import annotations

@@ -110,9 +110,12 @@ def test_files_written_before_the_binding_shift_load_with_zero(tmp_path):
     model = make_model()
     record = model_record(model)
     del record["state_dict"]["binding_shift"]
+    # files of float32 models stored the E0s in float32; the configuration holds them exactly
+    record["state_dict"]["energy_shift"] = model.energy_shift.float()
     record.pop("sha256", None)
     torch.save(record, tmp_path / "old.pt")
     loaded = load_model(tmp_path / "old.pt")
     assert torch.equal(loaded.binding_shift, torch.zeros(3, dtype=F64))
+    assert loaded.energy_shift.tolist() == [E0S[1], E0S[6], E0S[8]]
     data = molecule(2)
     assert torch.equal(loaded.energy_forces(data)["energy"], model.energy_forces(data)["energy"])

@@ -39,6 +39,7 @@ __all__ = [
     "load_committee",
     "save_model",
     "load_model",
+    "load_weights",
     "model_record",
     "weights_sha256",
     "FORMAT",
@@ -126,16 +127,26 @@ def model_from_record(record: Any, source: str = "record") -> nn.Module:
             f"{unknown} (written by another version); load it with the version that wrote it"
         )
     model = MODELS[name](**config)
-    state, own = dict(record["state_dict"]), model.state_dict()
-    for key in getattr(model, "legacy_buffers", ()):  # added later: their initial values
-        if key in own:
-            state.setdefault(key, own[key])
     try:
-        model.load_state_dict(state)
+        load_weights(model, record["state_dict"])
     except RuntimeError as err:
         raise ValueError(f"{source}: weights do not fit the stored configuration: {err}") from err
     model.metadata = record.get("metadata", {})
     return model
+
+
+def load_weights(model: nn.Module, state: dict[str, Any]) -> None:
+    """``model.load_state_dict(state)`` for states written by any version: buffers added
+    since (the model's ``legacy_buffers``) keep their initial values, and fixed E0s
+    (``config["e0s"]``) are taken from the configuration, in float64 (files before
+    2026-12-04 stored them in the model's dtype)."""
+    own, state = model.state_dict(), dict(state)
+    for key in getattr(model, "legacy_buffers", ()):
+        if key in own:
+            state.setdefault(key, own[key])
+    if getattr(model, "config", {}).get("e0s") is not None and "energy_shift" in own:
+        state["energy_shift"] = own["energy_shift"]
+    model.load_state_dict(state)
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:

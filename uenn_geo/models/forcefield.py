@@ -110,7 +110,11 @@ class UENNForceField(ForceModel):
         \qquad \sigma = \frac{1}{V} \frac{\partial E}{\partial \varepsilon}
 
     with the buffers ``energy_scale`` :math:`s_E` (eV) and ``energy_shift`` :math:`\mu_z` (eV per
-    atom of each species), set by :meth:`fit_scales`. Forces come from autograd (with
+    atom of each species, float64: energies are float64), set by :meth:`fit_scales`. With
+    ``e0s``, :math:`\mu_z = E^0_z`, the readout of an atom without neighbours is subtracted
+    (which so has its :math:`E^0_z` exactly), and atoms with neighbours add :math:`b_{z_i}
+    c_i` (``binding_shift``, :func:`~uenn_geo.models.scales.company`, refitted after training
+    by :func:`~uenn_geo.models.scales.refit_energy_shift`). Forces come from autograd (with
     ``create_graph`` in training mode, so a force loss trains the energy); they sum to zero
     and do no work around a closed path, so NVE runs conserve :math:`E + K`. The stress
     (eV/A\ :sup:`3`, ASE's sign: positive under tension) is the derivative with respect to a
@@ -149,9 +153,7 @@ class UENNForceField(ForceModel):
         pair_term (bool): add the pair term fitted by :meth:`fit_pair` (default:
             :obj:`True`; models saved before it existed load without it).
         e0s (dict, optional): isolated-atom energies in eV by atomic number (conservative
-            mode): :math:`\mu_z`, less the readout of an atom alone, which so has its E0
-            exactly; an atom with neighbours also gets the buffer ``binding_shift``
-            :math:`b_z` (zero until refitted, :func:`~uenn_geo.models.scales.company`).
+            mode; see above).
         own_species (bool): give every block's MLP the atom's own species, one-hot, as
             scalar channels :math:`[\mathbf{0}; v_i]` (the graph layers see only the
             neighbours' species) (default: :obj:`False`).
@@ -473,10 +475,12 @@ class UENNForceField(ForceModel):
         if self.config["e0s"] is not None:  # E0 alone, E0 + b_z in company (models/scales.py)
             alone = torch.arange(self.num_species, device=pos.device)  # one atom of each
             empty = Edges(alone.new_zeros(2, 0), None, self.cutoff)
-            atomic = atomic - self._readout(pos.new_zeros(len(alone), n), alone, empty)[0][species]
+            isolated = self._readout(pos.new_zeros(len(alone), n), alone, empty)[0][species]
+            c = company(pos, edges, self.cutoff)  # 0: no neighbour, E0 exactly (no round-off)
+            atomic = torch.where(c > 0, atomic - isolated, 0.0)
         atomic = atomic * self.energy_scale + self.energy_shift[species]
         if self.config["e0s"] is not None:
-            atomic = atomic + self.binding_shift[species] * company(pos, edges, self.cutoff)
+            atomic = atomic + self.binding_shift[species] * c
         if self.pair_weight is not None:
             atomic = atomic + 0.5 * self._pair_readout(sums[:, n : n + 1, :], species)[:, 0]
         return atomic
@@ -537,23 +541,18 @@ class UENNForceField(ForceModel):
 
     @torch.no_grad()
     def fit_scales(self, forces: Tensor | Iterable[Any], batch_size: int = 32) -> float:
-        r"""Fit the pair term (when the model has one) and set the scales from data.
-
-        Given graphs (a PyG dataset or list of ``Data`` with ``pos``, ``forces`` and, for
-        several species, ``z``), the pair term is fitted first by :meth:`fit_pair`, and the
-        scales below are taken from what it leaves, so that the network learns the remainder
-        at unit spread. Given a force tensor, only the scales are set.
+        r"""Fit the pair term (if any; :meth:`fit_pair`, given graphs with ``pos``, ``forces``,
+        ``z``) and set the scales from what it leaves (given forces: the scales only).
 
         .. math::
             s_F = \sqrt{\frac{1}{3N} \sum_{i, \alpha} \Delta F_{i\alpha}^2}
 
         with :math:`\Delta F` the forces less the pair term (the forces themselves without
         one; at least :math:`10^{-4}` times their spread). In conservative mode
-        ``energy_scale`` becomes :math:`s_E = s_F \cdot 1` A (eV), so that the network works
-        with energies whose gradients have unit spread, and, when the graphs carry ``energy``
-        (eV per structure), ``energy_shift`` becomes the per-species energies :math:`\mu_z`
-        that fit :math:`E_g - E_g^{\text{pair}} \approx \sum_z n_{gz} \mu_z` in least squares
-        (:math:`n_{gz}` = atoms of species :math:`z` in structure :math:`g`).
+        ``energy_scale`` becomes :math:`s_E = s_F \cdot 1` A (eV) (energies whose gradients
+        have unit spread) and, from energies and without E0s, ``energy_shift`` the
+        :math:`\mu_z` of :math:`E_g - E_g^{\text{pair}} \approx \sum_z n_{gz} \mu_z`
+        (least squares; :math:`n_{gz}` atoms of species :math:`z` in structure :math:`g`).
 
         Args:
             forces (Tensor or iterable): forces :obj:`(N, 3)` in eV/A, or graphs carrying

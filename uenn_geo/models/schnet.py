@@ -155,7 +155,8 @@ class SchNetForceField(ForceModel):
         ).to(dtype)
         self.register_buffer("force_scale", torch.tensor(1.0, dtype=dtype))
         self.register_buffer("energy_scale", torch.tensor(1.0, dtype=dtype))
-        self.register_buffer("energy_shift", torch.zeros(_NUM_ELEMENTS, dtype=dtype))
+        # float64, as the energies: totals of thousands of eV
+        self.register_buffer("energy_shift", torch.zeros(_NUM_ELEMENTS, dtype=torch.float64))
 
     def reset_parameters(self) -> None:
         """Re-initialise SchNet's weights (PyG's initialisation); keeps the scales."""
@@ -195,7 +196,7 @@ class SchNetForceField(ForceModel):
             out = self.schnet(z, pos, batch).reshape(-1)  # (max(batch) + 1,)
         finally:
             self.graph.given = None
-        energy = pos.new_zeros(num_graphs)
+        energy = pos.new_zeros(num_graphs, dtype=torch.float64)
         energy[: out.shape[0]] = out * self.energy_scale
         return energy.index_add(0, batch, self.energy_shift[z])
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from uenn_geo.files import write_csv
-from uenn_geo.models import model_record, save_model
+from uenn_geo.models import load_weights, model_record, save_model
 from uenn_geo.train import distributed
 from uenn_geo.train.checkpoint import load_checkpoint, save_checkpoint
 from uenn_geo.train.config import TrainConfig, TrainResult
@@ -178,7 +178,7 @@ class _Run:
         if path is None or not path.exists():
             return
         ckpt = load_checkpoint(path, self.model, self.config, self.identity)
-        self.model.load_state_dict(ckpt["model"]["state_dict"])
+        load_weights(self.model, ckpt["model"]["state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.plateau is not None and ckpt.get("plateau") is not None:
             self.plateau.load_state_dict(ckpt["plateau"])
