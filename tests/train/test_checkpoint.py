@@ -91,3 +91,38 @@ def test_a_damaged_weight_in_a_checkpoint_is_found(run):
     torch.save(ckpt, path)
     with pytest.raises(ValueError, match="SHA-256"):
         train(model, data, data, TrainConfig(max_epochs=2, batch_size=8, progress=False), out)
+
+
+def test_a_checkpoint_from_before_the_binding_shift_resumes(tmp_path):
+    # checkpoints written before 2026-12-04 lack an E0s model's binding_shift and hold its
+    # E0s in the model's dtype: resuming keeps going, the shift at zero, the E0s exact
+    from torch_geometric.data import Data
+
+    from uenn_geo.models import UENNForceField, weights_sha256
+
+    e0s = {1: -13.568422383046626, 8: -2035.5709809589698}
+    gen = torch.Generator().manual_seed(0)
+    data = []
+    for _ in range(8):
+        pos = torch.randn(3, 3, generator=gen) * 0.8
+        data.append(Data(pos=pos, z=torch.tensor([8, 1, 1]), forces=torch.randn(3, 3)))
+        data[-1].energy = torch.tensor([-2080.0], dtype=torch.float64)
+    model = UENNForceField(
+        cutoff=3.0, num_basis=4, hidden_channels=4, mlp_channels=[8], atomic_numbers=[1, 8],
+        conservative=True, e0s=e0s, pair_term=False,
+    )  # fmt: skip
+    model.fit_scales(data)
+    cfg = TrainConfig(max_epochs=1, batch_size=4, energy_weight=0.01, progress=False)
+    train(model, data, data, cfg, tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=False)
+    state = ckpt["model"]["state_dict"]
+    del state["binding_shift"]
+    state["energy_shift"] = state["energy_shift"].float()
+    ckpt["model"]["sha256"] = weights_sha256(state)
+    torch.save(ckpt, path)
+    more = TrainConfig(max_epochs=2, batch_size=4, energy_weight=0.01, progress=False)
+    res = train(model, data, data, more, tmp_path)
+    assert res.epochs == 2
+    assert model.energy_shift.tolist() == [e0s[1], e0s[8]]
+    assert model.binding_shift.tolist() == [0.0, 0.0]
