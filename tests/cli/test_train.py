@@ -77,6 +77,10 @@ def test_dft_file_with_isolated_atoms_and_test_file(files, tmp_path, capsys):
     present = model.species_index(torch.tensor([1, 6, 8]), 3)  # N: only an isolated atom
     assert bool((model.binding_shift[present] != 0).all())
     assert model.binding_shift.count_nonzero() == 3
+    # ... and fitted before training too: the first validation's energies are right to a
+    # fraction of the binding energy (-4.7 eV an atom; 4.8 eV/atom RMSE without the fit)
+    header, first = (line.split(",") for line in (out / "log.csv").read_text().splitlines()[:2])
+    assert float(first[header.index("val_energy_rmse_per_atom")]) < 0.2
     test = metrics["errors"]["test"]["all"]
     assert {"energy_rmse_per_atom", "energy_mae", "force_rmse", "force_rmse_worst"} <= set(test)
     # per config_type rows on the validation set when it holds several types

@@ -174,7 +174,7 @@ def _run_locked(job: TrainJob, out: Path, device: Any = "cpu") -> dict[str, Any]
         _warn_no_edges(model, sets.train)
     _fit_scales(model, job.model, sets.train)
     refit = has_energy(model) and energies  # E0s: the shift b_z of atoms with neighbours
-    if refit and sets.stats is None and model.config.get("e0s") is None:  # least squares
+    if refit and sets.stats is None:  # least squares, before training (and after it)
         refit_energy_shift(model, sets.train, 4 * job.batch_size)
     model.to(device)
     # lists stored: batches of one shape possible; auto compiles them for our model on files

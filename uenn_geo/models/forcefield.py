@@ -113,8 +113,8 @@ class UENNForceField(ForceModel):
     atom of each species, float64: energies are float64), set by :meth:`fit_scales`. With
     ``e0s``, :math:`\mu_z = E^0_z`, the readout of an atom without neighbours is subtracted
     (which so has its :math:`E^0_z` exactly), and atoms with neighbours add :math:`b_{z_i}
-    c_i` (``binding_shift``, :func:`~uenn_geo.models.scales.company`, refitted after training
-    by :func:`~uenn_geo.models.scales.refit_energy_shift`). Forces come from autograd (with
+    c_i` (``binding_shift``, :func:`~uenn_geo.models.scales.company`, fitted before and after
+    training by :func:`~uenn_geo.models.scales.refit_energy_shift`). Forces come from autograd (with
     ``create_graph`` in training mode, so a force loss trains the energy); they sum to zero
     and do no work around a closed path, so NVE runs conserve :math:`E + K`. The stress
     (eV/A\ :sup:`3`, ASE's sign: positive under tension) is the derivative with respect to a
