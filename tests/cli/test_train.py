@@ -68,7 +68,8 @@ def test_dft_file_with_isolated_atoms_and_test_file(files, tmp_path, capsys):
     assert model.config["species_pairs"] and model.config["separate_scalars"]
     assert model.config["num_blocks"] == 1 and not model.config["pair_term"]
     assert model.config["bond_vectors"]  # SMALL_MOLECULE_MODEL: 9 atoms a structure
-    assert model.config["bias_delta"] == FILE_MODEL["bias_delta"] > 0  # smooth directions
+    # eq. 8's directions for small molecules, the smooth ones for other files
+    assert model.config["bias_delta"] == 0 < FILE_MODEL["bias_delta"]
     # the model predicts the isolated atoms' energies exactly (the E0s of the file, float64),
     # and atoms with neighbours get the binding shift refitted after training
     for atoms in ase.io.read(ETHANOL / "isolated_atoms.xyz", ":"):
@@ -450,11 +451,15 @@ def test_small_molecules_get_a_third_block_and_bond_vectors():
         pos=torch.zeros(3, 3), z=torch.tensor([1, 6, 8]))]))  # fmt: skip
     job = TrainJob(train_file="x.xyz", max_epochs=1)
     small = _build_model(job, sets, False, 9.0)
-    assert SMALL_MOLECULE_MODEL == {"num_blocks": 3, "bond_vectors": True}
+    assert SMALL_MOLECULE_MODEL == {
+        "num_blocks": 3, "bond_vectors": True, "bias_delta": 0.0, "r_min": 0.0
+    }  # fmt: skip
     assert small.config["num_blocks"] == 3 and small.config["bond_vectors"]
+    assert small.config["bias_delta"] == 0.0 and small.config["r_min"] == 0.0
     assert small.config["species_pairs"] and small.config["cutoff"] == 5.0
     large = _build_model(job, sets, False, COMPILE_MAX_ATOMS + 0.5)
     assert large.config["num_blocks"] == 2 and not large.config["bond_vectors"]
+    assert large.config["bias_delta"] == 0.3
     mine = TrainJob(train_file="x.xyz", max_epochs=1, model_kwargs={"num_blocks": 2})
     assert _build_model(mine, sets, False, 9.0).config["num_blocks"] == 2
 
@@ -482,9 +487,11 @@ def test_gaussians_start_below_the_shortest_distance_of_the_training_set():
         frame.z = torch.tensor([1, 6, 8])
     sets = SimpleNamespace(stats=None, from_file=True, train=_FramesWithData(frames))
     job = TrainJob(train_file="x.xyz", max_epochs=1)
-    assert _build_model(job, sets, False, 3.0).config["r_min"] == pytest.approx(0.7)
+    assert _build_model(job, sets, False, 30.0).config["r_min"] == pytest.approx(0.7)
     mine = TrainJob(train_file="x.xyz", max_epochs=1, model_kwargs={"r_min": 0.0})
-    assert _build_model(mine, sets, False, 3.0).config["r_min"] == 0.0
+    assert _build_model(mine, sets, False, 30.0).config["r_min"] == 0.0
+    # small molecules (at most 20 atoms a structure) start at 0 (SMALL_MOLECULE_MODEL)
+    assert _build_model(job, sets, False, 3.0).config["r_min"] == 0.0
 
 
 def test_resume_keeps_the_defaults_the_run_started_with(files, tmp_path, monkeypatch, capsys):

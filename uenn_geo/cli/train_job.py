@@ -67,9 +67,9 @@ FILE_MODEL = {
 #: :data:`~uenn_geo.cli.train_settings.COMPILE_MAX_ATOMS` atoms a structure on average): a
 #: third block and the neighbours' vectors coupled to the bond at order two. On rMD17 ethanol
 #: the pair lowered the test force errors at 600 s and at two hours (docs/molecules.md, tenth
-#: round); on EMT copper (30 atoms) each alone was worse at 600 s, so larger structures keep
-#: two blocks.
-SMALL_MOLECULE_MODEL = {"num_blocks": 3, "bond_vectors": True}
+#: round); on EMT copper (30 atoms) each alone was worse at 600 s. Eq. 8 and Gaussians from
+#: 0: smooth directions and r_min were level at 600 s and worse at two hours (twentieth round).
+SMALL_MOLECULE_MODEL = {"num_blocks": 3, "bond_vectors": True, "bias_delta": 0.0, "r_min": 0.0}
 
 
 #: The first Gaussian of models trained on files sits this far (Angstrom) below the training
