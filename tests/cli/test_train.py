@@ -204,7 +204,7 @@ def test_eval_command(files, tmp_path, capsys):
 def test_compile_policy():
     """auto compiles runs limited by time alone, of COMPILE_MIN_SECONDS or more, on small
     structures; yes and no decide; bad values are refused with the choices."""
-    from uenn_geo.cli.train_job import _compile, _mean_atoms
+    from uenn_geo.cli.train_job import _compile
     from uenn_geo.cli.train_settings import COMPILE_MAX_ATOMS, COMPILE_MIN_SECONDS
 
     small = COMPILE_MAX_ATOMS
@@ -220,8 +220,6 @@ def test_compile_policy():
     assert not _compile(TrainJob(data="x", compile=False), small)
     with pytest.raises(ValueError, match="auto, yes or no"):
         TrainJob(data="x", compile="always")
-    frames = [Data(pos=torch.zeros(n, 3)) for n in (3, 5, 10)]
-    assert _mean_atoms(frames) == 6.0 and _mean_atoms([]) == 0.0
 
 
 def test_species_the_model_leaves_out_are_refused_before_training(tmp_path):
@@ -391,9 +389,8 @@ def test_stage_two_by_default_for_files_of_several_compositions():
     the graph model with energies in two stages (energy weight 1 for the last 20 %); one
     molecule's frames, built-in sets, direct or SchNet models, forces-only runs and
     ``--stage-two 0`` in one."""
-    from torch_geometric.data import Data
 
-    from uenn_geo.cli.train_job import _compositions, _train_config
+    from uenn_geo.cli.train_job import _train_config
     from uenn_geo.cli.train_settings import STAGE_TWO, STAGE_TWO_ENERGY_WEIGHT
     from uenn_geo.models import UENNForceField
 
@@ -413,9 +410,6 @@ def test_stage_two_by_default_for_files_of_several_compositions():
     assert _train_config(job, model, energies=True, from_file=True).stage_two is None
     with pytest.raises(ValueError, match="--stage-two must lie in"):
         TrainJob(data="x", max_epochs=1, stage_two=1.0)
-    water = [Data(z=torch.tensor([8, 1, 1])), Data(z=torch.tensor([1, 8, 1]))]
-    assert _compositions(water) == 1
-    assert _compositions([*water, Data(z=torch.tensor([29] * 13))]) == 2
 
 
 def test_batch_size_default_follows_the_structures():
@@ -452,7 +446,8 @@ def test_small_molecules_get_a_third_block_and_bond_vectors():
     job = TrainJob(train_file="x.xyz", max_epochs=1)
     small = _build_model(job, sets, False, 9.0)
     assert SMALL_MOLECULE_MODEL == {
-        "num_blocks": 3, "bond_vectors": True, "bias_delta": 0.0, "r_min": 0.0
+        "num_blocks": 3, "bond_vectors": True, "bias_delta": 0.0, "r_min": 0.0,
+        "avg_num_neighbors": None,
     }  # fmt: skip
     assert small.config["num_blocks"] == 3 and small.config["bond_vectors"]
     assert small.config["bias_delta"] == 0.0 and small.config["r_min"] == 0.0
@@ -464,24 +459,15 @@ def test_small_molecules_get_a_third_block_and_bond_vectors():
     assert _build_model(mine, sets, False, 9.0).config["num_blocks"] == 2
 
 
-def test_gaussians_start_below_the_shortest_distance_of_the_training_set():
-    """Files: the first Gaussian centre R_MIN_MARGIN below the shortest distance within the
-    cutoff, through periodic images too; 0 without pairs; a given r_min wins."""
+def test_gaussians_and_neighbour_sums_follow_the_training_set():
+    """Files: the first Gaussian centre and the mean neighbour count from the training set
+    (tests/cli/test_data_stats.py); given values win; small molecules start the Gaussians
+    at 0 and keep their neighbour sums as they are."""
     from types import SimpleNamespace
 
-    from uenn_geo.cli.train_job import R_MIN_MARGIN, _build_model, _gaussians_start
+    from uenn_geo.cli.train_job import _build_model
 
     pair = Data(pos=torch.tensor([[0.0, 0.0, 0.0], [1.2, 0.0, 0.0], [0.0, 3.0, 0.0]]))
-    assert R_MIN_MARGIN == 0.5 and _gaussians_start([pair], 5.0) == pytest.approx(0.7)
-    cell = torch.eye(3).unsqueeze(0) * 2.1  # one atom: its images 2.1 A away
-    crystal = Data(pos=torch.zeros(1, 3), cell=cell, pbc=torch.ones(1, 3, dtype=torch.bool))
-    assert _gaussians_start([crystal, pair], 5.0) == pytest.approx(0.7)
-    assert _gaussians_start([crystal], 5.0) == pytest.approx(1.6)
-    assert _gaussians_start([Data(pos=torch.zeros(1, 3))], 5.0) == 0.0
-    assert _gaussians_start([], 5.0) == 0.0  # no structures
-    assert _gaussians_start([pair], 1.0) == 0.0  # nothing within the cutoff
-    close = Data(pos=torch.tensor([[0.0, 0.0, 0.0], [0.3, 0.0, 0.0]]))
-    assert _gaussians_start([close], 5.0) == 0.0
     frames = [pair.clone() for _ in range(3)]
     for frame in frames:
         frame.z = torch.tensor([1, 6, 8])
@@ -492,6 +478,13 @@ def test_gaussians_start_below_the_shortest_distance_of_the_training_set():
     assert _build_model(mine, sets, False, 30.0).config["r_min"] == 0.0
     # small molecules (at most 20 atoms a structure) start at 0 (SMALL_MOLECULE_MODEL)
     assert _build_model(job, sets, False, 3.0).config["r_min"] == 0.0
+    # every atom of pair has two neighbours within 5 A: sums over sqrt(2) in every layer
+    model = _build_model(job, sets, False, 30.0)
+    assert model.config["avg_num_neighbors"] == 2.0
+    assert all(conv.sum_scale == pytest.approx(2**-0.5) for conv in model.convs)
+    assert _build_model(job, sets, False, 3.0).config["avg_num_neighbors"] is None
+    mine = TrainJob(train_file="x.xyz", max_epochs=1, model_kwargs={"avg_num_neighbors": 9})
+    assert _build_model(mine, sets, False, 30.0).convs[1].sum_scale == pytest.approx(1 / 3)
 
 
 def test_resume_keeps_the_defaults_the_run_started_with(files, tmp_path, monkeypatch, capsys):

@@ -579,3 +579,21 @@ def test_radial_mlp_learns_functions_of_the_gaussians():
     assert "radial_hidden=6" in repr(conv)
     with pytest.raises(ValueError, match="radial_hidden"):
         VectorGaussianConv(2, 4, 5, rc, radial_hidden=-1)
+
+
+def test_sum_scale_multiplies_the_neighbour_sums():
+    """sum_scale gamma: with the identity activation the layer is linear in the sums, so its
+    output is gamma times that of the same weights without it, in both forms."""
+    rc, pos = 3.0, cluster(6)
+    x = torch.randn(6, 3, 2, dtype=F64)
+    kw = {"vector_channels": 2, "output": "both", "bond_vectors": True, "dtype": F64}
+    plain = VectorGaussianConv(2, 4, 5, rc, **kw)
+    scaled = VectorGaussianConv(2, 4, 5, rc, sum_scale=0.25, **kw)
+    scaled.load_state_dict(plain.state_dict())
+    v = torch.randn(6, 2, dtype=F64)
+    edges = all_pairs(6)
+    torch.testing.assert_close(scaled(pos, edges, v, x), 0.25 * plain(pos, edges, v, x))
+    assert "sum_scale=0.25" in repr(scaled) and "sum_scale" not in repr(plain)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="sum_scale must be a positive number"):
+            VectorGaussianConv(2, 4, 5, rc, sum_scale=bad)

@@ -72,7 +72,7 @@ class TrainJob:
         direct: predict forces directly, without an energy (default: the model has an
             energy whenever the data has energies).
         model_kwargs: further keyword arguments of the model (for files, the graph model's
-            ``r_min`` defaults to :data:`~uenn_geo.cli.train_job.R_MIN_MARGIN` below the
+            ``r_min`` defaults to :data:`~uenn_geo.cli.data_stats.R_MIN_MARGIN` below the
             training structures' shortest interatomic distance).
 
     Training (see :class:`~uenn_geo.train.TrainConfig`):

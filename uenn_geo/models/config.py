@@ -3,9 +3,28 @@ each error names the option and what to set instead."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-__all__ = ["checked_config"]
+__all__ = ["LEGACY_CONFIG", "checked_config"]
+
+
+#: Options that models saved before they existed load with (their values then).
+LEGACY_CONFIG: dict[str, Any] = {
+    "pair_term": False,
+    "interaction_basis": None,
+    "e0s": None,
+    "own_species": False,
+    "species_pairs": False,
+    "gram_channels": 0,
+    "separate_scalars": False,
+    "centre_vectors": False,
+    "bond_vectors": False,
+    "radial_mlp": 0,
+    "learnable_basis": False,
+    "bias_delta": 0.0,
+    "avg_num_neighbors": None,
+}
 
 
 def checked_config(**cfg: Any) -> dict[str, Any]:
@@ -31,6 +50,9 @@ def checked_config(**cfg: Any) -> dict[str, Any]:
                 f"{name} trains the radial functions that the pair term's closed-form fit "
                 f"reads as fixed; set pair_term=False with {name}"
             )
+    avg = cfg["avg_num_neighbors"]
+    if avg is not None and not (math.isfinite(avg) and avg > 0):
+        raise ValueError(f"avg_num_neighbors must be a positive number or None, got {avg}")
     if not cfg["bias_delta"] >= 0:
         raise ValueError(f"bias_delta must be >= 0 (0: eq. 8's x / |x|), got {cfg['bias_delta']}")
     if cfg["gram_channels"] < 0:

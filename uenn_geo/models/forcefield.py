@@ -14,7 +14,7 @@ from uenn_geo.constants import ARGON_Z
 from uenn_geo.dtypes import dtype_name, resolve_dtype
 from uenn_geo.edges import Edges
 from uenn_geo.models.base import ForceModel, batch_of, check_positions
-from uenn_geo.models.config import checked_config
+from uenn_geo.models.config import LEGACY_CONFIG, checked_config
 from uenn_geo.models.pair import fit_pair, has_positions
 from uenn_geo.models.response import cells_of, energy_response
 from uenn_geo.models.scales import company, fit_force_energy_scales
@@ -182,6 +182,10 @@ class UENNForceField(ForceModel):
             :math:`x / \|x\|`, whose direction turns abruptly where a vector feature passes
             near zero, as the first layer's vectors do by symmetry inside a crystal or a
             cluster (default: :obj:`0.0`, eq. 8).
+        avg_num_neighbors (float, optional): :math:`\bar{n}`, the mean number of neighbours
+            of an atom; every graph layer multiplies its neighbour sums by
+            :math:`1 / \sqrt{\bar{n}}` (``sum_scale`` of
+            :class:`~uenn_geo.nn.VectorGaussianConv`) (default: :obj:`None`, by 1).
 
     Shapes:
         - input: a PyG ``Data``/``Batch`` with ``pos`` :obj:`(N, 3)` (Angstrom), ``z``
@@ -202,20 +206,7 @@ class UENNForceField(ForceModel):
         (torch.Size([1]), torch.Size([4, 3]))
     """
 
-    legacy_config: dict[str, Any] = {
-        "pair_term": False,
-        "interaction_basis": None,
-        "e0s": None,
-        "own_species": False,
-        "species_pairs": False,
-        "gram_channels": 0,
-        "separate_scalars": False,
-        "centre_vectors": False,
-        "bond_vectors": False,
-        "radial_mlp": 0,
-        "learnable_basis": False,
-        "bias_delta": 0.0,
-    }
+    legacy_config = LEGACY_CONFIG
     legacy_buffers = ("binding_shift",)  # older files lack them: initial values (zero)
 
     def __init__(
@@ -244,6 +235,7 @@ class UENNForceField(ForceModel):
         radial_mlp: int = 0,
         learnable_basis: bool = False,
         bias_delta: float = 0.0,
+        avg_num_neighbors: float | None = None,
     ) -> None:
         super().__init__()
         dtype = resolve_dtype(dtype)
@@ -272,6 +264,7 @@ class UENNForceField(ForceModel):
             radial_mlp=int(radial_mlp),
             learnable_basis=bool(learnable_basis),
             bias_delta=float(bias_delta),
+            avg_num_neighbors=None if avg_num_neighbors is None else float(avg_num_neighbors),
         )
         self.cutoff = float(cutoff)
         self.num_species = len(atomic_numbers)
@@ -309,6 +302,7 @@ class UENNForceField(ForceModel):
         conv = {"num_basis": cfg["num_basis"], "cutoff": self.cutoff, "r_min": cfg["r_min"]}
         conv.update(output="both", dtype=dtype, radial_hidden=cfg["radial_mlp"])
         conv.update(learnable_basis=cfg["learnable_basis"])
+        conv.update(sum_scale=(cfg["avg_num_neighbors"] or 1.0) ** -0.5)
         conv.update(centre_species=species if cfg["species_pairs"] else 0)
         self.convs = nn.ModuleList([VectorGaussianConv(species, m, **conv)])
         self.mixes = nn.ModuleList()

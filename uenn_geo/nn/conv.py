@@ -175,6 +175,11 @@ class VectorGaussianConv(MessagePassing):
             the bond at order two (the path that a spherical tensor product of a vector with
             :math:`Y^2(\hat{\mathbf{r}}_{ij})` contributes to a vector), as two inner
             products (default: :obj:`False`; needs ``vector_channels``).
+        sum_scale (float): :math:`\gamma`, a constant that multiplies the neighbour sums
+            :math:`h_i` before the contraction with :math:`w`, e.g. :math:`1 / \sqrt{\bar{n}}`
+            for atoms with :math:`\bar{n}` neighbours on average (MACE and NequIP divide
+            their sums by :math:`\bar{n}`), so that the layer starts in the same range of
+            :math:`\sigma` for dense solids and small molecules (default: :obj:`1.0`).
         radial_hidden (int): with :math:`H > 0`, the radial functions become learned
             functions of the Gaussians, :math:`e_{ij} \to e_{ij} + W_2\, \mathrm{silu}(W_1
             e_{ij})` (:math:`W_1` of shape :math:`(H, B)`, :math:`W_2` of :math:`(B, H)`, no
@@ -220,6 +225,7 @@ class VectorGaussianConv(MessagePassing):
         centre_vectors: bool = False,
         bond_vectors: bool = False,
         radial_hidden: int = 0,
+        sum_scale: float = 1.0,
     ) -> None:
         super().__init__(aggr="add", flow="target_to_source", node_dim=0)
         if in_channels < 1 or out_channels < 1 or num_basis < 1:
@@ -244,6 +250,8 @@ class VectorGaussianConv(MessagePassing):
             raise ValueError(f"cutoff must be finite and > r_min={r_min}, got {cutoff}")
         if not eps > 0:
             raise ValueError(f"eps must be positive, got {eps}")
+        if not (math.isfinite(sum_scale) and sum_scale > 0):
+            raise ValueError(f"sum_scale must be a positive number, got {sum_scale}")
         dtype = dtype or torch.get_default_dtype()
         if not dtype.is_floating_point:
             raise TypeError(f"VectorGaussianConv needs a real floating dtype, got {dtype}")
@@ -257,6 +265,7 @@ class VectorGaussianConv(MessagePassing):
         self.centre_species = int(centre_species)
         self.centre_vectors = bool(centre_vectors)
         self.bond_vectors = bool(bond_vectors)
+        self.sum_scale = float(sum_scale)
         self.act = resolve_activation(act)
         factory = {"device": device, "dtype": dtype}
         self.basis = GaussianBasis(
@@ -382,6 +391,8 @@ class VectorGaussianConv(MessagePassing):
                 f"this layer has weights per centre species ({self.centre_species}); pass "
                 f"centre, the species index of each of the {h.shape[0]} atoms"
             )
+        if self.sum_scale != 1.0:
+            h = h * self.sum_scale
         n = h.shape[1] - (1 if self.weight is not None and self.scalar_weight is not None else 0)
         out_vec, out_sca = None, None
         if self.weight is not None:
@@ -576,6 +587,8 @@ class VectorGaussianConv(MessagePassing):
             parts.append("bond_vectors=True")
         if self.radial_hidden:
             parts.append(f"radial_hidden={self.radial_hidden}")
+        if self.sum_scale != 1.0:
+            parts.append(f"sum_scale={self.sum_scale:.4g}")
         parts.append(f"output={self.output}")
         if not isinstance(self.act, type(resolve_activation(None))):
             parts.append(f"act={self.act!r}")
