@@ -491,7 +491,7 @@ def test_resume_keeps_the_defaults_the_run_started_with(files, tmp_path, monkeyp
     """A run interrupted and resumed after uenn-geo's defaults changed (model, batch size,
     loss weights, stage two) goes on with those it started with; a changed option is still
     refused."""
-    from uenn_geo.cli import train_job, train_settings
+    from uenn_geo.cli import data_stats, train_job, train_settings
 
     out = tmp_path / "run"
     flags = args(files, out)
@@ -504,7 +504,7 @@ def test_resume_keeps_the_defaults_the_run_started_with(files, tmp_path, monkeyp
     monkeypatch.setattr(train_job, "SMALL_MOLECULE_MODEL", {})
     monkeypatch.setattr(train_job, "FILE_ENERGY_WEIGHT", 0.5)
     monkeypatch.setattr(train_settings, "BATCH", 4)
-    monkeypatch.setattr(train_job, "_compositions", lambda data: 2)  # stage two by default
+    monkeypatch.setattr(data_stats, "compositions", lambda data: 2)  # stage two by default
     flags[flags.index("--max-epochs") + 1] = "2"
     assert main(flags) == 0
     assert "the model configuration the run started with" in capsys.readouterr().out
