@@ -432,6 +432,14 @@ def test_smooth_directions_keep_the_forces_smooth_at_a_symmetric_site():
         UENNForceField(**SMALL, bias_delta=-0.1)
 
 
+@pytest.mark.parametrize("bad", [0.0, -4.0, float("nan"), float("inf")])
+def test_avg_num_neighbors_must_be_positive(bad):
+    with pytest.raises(ValueError, match="avg_num_neighbors must be a positive number"):
+        UENNForceField(**SMALL, avg_num_neighbors=bad)
+    model = UENNForceField(**SMALL, num_blocks=2, avg_num_neighbors=16.0)
+    assert all(conv.sum_scale == 0.25 for conv in model.convs)  # 1 / sqrt(16), every layer
+
+
 @pytest.mark.parametrize("reflection", [False, True])
 def test_conservative_energy_invariant_forces_equivariant(reflection):
     model = conservative(atomic_numbers=[1, 8], num_blocks=2)
@@ -548,12 +556,14 @@ def test_models_saved_before_the_pair_term_load_without_it(tmp_path):
 
     model = make_model(pair_term=False, interaction_basis=None)  # as models were then
     record = model_record(model)
-    for key in ("pair_term", "interaction_basis", "bias_delta"):  # written before these
+    for key in ("pair_term", "interaction_basis", "bias_delta", "avg_num_neighbors"):
         del record["config"][key]
     torch.save(record, tmp_path / "old.pt")
     loaded = load_model(tmp_path / "old.pt")
     assert loaded.pair_weight is None and loaded.config["pair_term"] is False
     assert loaded.config["bias_delta"] == 0.0  # eq. 8, as models were then
+    assert loaded.config["avg_num_neighbors"] is None  # sums as they were
+    assert all(conv.sum_scale == 1.0 for conv in loaded.convs)
     data = cluster(5)
     assert torch.equal(loaded(data), model.eval()(data))  # both in eval mode: the same path
 
