@@ -71,8 +71,8 @@ FILE_MODEL = {
 #: the pair lowered the test force errors at 600 s and at two hours (docs/molecules.md, tenth
 #: round); on EMT copper (30 atoms) each alone was worse at 600 s. Eq. 8 and Gaussians from
 #: 0: smooth directions and r_min were level at 600 s and worse at two hours (twentieth round).
-#: Neighbour sums as they are: their normalisation (twenty-first round) was measured on
-#: copper and 3BPA, not at two hours on ethanol.
+#: Neighbour sums as they are: over sqrt(8) they were 5 % worse at two hours on ethanol
+#: (twenty-second round).
 SMALL_MOLECULE_MODEL = {
     "num_blocks": 3,
     "bond_vectors": True,
