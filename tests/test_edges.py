@@ -3,7 +3,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch_geometric.data import Batch, Data
 
-from uenn_geo.edges import Edges, build_edges, edges_of, nearest_edges
+from uenn_geo.edges import Edges, build_edges, edge_chunks, edges_of, nearest_edges
 from uenn_geo.neighbors import RadiusGraph, radius_graph
 
 F64 = torch.float64
@@ -144,3 +144,16 @@ def test_edges_are_a_pytree():
     assert again.cutoff == 3.0 and again.chunk == edges.chunk and again.shifts is edges.shifts
     moved = edges.to(dtype=torch.float32)
     assert moved.shifts.dtype == torch.float32 and moved.index.dtype == torch.long
+
+
+def test_edge_chunks_place_each_edge_once():
+    index = torch.tensor([3, 0, 3, 3, 1, 3, 0, 3, 3])  # atom 2 has no edge, atom 3 has six
+    chunk, slot, chunk_node = edge_chunks(index, num_nodes=5, size=4)
+    assert chunk_node.shape == (4,)  # eagerly: the chunks in use (atoms 0, 1, 3, 3)
+    assert torch.equal(chunk_node[chunk], index)  # a chunk holds edges of one atom
+    assert bool((slot >= 0).all()) and bool((slot < 4).all())
+    assert len(set(zip(chunk.tolist(), slot.tolist(), strict=True))) == 9  # no collisions
+    assert torch.bincount(chunk, minlength=4).tolist() == [2, 1, 4, 2]  # 3 -> 4 + 2
+    # Nothing to place: no edges, no atoms.
+    chunk, slot, chunk_node = edge_chunks(torch.empty(0, dtype=torch.long), 0, 32)
+    assert chunk.numel() == slot.numel() == chunk_node.numel() == 0

@@ -33,7 +33,7 @@ from torch.utils._pytree import register_pytree_node
 
 from uenn_geo.neighbors import radius_graph
 
-__all__ = ["Edges", "build_edges", "edges_of", "nearest_edges", "EDGES_PER_CHUNK"]
+__all__ = ["Edges", "build_edges", "edge_chunks", "edges_of", "nearest_edges", "EDGES_PER_CHUNK"]
 
 #: Edges of one centre per chunk of the chunked layout (one matrix product per chunk).
 EDGES_PER_CHUNK = 32
@@ -222,6 +222,46 @@ register_pytree_node(
     lambda values, context: Edges(values[0], values[1], *context),
     serialized_type_name="uenn_geo.edges.Edges",
 )
+
+
+def edge_chunks(index: Tensor, num_nodes: int, size: int) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Place every edge in a slot of a chunk of ``size`` edges that share the centre atom.
+
+    Atom :math:`i` with :math:`d_i` edges owns :math:`\lceil d_i / \mathrm{size} \rceil`
+    chunks. Eagerly, exactly the chunks in use are allocated; under :func:`torch.compile` (and
+    :func:`torch.export`) the
+    bound :math:`(E + N (\mathrm{size} - 1)) / \mathrm{size}` is, so that every shape follows
+    from the shapes of the inputs (no data-dependent sizes, no graph break) and the unused
+    chunks stay empty. Edges may come in any order.
+
+    Returns:
+        ``(chunk, slot, chunk_node)``: the chunk :obj:`(E)` and slot :obj:`(E)` of every edge,
+        and the atom :obj:`(C)` of every chunk (unused chunks: atom 0, they stay empty).
+    """
+    num_edges = index.shape[0]
+    tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    tracing = tracing or isinstance(num_edges, torch.SymInt)  # symbolic shapes: make_fx too
+    count = torch.zeros(num_nodes, dtype=torch.long, device=index.device)
+    count = count.index_add(0, index, torch.ones_like(index))
+    first_edge = torch.cumsum(count, 0) - count
+    arange = torch.arange(num_edges, device=index.device)
+    if not tracing and bool((index[1:] >= index[:-1]).all()):  # sorted, as radius_graph gives
+        rank = arange - first_edge[index]
+    else:
+        order = torch.argsort(index, stable=True)
+        rank = torch.empty_like(index).index_copy(0, order, arange - first_edge[index[order]])
+    # rank: the position of each edge among the edges of its centre
+    num_own = (count + size - 1) // size
+    first_chunk = torch.cumsum(num_own, 0) - num_own
+    if tracing:
+        num_chunks = (num_edges + num_nodes * (size - 1)) // size  # a bound known from shapes
+    else:
+        num_chunks = int(num_own.sum())  # the chunks in use (one sync; none empty)
+    chunk = first_chunk[index] + torch.div(rank, size, rounding_mode="floor")
+    slot = rank % size
+    chunk_node = torch.zeros(num_chunks, dtype=torch.long, device=index.device)
+    chunk_node.index_put_((chunk,), index)
+    return chunk, slot, chunk_node
 
 
 def build_edges(

@@ -6,7 +6,7 @@ import torch
 from uenn_geo.edges import Edges
 from uenn_geo.neighbors import radius_graph
 from uenn_geo.nn import kernels
-from uenn_geo.nn.conv import VectorGaussianConv, _edge_chunks
+from uenn_geo.nn.conv import VectorGaussianConv
 from uenn_geo.testing import (
     assert_equivariant,
     assert_invariant,
@@ -200,6 +200,46 @@ def test_projected_vectors_match_dense_einsum(option):
         VectorGaussianConv(2, 4, 3, rc, **{option: True})
 
 
+def test_bond_cubes_match_dense_einsum():
+    # bond_cubes: the neighbour's vectors at order three, r_hat (r_hat . x_j)^2 in the vector
+    # rows and (r_hat . x_j)^3 in the scalar row, after the order-two columns.
+    rc, num, n = 4.5, 6, 3
+    conv = VectorGaussianConv(2, 4, 3, rc, vector_channels=2, output="both", dtype=F64,
+                              bond_vectors=True, bond_cubes=True)  # fmt: skip
+    assert conv.weight.shape == (3, 2 + 3 * 2, 4)
+    pos, v, x = cluster(num, n), torch.randn(num, 2, dtype=F64), torch.randn(num, n, 2, dtype=F64)
+    out = conv(pos, all_pairs(num), v, x)
+    pre_d = torch.zeros(num, n, 4, dtype=F64)
+    pre_s = torch.zeros(num, 4, dtype=F64)
+    w, ws = conv.weight, conv.scalar_weight
+    for i in range(num):
+        for j in range(num):
+            if i == j:
+                continue
+            rij = pos[j] - pos[i]
+            e = dense_radial(rij.norm().item(), conv.basis.rs, conv.basis.eta, rc)
+            u = rij / rij.norm()
+            q = u @ x[j]  # (F_v,)
+            pre_d[i] += torch.einsum("k,b,d,bda->ka", u, e, v[j], w[:, :2])
+            pre_d[i] += torch.einsum("b,kc,bca->ka", e, x[j], w[:, 2:4])
+            pre_d[i] += torch.einsum("k,b,c,bca->ka", u, e, q, w[:, 4:6])
+            pre_d[i] += torch.einsum("k,b,c,bca->ka", u, e, q**2, w[:, 6:])
+            pre_s[i] += torch.einsum("b,d,bda->a", e, v[j], ws[:, :2])
+            pre_s[i] += torch.einsum("b,c,bca->a", e, q, ws[:, 2:4])
+            pre_s[i] += torch.einsum("b,c,bca->a", e, q**2, ws[:, 4:6])
+            pre_s[i] += torch.einsum("b,c,bca->a", e, q**3, ws[:, 6:])
+    assert torch.allclose(out[:, :n], pre_d, atol=1e-12)
+    assert torch.allclose(out[:, n], pre_s, atol=1e-12)
+    U = random_orthogonal(n, reflection=True)
+    err = assert_equivariant(
+        lambda p, xx: conv(p, all_pairs(num), v, xx), (pos, x), U, axis=(-1, -2),
+        out_axis=-2, out_num_scalars=1,
+    )  # fmt: skip
+    assert err < 1e-12
+    with pytest.raises(ValueError, match="bond_cubes needs vector features"):
+        VectorGaussianConv(2, 4, 3, rc, bond_cubes=True)
+
+
 def test_both_projections_centre_columns_first():
     rc, num, n = 4.5, 6, 3
     pos, v, x = cluster(num, n), torch.randn(num, 2, dtype=F64), torch.randn(num, n, 2, dtype=F64)
@@ -214,19 +254,6 @@ def test_both_projections_centre_columns_first():
         both.weight[:, 6:] = 0.0
     assert not torch.allclose(out, both(pos, all_pairs(num), v, x))
     assert torch.allclose(both(pos, all_pairs(num), v, x), centre(pos, all_pairs(num), v, x))
-
-
-def test_edge_chunks_place_each_edge_once():
-    index = torch.tensor([3, 0, 3, 3, 1, 3, 0, 3, 3])  # atom 2 has no edge, atom 3 has six
-    chunk, slot, chunk_node = _edge_chunks(index, num_nodes=5, size=4)
-    assert chunk_node.shape == (4,)  # eagerly: the chunks in use (atoms 0, 1, 3, 3)
-    assert torch.equal(chunk_node[chunk], index)  # a chunk holds edges of one atom
-    assert bool((slot >= 0).all()) and bool((slot < 4).all())
-    assert len(set(zip(chunk.tolist(), slot.tolist(), strict=True))) == 9  # no collisions
-    assert torch.bincount(chunk, minlength=4).tolist() == [2, 1, 4, 2]  # 3 -> 4 + 2
-    # Nothing to place: no edges, no atoms.
-    chunk, slot, chunk_node = _edge_chunks(torch.empty(0, dtype=torch.long), 0, 32)
-    assert chunk.numel() == slot.numel() == chunk_node.numel() == 0
 
 
 @pytest.mark.parametrize("edges_per_chunk", [1, 3, 32])
@@ -411,7 +438,7 @@ def test_bond_vectors_smooth_at_cutoff_and_differentiable():
     # the derivatives (forces; their derivatives in training) are right.
     rc = 4.0
     conv = VectorGaussianConv(1, 4, 5, rc, vector_channels=2, output="both", dtype=F64,
-                              bond_vectors=True, centre_vectors=True)  # fmt: skip
+                              bond_vectors=True, centre_vectors=True, bond_cubes=True)  # fmt: skip
     x = torch.randn(2, 3, 2, dtype=F64)
     outs = []
     for r in (rc - 1e-3, rc, rc + 1e-3):

@@ -245,6 +245,23 @@ def test_training_takes_the_plain_path(monkeypatch):
     assert second.abs().max() > 0
 
 
+def test_bond_cubes_take_the_plain_path(monkeypatch):
+    # The kernel has no order-three columns: such a layer sums on the plain path, in eval
+    # mode and without gradients too, and gives the same numbers either way.
+    conv = layer(bond_vectors=True, bond_cubes=True).eval()
+    pos, index, shifts = graph(periodic=True)
+    v, x = node_features(conv, pos.shape[0])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the kernel was called for a layer with bond_cubes")
+
+    monkeypatch.setattr(kernels, "neighbour_sums", refuse)
+    conv.kernel = None
+    with torch.no_grad():
+        out = conv(pos, Edges(index, shifts, conv.cutoff), v, x)
+    assert conv.kernel is None and out.abs().max() > 0.1
+
+
 def test_off_by_environment(monkeypatch):
     monkeypatch.setenv(kernels.ENV, "0")
     conv = layer()

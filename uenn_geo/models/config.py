@@ -20,6 +20,7 @@ LEGACY_CONFIG: dict[str, Any] = {
     "separate_scalars": False,
     "centre_vectors": False,
     "bond_vectors": False,
+    "bond_cubes": False,
     "radial_mlp": 0,
     "learnable_basis": False,
     "bias_delta": 0.0,

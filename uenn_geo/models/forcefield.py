@@ -171,6 +171,9 @@ class UENNForceField(ForceModel):
             projected on the bond along it, :math:`\hat{\mathbf{r}}_{ij}
             (\hat{\mathbf{r}}_{ij} \cdot \mathbf{x}_j)` (angular coupling of order two;
             :class:`~uenn_geo.nn.VectorGaussianConv`) (default: :obj:`False`).
+        bond_cubes (bool): blocks :math:`k \geq 2` also carry
+            :math:`\hat{\mathbf{r}}_{ij} (\hat{\mathbf{r}}_{ij} \cdot \mathbf{x}_j)^2`
+            (angular coupling of order three) (default: :obj:`False`).
         radial_mlp (int): hidden width of learned radial functions of the Gaussians in every
             graph layer (``radial_hidden`` of :class:`~uenn_geo.nn.VectorGaussianConv`;
             default: :obj:`0`, none).
@@ -233,6 +236,7 @@ class UENNForceField(ForceModel):
         centre_vectors: bool = False,
         bond_vectors: bool = False,
         radial_mlp: int = 0,
+        bond_cubes: bool = False,
         learnable_basis: bool = False,
         bias_delta: float = 0.0,
         avg_num_neighbors: float | None = None,
@@ -261,6 +265,7 @@ class UENNForceField(ForceModel):
             separate_scalars=bool(separate_scalars),
             centre_vectors=bool(centre_vectors),
             bond_vectors=bool(bond_vectors),
+            bond_cubes=bool(bond_cubes),
             radial_mlp=int(radial_mlp),
             learnable_basis=bool(learnable_basis),
             bias_delta=float(bias_delta),
@@ -329,7 +334,7 @@ class UENNForceField(ForceModel):
                 self.mixes.append(EquivariantLinear(m, c, bias=False, num_scalars=1, dtype=dtype))
                 inter = {**conv, "num_basis": cfg["interaction_basis"] or cfg["num_basis"]}
                 inter.update(vector_channels=c, centre_vectors=cfg["centre_vectors"])
-                inter.update(bond_vectors=cfg["bond_vectors"])
+                inter.update(bond_vectors=cfg["bond_vectors"], bond_cubes=cfg["bond_cubes"])
                 self.convs.append(VectorGaussianConv(species + c, m, **inter))
         readout = None
         if self.conservative:

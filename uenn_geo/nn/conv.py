@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
 from uenn_geo.dtypes import dtype_name
-from uenn_geo.edges import EDGES_PER_CHUNK, Edges
+from uenn_geo.edges import EDGES_PER_CHUNK, Edges, edge_chunks
 from uenn_geo.nn import kernels
 from uenn_geo.nn.activation import resolve_activation
 from uenn_geo.nn.functional import DEFAULT_EPS, concat_scalars, safe_norm
@@ -21,46 +21,6 @@ __all__ = ["VectorGaussianConv"]
 
 #: Output forms of :class:`VectorGaussianConv`.
 OUTPUTS = ("vector", "scalar", "both")
-
-
-def _edge_chunks(index: Tensor, num_nodes: int, size: int) -> tuple[Tensor, Tensor, Tensor]:
-    r"""Place every edge in a slot of a chunk of ``size`` edges that share the centre atom.
-
-    Atom :math:`i` with :math:`d_i` edges owns :math:`\lceil d_i / \mathrm{size} \rceil`
-    chunks. Eagerly, exactly the chunks in use are allocated; under :func:`torch.compile` (and
-    :func:`torch.export`) the
-    bound :math:`(E + N (\mathrm{size} - 1)) / \mathrm{size}` is, so that every shape follows
-    from the shapes of the inputs (no data-dependent sizes, no graph break) and the unused
-    chunks stay empty. Edges may come in any order.
-
-    Returns:
-        ``(chunk, slot, chunk_node)``: the chunk :obj:`(E)` and slot :obj:`(E)` of every edge,
-        and the atom :obj:`(C)` of every chunk (unused chunks: atom 0, they stay empty).
-    """
-    num_edges = index.shape[0]
-    tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
-    tracing = tracing or isinstance(num_edges, torch.SymInt)  # symbolic shapes: make_fx too
-    count = torch.zeros(num_nodes, dtype=torch.long, device=index.device)
-    count = count.index_add(0, index, torch.ones_like(index))
-    first_edge = torch.cumsum(count, 0) - count
-    arange = torch.arange(num_edges, device=index.device)
-    if not tracing and bool((index[1:] >= index[:-1]).all()):  # sorted, as radius_graph gives
-        rank = arange - first_edge[index]
-    else:
-        order = torch.argsort(index, stable=True)
-        rank = torch.empty_like(index).index_copy(0, order, arange - first_edge[index[order]])
-    # rank: the position of each edge among the edges of its centre
-    num_own = (count + size - 1) // size
-    first_chunk = torch.cumsum(num_own, 0) - num_own
-    if tracing:
-        num_chunks = (num_edges + num_nodes * (size - 1)) // size  # a bound known from shapes
-    else:
-        num_chunks = int(num_own.sum())  # the chunks in use (one sync; none empty)
-    chunk = first_chunk[index] + torch.div(rank, size, rounding_mode="floor")
-    slot = rank % size
-    chunk_node = torch.zeros(num_chunks, dtype=torch.long, device=index.device)
-    chunk_node.index_put_((chunk,), index)
-    return chunk, slot, chunk_node
 
 
 class VectorGaussianConv(MessagePassing):
@@ -225,6 +185,7 @@ class VectorGaussianConv(MessagePassing):
         centre_vectors: bool = False,
         bond_vectors: bool = False,
         radial_hidden: int = 0,
+        bond_cubes: bool = False,
         sum_scale: float = 1.0,
     ) -> None:
         super().__init__(aggr="add", flow="target_to_source", node_dim=0)
@@ -239,7 +200,8 @@ class VectorGaussianConv(MessagePassing):
             raise ValueError(f"centre_species must be >= 0, got {centre_species}")
         if radial_hidden < 0:
             raise ValueError(f"radial_hidden must be >= 0 (0: none), got {radial_hidden}")
-        for name, flag in (("centre_vectors", centre_vectors), ("bond_vectors", bond_vectors)):
+        flags = (("centre_vectors", centre_vectors), ("bond_vectors", bond_vectors))
+        for name, flag in (*flags, ("bond_cubes", bond_cubes)):
             if flag and not vector_channels:
                 raise ValueError(f"{name} needs vector features: set vector_channels >= 1")
         if output not in OUTPUTS:
@@ -265,6 +227,7 @@ class VectorGaussianConv(MessagePassing):
         self.centre_species = int(centre_species)
         self.centre_vectors = bool(centre_vectors)
         self.bond_vectors = bool(bond_vectors)
+        self.bond_cubes = bool(bond_cubes)
         self.sum_scale = float(sum_scale)
         self.act = resolve_activation(act)
         factory = {"device": device, "dtype": dtype}
@@ -311,7 +274,7 @@ class VectorGaussianConv(MessagePassing):
         r"""Columns of :math:`\mathrm{feat}_{ij}`: :math:`F + F_v`, plus :math:`F_v` for each of
         ``centre_vectors`` and ``bond_vectors``."""
         return self.in_channels + self.vector_channels * (
-            1 + int(self.centre_vectors) + int(self.bond_vectors)
+            1 + int(self.centre_vectors) + int(self.bond_vectors) + int(self.bond_cubes)
         )
 
     def reset_parameters(self) -> None:
@@ -450,7 +413,9 @@ class VectorGaussianConv(MessagePassing):
         if self.centre_vectors and x_i is not None:
             proj = (unit.unsqueeze(-1) * x_i).sum(dim=1, keepdim=True)  # (E, 1, F_v)
         along = None
-        if x_j is not None and (self.scalar_weight is not None or self.bond_vectors):
+        if x_j is not None and (
+            self.scalar_weight is not None or self.bond_vectors or self.bond_cubes
+        ):
             along = (unit.unsqueeze(-1) * x_j).sum(dim=1, keepdim=True)  # (E, 1, F_v)
         if self.weight is not None:
             dirs.append(unit)
@@ -458,6 +423,8 @@ class VectorGaussianConv(MessagePassing):
                 extra = [] if proj is None else [unit.unsqueeze(-1) * proj]
                 if self.bond_vectors:
                     extra.append(unit.unsqueeze(-1) * along)
+                if self.bond_cubes:
+                    extra.append(unit.unsqueeze(-1) * along.square())
                 x_rows.append(torch.cat([x_j, *extra], dim=-1) if extra else x_j)
         if self.scalar_weight is not None:
             dirs.append(torch.ones_like(r))
@@ -465,6 +432,8 @@ class VectorGaussianConv(MessagePassing):
                 extra = [] if proj is None else [proj.square()]
                 if self.bond_vectors:
                     extra.append(along.square())
+                if self.bond_cubes:
+                    extra.append(along.pow(3))
                 x_rows.append(torch.cat([along, *extra], dim=-1) if extra else along)
         d = dirs[0] if len(dirs) == 1 else torch.cat(dirs, dim=-1)  # (E, R)
         feat = d.unsqueeze(-1) * v_j.unsqueeze(1)  # (E, R, F)
@@ -503,7 +472,7 @@ class VectorGaussianConv(MessagePassing):
             chunk_node = index.reshape(-1, chunk)[:, 0]
             num_chunks = chunk_node.shape[0]
         else:
-            place, slot, chunk_node = _edge_chunks(index, num_nodes, EDGES_PER_CHUNK)
+            place, slot, chunk_node = edge_chunks(index, num_nodes, EDGES_PER_CHUNK)
             num_chunks = chunk_node.shape[0]
             # Zero-padded (C, K, .) copies of the factors (in place: the zeros are fresh).
             e_pad = e.new_zeros(num_chunks, EDGES_PER_CHUNK, self.num_basis)
@@ -585,6 +554,8 @@ class VectorGaussianConv(MessagePassing):
             parts.append("centre_vectors=True")
         if self.bond_vectors:
             parts.append("bond_vectors=True")
+        if self.bond_cubes:
+            parts.append("bond_cubes=True")
         if self.radial_hidden:
             parts.append(f"radial_hidden={self.radial_hidden}")
         if self.sum_scale != 1.0:
