@@ -135,6 +135,10 @@ class VectorGaussianConv(MessagePassing):
             the bond at order two (the path that a spherical tensor product of a vector with
             :math:`Y^2(\hat{\mathbf{r}}_{ij})` contributes to a vector), as two inner
             products (default: :obj:`False`; needs ``vector_channels``).
+        bond_cubes (bool): the same coupling at order three, :math:`F_v` more columns:
+            :math:`\hat{\mathbf{r}}_{ij}\, q_{jc}^2` in the vector form and :math:`q_{jc}^3`
+            in the scalar form (default: :obj:`False`; needs ``vector_channels``; summed on
+            the plain PyTorch path, not the fused kernel).
         sum_scale (float): :math:`\gamma`, a constant that multiplies the neighbour sums
             :math:`h_i` before the contraction with :math:`w`, e.g. :math:`1 / \sqrt{\bar{n}}`
             for atoms with :math:`\bar{n}` neighbours on average (MACE and NequIP divide
@@ -272,7 +276,7 @@ class VectorGaussianConv(MessagePassing):
     @property
     def feature_width(self) -> int:
         r"""Columns of :math:`\mathrm{feat}_{ij}`: :math:`F + F_v`, plus :math:`F_v` for each of
-        ``centre_vectors`` and ``bond_vectors``."""
+        ``centre_vectors``, ``bond_vectors`` and ``bond_cubes``."""
         return self.in_channels + self.vector_channels * (
             1 + int(self.centre_vectors) + int(self.bond_vectors) + int(self.bond_cubes)
         )
