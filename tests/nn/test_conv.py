@@ -159,15 +159,19 @@ def test_general_layer_matches_dense_einsum(edges_per_chunk, shuffle):
     assert torch.allclose(out[:, n], sigma(pre_s.unsqueeze(1)).squeeze(1), atol=1e-12)
 
 
-@pytest.mark.parametrize("option", ["centre_vectors", "bond_vectors"])
-def test_projected_vectors_match_dense_einsum(option):
-    # centre_vectors: the centre's own vectors projected on each bond, r_hat (r_hat . x_i);
-    # bond_vectors: the neighbour's, r_hat (r_hat . x_j). Vector rows get r_hat p, the scalar
-    # row p^2, after the neighbour's columns.
+@pytest.mark.parametrize(
+    "options",
+    [("centre_vectors",), ("bond_vectors",), ("bond_vectors", "bond_cubes")],
+)
+def test_projected_vectors_match_dense_einsum(options):
+    # centre_vectors: the centre's own vectors projected on each bond, p = r_hat . x_i;
+    # bond_vectors: the neighbour's, q = r_hat . x_j. Vector rows get r_hat p, the scalar row
+    # p^2, after the neighbour's columns; bond_cubes then r_hat q^2 and q^3 (order three).
     rc, num, n = 4.5, 6, 3
     conv = VectorGaussianConv(2, 4, 3, rc, vector_channels=2, output="both", dtype=F64,
-                              **{option: True})  # fmt: skip
-    assert conv.weight.shape == (3, 2 + 2 * 2, 4)
+                              **dict.fromkeys(options, True))  # fmt: skip
+    powers = [1, 2] if "bond_cubes" in options else [1]  # the extra columns: r_hat p^k
+    assert conv.weight.shape == (3, 2 + 2 * (1 + len(powers)), 4)
     pos, v, x = cluster(num, n), torch.randn(num, 2, dtype=F64), torch.randn(num, n, 2, dtype=F64)
     out = conv(pos, all_pairs(num), v, x)
     pre_d = torch.zeros(num, n, 4, dtype=F64)
@@ -180,13 +184,15 @@ def test_projected_vectors_match_dense_einsum(option):
             rij = pos[j] - pos[i]
             e = dense_radial(rij.norm().item(), conv.basis.rs, conv.basis.eta, rc)
             u = rij / rij.norm()
-            p = u @ (x[i] if option == "centre_vectors" else x[j])  # (F_v,)
+            p = u @ (x[i] if options[0] == "centre_vectors" else x[j])  # (F_v,)
             pre_d[i] += torch.einsum("k,b,d,bda->ka", u, e, v[j], w[:, :2])
             pre_d[i] += torch.einsum("b,kc,bca->ka", e, x[j], w[:, 2:4])
-            pre_d[i] += torch.einsum("k,b,c,bca->ka", u, e, p, w[:, 4:])
             pre_s[i] += torch.einsum("b,d,bda->a", e, v[j], ws[:, :2])
             pre_s[i] += torch.einsum("b,c,bca->a", e, u @ x[j], ws[:, 2:4])
-            pre_s[i] += torch.einsum("b,c,bca->a", e, p**2, ws[:, 4:])
+            for col, k in enumerate(powers):
+                cols = slice(4 + 2 * col, 6 + 2 * col)
+                pre_d[i] += torch.einsum("k,b,c,bca->ka", u, e, p**k, w[:, cols])
+                pre_s[i] += torch.einsum("b,c,bca->a", e, p ** (k + 1), ws[:, cols])
     assert pre_d.abs().max() > 0.1
     assert torch.allclose(out[:, :n], pre_d, atol=1e-12)
     assert torch.allclose(out[:, n], pre_s, atol=1e-12)
@@ -196,48 +202,9 @@ def test_projected_vectors_match_dense_einsum(option):
         out_axis=-2, out_num_scalars=1,
     )  # fmt: skip
     assert err < 1e-12
+    option = options[-1]
     with pytest.raises(ValueError, match=f"{option} needs vector features"):
         VectorGaussianConv(2, 4, 3, rc, **{option: True})
-
-
-def test_bond_cubes_match_dense_einsum():
-    # bond_cubes: the neighbour's vectors at order three, r_hat (r_hat . x_j)^2 in the vector
-    # rows and (r_hat . x_j)^3 in the scalar row, after the order-two columns.
-    rc, num, n = 4.5, 6, 3
-    conv = VectorGaussianConv(2, 4, 3, rc, vector_channels=2, output="both", dtype=F64,
-                              bond_vectors=True, bond_cubes=True)  # fmt: skip
-    assert conv.weight.shape == (3, 2 + 3 * 2, 4)
-    pos, v, x = cluster(num, n), torch.randn(num, 2, dtype=F64), torch.randn(num, n, 2, dtype=F64)
-    out = conv(pos, all_pairs(num), v, x)
-    pre_d = torch.zeros(num, n, 4, dtype=F64)
-    pre_s = torch.zeros(num, 4, dtype=F64)
-    w, ws = conv.weight, conv.scalar_weight
-    for i in range(num):
-        for j in range(num):
-            if i == j:
-                continue
-            rij = pos[j] - pos[i]
-            e = dense_radial(rij.norm().item(), conv.basis.rs, conv.basis.eta, rc)
-            u = rij / rij.norm()
-            q = u @ x[j]  # (F_v,)
-            pre_d[i] += torch.einsum("k,b,d,bda->ka", u, e, v[j], w[:, :2])
-            pre_d[i] += torch.einsum("b,kc,bca->ka", e, x[j], w[:, 2:4])
-            pre_d[i] += torch.einsum("k,b,c,bca->ka", u, e, q, w[:, 4:6])
-            pre_d[i] += torch.einsum("k,b,c,bca->ka", u, e, q**2, w[:, 6:])
-            pre_s[i] += torch.einsum("b,d,bda->a", e, v[j], ws[:, :2])
-            pre_s[i] += torch.einsum("b,c,bca->a", e, q, ws[:, 2:4])
-            pre_s[i] += torch.einsum("b,c,bca->a", e, q**2, ws[:, 4:6])
-            pre_s[i] += torch.einsum("b,c,bca->a", e, q**3, ws[:, 6:])
-    assert torch.allclose(out[:, :n], pre_d, atol=1e-12)
-    assert torch.allclose(out[:, n], pre_s, atol=1e-12)
-    U = random_orthogonal(n, reflection=True)
-    err = assert_equivariant(
-        lambda p, xx: conv(p, all_pairs(num), v, xx), (pos, x), U, axis=(-1, -2),
-        out_axis=-2, out_num_scalars=1,
-    )  # fmt: skip
-    assert err < 1e-12
-    with pytest.raises(ValueError, match="bond_cubes needs vector features"):
-        VectorGaussianConv(2, 4, 3, rc, bond_cubes=True)
 
 
 def test_both_projections_centre_columns_first():
