@@ -172,8 +172,10 @@ class UENNForceField(ForceModel):
             (\hat{\mathbf{r}}_{ij} \cdot \mathbf{x}_j)` (angular coupling of order two;
             :class:`~uenn_geo.nn.VectorGaussianConv`) (default: :obj:`False`).
         bond_cubes (bool): blocks :math:`k \geq 2` also carry
-            :math:`\hat{\mathbf{r}}_{ij} (\hat{\mathbf{r}}_{ij} \cdot \mathbf{x}_j)^2`
-            (angular coupling of order three) (default: :obj:`False`).
+            :math:`\hat{\mathbf{r}}_{ij} (\hat{\mathbf{r}}_{ij} \cdot \mathbf{x}_j)^2` and
+            :math:`(\hat{\mathbf{r}}_{ij} \cdot \mathbf{x}_j)^3` (angular coupling of order
+            three; the graph layers then sum on the PyTorch path, not the fused kernel)
+            (default: :obj:`False`).
         radial_mlp (int): hidden width of learned radial functions of the Gaussians in every
             graph layer (``radial_hidden`` of :class:`~uenn_geo.nn.VectorGaussianConv`;
             default: :obj:`0`, none).

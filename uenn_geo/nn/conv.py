@@ -204,8 +204,11 @@ class VectorGaussianConv(MessagePassing):
             raise ValueError(f"centre_species must be >= 0, got {centre_species}")
         if radial_hidden < 0:
             raise ValueError(f"radial_hidden must be >= 0 (0: none), got {radial_hidden}")
-        flags = (("centre_vectors", centre_vectors), ("bond_vectors", bond_vectors))
-        for name, flag in (*flags, ("bond_cubes", bond_cubes)):
+        for name, flag in (
+            ("centre_vectors", centre_vectors),
+            ("bond_vectors", bond_vectors),
+            ("bond_cubes", bond_cubes),
+        ):
             if flag and not vector_channels:
                 raise ValueError(f"{name} needs vector features: set vector_channels >= 1")
         if output not in OUTPUTS:
