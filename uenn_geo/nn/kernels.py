@@ -148,14 +148,14 @@ def takes_kernel(
     layer: torch.nn.Module, pos: Tensor, v: Tensor, x: Tensor | None, shifts: Tensor | None
 ) -> bool:
     """Whether the graph layer ``layer`` (a :class:`~uenn_geo.nn.VectorGaussianConv`) computes
-    its sums here: on the CPU, in three dimensions, plain Gaussians, not under
+    its sums here: on the CPU, in three dimensions, plain Gaussians, no ``bond_cubes``, not under
     :func:`torch.export`; with a gradient through the sums only in eval mode (the backward is
     first order; training differentiates forces again), never one for the Gaussians
     themselves, and inside a compiled graph only where autograd differentiates it from
     outside (:func:`differentiated_outside`). Decides ``layer.kernel`` at the first eager call."""
     if layer.kernel is False or layer.radial is not None or torch.compiler.is_exporting():
         return False
-    if getattr(layer, "bond_cubes", False):  # order-three columns: the PyTorch path only
+    if layer.bond_cubes:  # the kernel has no order-three columns
         return False
     if pos.shape[1] != 3 or pos.device.type != "cpu":
         return False
