@@ -66,7 +66,7 @@ def main() -> None:
 
     def call_args(conv):
         v, x = inputs[conv]
-        rows = (True, True, conv.centre_vectors, conv.bond_vectors)
+        rows = (True, True, conv.centre_vectors, conv.bond_vectors, conv.bond_cubes)
         return (pos, edges.index, edges.shifts, v, x, conv.basis.rs, conv.basis.eta,
                 conv.cutoff, conv.eps, *rows)  # fmt: skip
 

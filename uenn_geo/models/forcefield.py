@@ -174,8 +174,7 @@ class UENNForceField(ForceModel):
         bond_cubes (bool): blocks :math:`k \geq 2` also carry
             :math:`\hat{\mathbf{r}}_{ij} (\hat{\mathbf{r}}_{ij} \cdot \mathbf{x}_j)^2` and
             :math:`(\hat{\mathbf{r}}_{ij} \cdot \mathbf{x}_j)^3` (angular coupling of order
-            three; the graph layers then sum on the PyTorch path, not the fused kernel)
-            (default: :obj:`False`).
+            three) (default: :obj:`False`).
         radial_mlp (int): hidden width of learned radial functions of the Gaussians in every
             graph layer (``radial_hidden`` of :class:`~uenn_geo.nn.VectorGaussianConv`;
             default: :obj:`0`, none).

@@ -137,8 +137,7 @@ class VectorGaussianConv(MessagePassing):
             products (default: :obj:`False`; needs ``vector_channels``).
         bond_cubes (bool): the same coupling at order three, :math:`F_v` more columns:
             :math:`\hat{\mathbf{r}}_{ij}\, q_{jc}^2` in the vector form and :math:`q_{jc}^3`
-            in the scalar form (default: :obj:`False`; needs ``vector_channels``; summed on
-            the plain PyTorch path, not the fused kernel).
+            in the scalar form (default: :obj:`False`; needs ``vector_channels``).
         sum_scale (float): :math:`\gamma`, a constant that multiplies the neighbour sums
             :math:`h_i` before the contraction with :math:`w`, e.g. :math:`1 / \sqrt{\bar{n}}`
             for atoms with :math:`\bar{n}` neighbours on average (MACE and NequIP divide
@@ -345,7 +344,7 @@ class VectorGaussianConv(MessagePassing):
             return kernels.neighbour_sums(
                 pos, edges.index, edges.shifts, v, x, self.basis.rs, self.basis.eta,
                 self.cutoff, self.eps, self.weight is not None, self.scalar_weight is not None,
-                self.centre_vectors, self.bond_vectors,
+                self.centre_vectors, self.bond_vectors, self.bond_cubes,
             )  # fmt: skip
         return self.propagate(
             edges.index, pos=pos, v=v, x=x, shifts=edges.shifts, chunk=edges.chunk

@@ -148,14 +148,12 @@ def takes_kernel(
     layer: torch.nn.Module, pos: Tensor, v: Tensor, x: Tensor | None, shifts: Tensor | None
 ) -> bool:
     """Whether the graph layer ``layer`` (a :class:`~uenn_geo.nn.VectorGaussianConv`) computes
-    its sums here: on the CPU, in three dimensions, plain Gaussians, no ``bond_cubes``, not under
+    its sums here: on the CPU, in three dimensions, plain Gaussians, not under
     :func:`torch.export`; with a gradient through the sums only in eval mode (the backward is
     first order; training differentiates forces again), never one for the Gaussians
     themselves, and inside a compiled graph only where autograd differentiates it from
     outside (:func:`differentiated_outside`). Decides ``layer.kernel`` at the first eager call."""
     if layer.kernel is False or layer.radial is not None or torch.compiler.is_exporting():
-        return False
-    if layer.bond_cubes:  # the kernel has no order-three columns
         return False
     if pos.shape[1] != 3 or pos.device.type != "cpu":
         return False
@@ -223,6 +221,7 @@ def neighbour_sums(
     scalar_row: bool,
     centre_vectors: bool,
     bond_vectors: bool,
+    bond_cubes: bool,
 ) -> Tensor:
     r"""The neighbour sums :obj:`(N, R, B W)` of :meth:`VectorGaussianConv.neighbour_sums
     <uenn_geo.nn.VectorGaussianConv.neighbour_sums>` for positions :obj:`(N, 3)`, a list
@@ -235,15 +234,15 @@ def neighbour_sums(
         raise RuntimeError(f"the neighbour-sum kernel is not available: {_error}")
     return extension.neighbour_sums(
         pos, index, shifts, v, x, rs, eta, cutoff, eps,
-        vector_rows, scalar_row, centre_vectors, bond_vectors,
+        vector_rows, scalar_row, centre_vectors, bond_vectors, bond_cubes,
     )  # fmt: skip
 
 
 @neighbour_sums.register_fake
 def _(pos, index, shifts, v, x, rs, eta, cutoff, eps, vector_rows, scalar_row, centre_vectors,
-      bond_vectors):  # fmt: skip
+      bond_vectors, bond_cubes):  # fmt: skip
     vector_channels = 0 if x is None else x.shape[2]
-    extra = int(centre_vectors) + int(bond_vectors) if vector_channels else 0
+    extra = int(centre_vectors) + int(bond_vectors) + int(bond_cubes) if vector_channels else 0
     width = v.shape[1] + vector_channels * (1 + extra)
     rows = 3 * int(vector_rows) + int(scalar_row)
     return pos.new_empty(pos.shape[0], rows, rs.shape[0] * width)
@@ -265,6 +264,7 @@ def neighbour_sums_backward(
     scalar_row: bool,
     centre_vectors: bool,
     bond_vectors: bool,
+    bond_cubes: bool,
 ) -> list[Tensor]:
     """The gradients of :func:`neighbour_sums` in ``pos``, ``shifts``, ``v`` and ``x`` for
     the gradient ``grad`` of its output (empty tensors for absent ``shifts`` and ``x``); first
@@ -274,13 +274,13 @@ def neighbour_sums_backward(
         raise RuntimeError(f"the neighbour-sum kernel is not available: {_error}")
     return extension.neighbour_sums_backward(
         grad, pos, index, shifts, v, x, rs, eta, cutoff, eps,
-        vector_rows, scalar_row, centre_vectors, bond_vectors,
+        vector_rows, scalar_row, centre_vectors, bond_vectors, bond_cubes,
     )  # fmt: skip
 
 
 @neighbour_sums_backward.register_fake
 def _(grad, pos, index, shifts, v, x, rs, eta, cutoff, eps, vector_rows, scalar_row,
-      centre_vectors, bond_vectors):  # fmt: skip
+      centre_vectors, bond_vectors, bond_cubes):  # fmt: skip
     empty = pos.new_empty(0)
     return [
         torch.empty_like(pos),
@@ -303,7 +303,7 @@ def _backward(ctx, grad):
     )
     return (
         gpos, None, None if shifts is None else gshifts, gv, None if x is None else gx,
-        None, None, None, None, None, None, None, None,
+        None, None, None, None, None, None, None, None, None,
     )  # fmt: skip
 
 

@@ -4,8 +4,10 @@
 //
 //   h[i, r, b, w] = sum_j e_ij^b feat_ij[r, w]
 //   e_ij^b = exp(max(-eta_b (r_ij - rs_b)^2, -60)) f_c(r_ij)                       (eq. 31)
-//   feat_ij rows: n vector rows [u_k v_j, x_jk, (u_k p), (u_k q)] and a scalar row
-//                 [v_j, q, (p^2), (q^2)], with u = r_ij / |r_ij|, q = u . x_j, p = u . x_i.
+//   feat_ij rows: n vector rows [u_k v_j, x_jk, (u_k p), (u_k q), (u_k q^2)] and a scalar
+//                 row [v_j, q, (p^2), (q^2), (q^3)], with u = r_ij / |r_ij|, q = u . x_j,
+//                 p = u . x_i (the columns in brackets: centre_vectors, bond_vectors,
+//                 bond_cubes).
 //
 // The plain PyTorch path forms e (E x B) and feat (E x R W) in memory, lays them out in
 // chunks and multiplies them with torch.bmm. Here each atom's edges are gathered into small
@@ -119,7 +121,7 @@ void gemm_tn_ld(const T* A, int64_t lda, const T* Bm, int64_t ldb, T* C, int64_t
 struct Layout {
   int64_t F, Fv, B, W, R;
   int64_t Fp, Fvp;  // F and Fv rounded up to the vector length: rows of v and x as the kernels read them
-  bool vec_rows, sca_row, centre_vectors, bond_vectors;
+  bool vec_rows, sca_row, centre_vectors, bond_vectors, bond_cubes;
 };
 
 // The projections of an edge: q_c = u . x_jc (along) and p_c = u . x_ic (proj, centre_vectors).
@@ -137,7 +139,8 @@ UENN_INLINE void projections(const Layout& s, const T* u, const T* xj, const T* 
 }
 
 // The rows feat_ij (R x W, row-major) of one edge: n vector rows [u_a v_j, x_ja, (u_a p),
-// (u_a q)] and the scalar row [v_j, q, (p^2), (q^2)] (VectorGaussianConv.message). Each
+// (u_a q), (u_a q^2)] and the scalar row [v_j, q, (p^2), (q^2), (q^3)]
+// (VectorGaussianConv.message). Each
 // segment is stored as whole vectors from zero-padded inputs: the lanes past its end are zeros
 // that land in the next segment (stored after it) or past the last row, where feat needs
 // a vector's length of room.
@@ -156,6 +159,12 @@ UENN_INLINE void feature_rows(const Layout& s, const T* u, const T* vj, const T*
       (a * a).store(dst + c);
     }
   };
+  auto put_cube = [](T* dst, const T* src, const V& scale, int64_t np) {  // scale a^2 a
+    for (int64_t c = 0; c < np; c += L) {
+      const V a = V::loadu(src + c);
+      (scale * a * a).store(dst + c);
+    }
+  };
   const V one(T(1));
   int64_t row = 0;
   if (s.vec_rows) {
@@ -171,7 +180,11 @@ UENN_INLINE void feature_rows(const Layout& s, const T* u, const T* vj, const T*
           put(f + o, proj, ua, Fvp);
           o += Fv;
         }
-        if (s.bond_vectors) put(f + o, along, ua, Fvp);
+        if (s.bond_vectors) {
+          put(f + o, along, ua, Fvp);
+          o += Fv;
+        }
+        if (s.bond_cubes) put_cube(f + o, along, ua, Fvp);
       }
     }
   }
@@ -186,7 +199,16 @@ UENN_INLINE void feature_rows(const Layout& s, const T* u, const T* vj, const T*
         put_square(f + o, proj, Fvp);
         o += Fv;
       }
-      if (s.bond_vectors) put_square(f + o, along, Fvp);
+      if (s.bond_vectors) {
+        put_square(f + o, along, Fvp);
+        o += Fv;
+      }
+      if (s.bond_cubes) {
+        for (int64_t c = 0; c < Fvp; c += L) {
+          const V a = V::loadu(along + c);
+          (a * a * a).store(f + o + c);
+        }
+      }
     }
   }
 }
@@ -325,7 +347,7 @@ void sums_backward(const T* G, const T* pos, const int64_t* centre, const int64_
     T u[3], r, inv_r, fc, dfc;
   };
   std::vector<EdgeData> ed(kmax);
-  std::vector<T> along(Fvp, T(0)), proj(Fvp, T(0)), gq(Fvp), gp(Fvp);
+  std::vector<T> along(Fvp, T(0)), proj(Fvp, T(0)), gq(Fvp), gp(Fvp), along2(Fvp, T(0));
   const V skip(std::is_same<T, float>::value ? T(-25) : T(-60)), clamped(std::exp(T(-60)));
   const int all_lanes = (1 << L) - 1;
 
@@ -367,6 +389,8 @@ void sums_backward(const T* G, const T* pos, const int64_t* centre, const int64_
       const T* xj = x ? x + j * 3 * Fvp : nullptr;
       const T* xi = x ? x + i * 3 * Fvp : nullptr;
       if (x) projections(s, u, xj, xi, along.data(), proj.data());
+      if (s.bond_cubes)
+        for (int64_t c = 0; c < Fvp; ++c) along2[c] = along[c] * along[c];
       std::fill(gq.begin(), gq.end(), T(0));
       std::fill(gp.begin(), gp.end(), T(0));
       // dL/du_a collects dot products: one vector accumulator per a
@@ -374,11 +398,12 @@ void sums_backward(const T* G, const T* pos, const int64_t* centre, const int64_
       auto dot_into = [&](int64_t a, const T* p1, const T* p2, int64_t np) {
         for (int64_t c = 0; c < np; c += L) uacc[a] = at::vec::fmadd(V::loadu(p1 + c), V::loadu(p2 + c), uacc[a]);
       };
-      // y += 2 x z (the squared projections of the scalar row)
-      auto axpy2 = [&](T* y, const T* xs, const T* z, int64_t np) {
-        const V two(T(2));
+      // y += a x z (a = 2: the squared projections of the scalar row; 2 u_a and 3: the
+      // order-three columns)
+      auto axpyz = [&](T* y, const T* xs, const T* z, T a, int64_t np) {
+        const V va(a);
         for (int64_t c = 0; c < np; c += L)
-          at::vec::fmadd(two * V::loadu(xs + c), V::loadu(z + c), V::loadu(y + c)).store(y + c);
+          at::vec::fmadd(va * V::loadu(xs + c), V::loadu(z + c), V::loadu(y + c)).store(y + c);
       };
       T* gvj = gv + j * Fp;
       T* gxj = x ? gx + j * 3 * Fvp : nullptr;
@@ -399,6 +424,11 @@ void sums_backward(const T* G, const T* pos, const int64_t* centre, const int64_
             if (s.bond_vectors) {
               dot_into(a, f + o, along.data(), Fvp);
               axpy(gq.data(), f + o, u[a], Fvp);
+              o += Fv;
+            }
+            if (s.bond_cubes) {  // u_a q^2
+              dot_into(a, f + o, along2.data(), Fvp);
+              axpyz(gq.data(), f + o, along.data(), 2 * u[a], Fvp);
             }
           }
         }
@@ -411,10 +441,14 @@ void sums_backward(const T* G, const T* pos, const int64_t* centre, const int64_
           axpy(gq.data(), f + o, T(1), Fvp);
           o += Fv;
           if (s.centre_vectors) {
-            axpy2(gp.data(), f + o, proj.data(), Fvp);
+            axpyz(gp.data(), f + o, proj.data(), T(2), Fvp);
             o += Fv;
           }
-          if (s.bond_vectors) axpy2(gq.data(), f + o, along.data(), Fvp);
+          if (s.bond_vectors) {
+            axpyz(gq.data(), f + o, along.data(), T(2), Fvp);
+            o += Fv;
+          }
+          if (s.bond_cubes) axpyz(gq.data(), f + o, along2.data(), T(3), Fvp);  // q^3
         }
       }
       if (Fv) {
@@ -498,7 +532,7 @@ struct Inputs {
 Inputs prepare(torch::Tensor pos, torch::Tensor index, c10::optional<torch::Tensor> shifts,
                torch::Tensor v, c10::optional<torch::Tensor> x, torch::Tensor rs,
                torch::Tensor eta, bool vec_rows, bool sca_row, bool centre_vectors,
-               bool bond_vectors) {
+               bool bond_vectors, bool bond_cubes) {
   TORCH_CHECK(pos.dim() == 2 && pos.size(1) == 3, "neighbour_sums: pos must be (N, 3)");
   TORCH_CHECK(index.dim() == 2 && index.size(0) == 2 && index.scalar_type() == torch::kLong,
               "neighbour_sums: index must be a (2, E) long tensor");
@@ -545,7 +579,9 @@ Inputs prepare(torch::Tensor pos, torch::Tensor index, c10::optional<torch::Tens
   s.sca_row = sca_row;
   s.centre_vectors = centre_vectors && s.Fv > 0;
   s.bond_vectors = bond_vectors && s.Fv > 0;
-  s.W = s.F + s.Fv * (1 + (s.centre_vectors ? 1 : 0) + (s.bond_vectors ? 1 : 0));
+  s.bond_cubes = bond_cubes && s.Fv > 0;
+  s.W = s.F + s.Fv * (1 + (s.centre_vectors ? 1 : 0) + (s.bond_vectors ? 1 : 0) +
+                      (s.bond_cubes ? 1 : 0));
   s.R = (vec_rows ? 3 : 0) + (sca_row ? 1 : 0);
   return in;
 }
@@ -596,9 +632,9 @@ torch::Tensor neighbour_sums(torch::Tensor pos, torch::Tensor index,
                              c10::optional<torch::Tensor> shifts, torch::Tensor v,
                              c10::optional<torch::Tensor> x, torch::Tensor rs, torch::Tensor eta,
                              double cutoff, double eps, bool vec_rows, bool sca_row,
-                             bool centre_vectors, bool bond_vectors) {
+                             bool centre_vectors, bool bond_vectors, bool bond_cubes) {
   const Inputs in = prepare(pos, index, shifts, v, x, rs, eta, vec_rows, sca_row,
-                            centre_vectors, bond_vectors);
+                            centre_vectors, bond_vectors, bond_cubes);
   const Layout& s = in.s;
   const int64_t N = in.pos.size(0), E = in.index.size(1);
   auto out = torch::zeros({N, s.R, s.B * s.W}, in.pos.options());
@@ -632,9 +668,9 @@ std::vector<torch::Tensor> neighbour_sums_backward(
     torch::Tensor grad, torch::Tensor pos, torch::Tensor index, c10::optional<torch::Tensor> shifts,
     torch::Tensor v, c10::optional<torch::Tensor> x, torch::Tensor rs, torch::Tensor eta,
     double cutoff, double eps, bool vec_rows, bool sca_row, bool centre_vectors,
-    bool bond_vectors) {
+    bool bond_vectors, bool bond_cubes) {
   const Inputs in = prepare(pos, index, shifts, v, x, rs, eta, vec_rows, sca_row,
-                            centre_vectors, bond_vectors);
+                            centre_vectors, bond_vectors, bond_cubes);
   const Layout& s = in.s;
   grad = grad.to(in.pos.scalar_type()).contiguous();
   const int64_t E = in.index.size(1);
