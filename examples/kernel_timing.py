@@ -64,19 +64,21 @@ def main() -> None:
     first, second = model.convs
     inputs = {first: (torch.ones(n, 1), None), second: (torch.randn(n, 9), torch.randn(n, 3, 8))}
 
-    def call_args(conv):
+    def call_args(conv, e):
         v, x = inputs[conv]
-        rows = (True, True, conv.centre_vectors, conv.bond_vectors, conv.bond_cubes)
+        rows = (True, True, conv.centre_vectors, conv.bond_vectors)
+        if e is not builds.get("against"):  # sources before bond_cubes took one flag less
+            rows += (conv.bond_cubes,)
         return (pos, edges.index, edges.shifts, v, x, conv.basis.rs, conv.basis.eta,
                 conv.cutoff, conv.eps, *rows)  # fmt: skip
 
     calls = {}
     for name, conv in (("layer 1", first), ("layer 2", second)):
-        sums = kernels._extension.neighbour_sums(*call_args(conv))
+        sums = kernels._extension.neighbour_sums(*call_args(conv, kernels._extension))
         g = torch.randn(sums.shape)
-        calls[f"forward, {name}"] = lambda e, c=conv: [e.neighbour_sums(*call_args(c))]
+        calls[f"forward, {name}"] = lambda e, c=conv: [e.neighbour_sums(*call_args(c, e))]
         calls[f"backward, {name}"] = lambda e, c=conv, g=g: e.neighbour_sums_backward(
-            g, *call_args(c)
+            g, *call_args(c, e)
         )
 
     print(f"864 argon atoms, {edges.num_edges} edges, float32; ms, best / median of {args.calls}")

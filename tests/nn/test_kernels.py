@@ -67,6 +67,7 @@ def test_the_kernel_builds_here():
         {"bond_vectors": True},
         {"centre_vectors": True, "bond_vectors": True, "output": "scalar"},
         {"bond_cubes": True},
+        {"centre_vectors": True, "bond_cubes": True},
         {"centre_vectors": True, "bond_vectors": True, "bond_cubes": True},
         {"bond_vectors": True, "bond_cubes": True, "output": "vector"},
     ],
