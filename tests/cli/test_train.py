@@ -433,7 +433,7 @@ class _FramesWithData(list):
         return Data(z=torch.cat([frame.z for frame in self]))
 
 
-def test_small_molecules_get_a_third_block_and_bond_vectors():
+def test_small_molecules_get_a_third_block_and_bond_couplings():
     """Files of at most COMPILE_MAX_ATOMS atoms a structure on average: FILE_MODEL plus
     SMALL_MOLECULE_MODEL; larger structures: FILE_MODEL (two blocks); flags win."""
     from types import SimpleNamespace
@@ -446,14 +446,16 @@ def test_small_molecules_get_a_third_block_and_bond_vectors():
     job = TrainJob(train_file="x.xyz", max_epochs=1)
     small = _build_model(job, sets, False, 9.0)
     assert SMALL_MOLECULE_MODEL == {
-        "num_blocks": 3, "bond_vectors": True, "bias_delta": 0.0, "r_min": 0.0,
-        "avg_num_neighbors": None,
+        "num_blocks": 3, "bond_vectors": True, "bond_cubes": True, "bias_delta": 0.0,
+        "r_min": 0.0, "avg_num_neighbors": None,
     }  # fmt: skip
     assert small.config["num_blocks"] == 3 and small.config["bond_vectors"]
+    assert small.config["bond_cubes"]
     assert small.config["bias_delta"] == 0.0 and small.config["r_min"] == 0.0
     assert small.config["species_pairs"] and small.config["cutoff"] == 5.0
     large = _build_model(job, sets, False, COMPILE_MAX_ATOMS + 0.5)
     assert large.config["num_blocks"] == 2 and not large.config["bond_vectors"]
+    assert not large.config["bond_cubes"]
     assert large.config["bias_delta"] == 0.3
     mine = TrainJob(train_file="x.xyz", max_epochs=1, model_kwargs={"num_blocks": 2})
     assert _build_model(mine, sets, False, 9.0).config["num_blocks"] == 2

@@ -67,15 +67,17 @@ FILE_MODEL = {
 
 #: On top of :data:`FILE_MODEL` for files of small molecules (at most
 #: :data:`~uenn_geo.cli.train_settings.COMPILE_MAX_ATOMS` atoms a structure on average): a
-#: third block and the neighbours' vectors coupled to the bond at order two. On rMD17 ethanol
-#: the pair lowered the test force errors at 600 s and at two hours (docs/molecules.md, tenth
-#: round); on EMT copper (30 atoms) each alone was worse at 600 s. Eq. 8 and Gaussians from
-#: 0: smooth directions and r_min were level at 600 s and worse at two hours (twentieth round).
-#: Neighbour sums as they are: over sqrt(8) they were 5 % worse at two hours on ethanol
-#: (twenty-second round).
+#: third block and the neighbours' vectors coupled to the bond at orders two and three. On
+#: rMD17 ethanol the third block with order two lowered the test force errors at 600 s and at
+#: two hours (docs/molecules.md, tenth round), order three again in two seeds at each budget
+#: (twenty-third and twenty-fourth rounds); on EMT copper (30 atoms) a third block and order
+#: two were each worse at 600 s. Eq. 8 and Gaussians from 0: smooth directions and r_min were
+#: level at 600 s and worse at two hours (twentieth round). Neighbour sums as they are: over
+#: sqrt(8) they were 5 % worse at two hours on ethanol (twenty-second round).
 SMALL_MOLECULE_MODEL = {
     "num_blocks": 3,
     "bond_vectors": True,
+    "bond_cubes": True,
     "bias_delta": 0.0,
     "r_min": 0.0,
     "avg_num_neighbors": None,
