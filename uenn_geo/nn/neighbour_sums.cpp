@@ -159,7 +159,7 @@ UENN_INLINE void feature_rows(const Layout& s, const T* u, const T* vj, const T*
       (a * a).store(dst + c);
     }
   };
-  auto put_cube = [](T* dst, const T* src, const V& scale, int64_t np) {  // scale a^2 a
+  auto put_cube = [](T* dst, const T* src, const V& scale, int64_t np) {  // scale a^2
     for (int64_t c = 0; c < np; c += L) {
       const V a = V::loadu(src + c);
       (scale * a * a).store(dst + c);
