@@ -116,6 +116,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ("--val-fraction", float, f"(default: {d['val_fraction']})"),
         ("--test-fraction", float, "(default: 0.1 of --data)"),
         ("--seed", int, f"(default: {d['seed']})"),
+        ("--split-seed", int, "of the validation and test split (default: --seed)"),
     ]:
         group.add_argument(flag, type=kind, help=text)
     group.add_argument(

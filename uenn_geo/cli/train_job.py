@@ -341,7 +341,7 @@ def _identity(job: TrainJob, sets: _Sets) -> dict[str, Any]:
         identity["--valid-file (SHA-1 of the file)"] = file_sha1(job.valid_file)
     parts = [[int(k) for k in part.indices()] for part in (sets.train, sets.val)]
     split = hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
-    identity["split (--val-fraction, --test-fraction, --seed)"] = split
+    identity["split (--val-fraction, --test-fraction, --split-seed)"] = split
     for name, value in job.as_dict().items():
         if name not in _RESUMABLE_OPTIONS:
             identity["--" + name.replace("_", "-")] = value
@@ -414,15 +414,15 @@ def _load_sets(job: TrainJob) -> _Sets:
     full = full[torch.tensor(keep)] if len(keep) < len(full) else full
     if len(full) < 2:
         raise ValueError(f"{source} holds {len(full)} structures; at least 2 are needed")
-    test_fraction = job.test_fraction
+    test_fraction, seed = job.test_fraction, job.resolved_split_seed
     if test_fraction is None:
         test_fraction = 0.1 if job.data is not None and not job.test_files else 0.0
     tests = {Path(f).stem: _load(job, f) for f in job.test_files}
     if job.valid_file is not None:
         val = _load(job, job.valid_file)
-        test, train_set = _split(full, [test_fraction], job.seed)
+        test, train_set = _split(full, [test_fraction], seed)
     else:
-        val, test, train_set = _split(full, [job.val_fraction, test_fraction], job.seed)
+        val, test, train_set = _split(full, [job.val_fraction, test_fraction], seed)
     if test_fraction > 0:
         tests = {"test": test} | tests
     if len(train_set) < 1:

@@ -93,6 +93,8 @@ class TrainJob:
             atoms on average, :data:`BATCH` otherwise (:meth:`resolved_batch_size`).
         val_fraction, test_fraction: shares of ``data`` held out (``test_fraction`` of a
             ``train_file`` only when given).
+        split_seed: the seed of that random split (default: ``seed``); a committee's
+            members share it, so that they hold out the same structures.
         out, root, resume, progress: output folder, processed-data cache, continue from
             ``out/checkpoint.pt``, show progress.
         compile: run the training step through :func:`torch.compile` (``True``), eagerly
@@ -142,6 +144,7 @@ class TrainJob:
     val_fraction: float = 0.1
     test_fraction: float | None = None
     seed: int = _CONFIG_DEFAULTS["seed"]
+    split_seed: int | None = None
     resume: bool = True
     progress: bool = True
     compile: bool | str = "auto"  # or "yes" / "no", as on the command line
@@ -175,6 +178,11 @@ class TrainJob:
         object.__setattr__(self, "test_files", tuple(self.test_files))
         if not isinstance(self.model_kwargs, dict):
             raise ValueError(f"--model-kwargs must be a JSON object, got {self.model_kwargs!r}")
+
+    @property
+    def resolved_split_seed(self) -> int:
+        """The seed of the split into training, validation and test structures."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def resolved_batch_size(self, from_file: bool, mean_atoms: float) -> int:
         """``batch_size``, or its default for data of ``mean_atoms`` atoms per structure."""
