@@ -1,5 +1,9 @@
 """The fused CPU kernel of the neighbour sums (uenn_geo.nn.kernels) against the plain path."""
 
+import os
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -423,3 +427,20 @@ def test_inputs_of_the_wrong_shape_are_refused_not_read():
     with pytest.raises(RuntimeError, match="shifts must be"):
         ext.neighbour_sums(pos, index, torch.zeros(1, 3, dtype=F64),
                            torch.randn(1000, 3, dtype=F64), None, *args)  # fmt: skip
+
+
+def test_a_lock_left_by_a_killed_build_is_removed_not_waited_on(tmp_path):
+    lock = tmp_path / "lock"
+    kernels._wait_for_build(lock)  # no lock: returns at once
+    kernels._wait_for_build(None)  # a torch that builds elsewhere
+    lock.touch()
+    old = time.time() - 2 * kernels.STALE_LOCK_SECONDS
+    os.utime(lock, (old, old))
+    with pytest.warns(RuntimeWarning, match="did not finish"):
+        kernels._wait_for_build(lock)
+    assert not lock.exists()
+    lock.touch()  # a live build: waited on until it lets go
+    threading.Timer(0.3, lock.unlink).start()
+    start = time.monotonic()
+    kernels._wait_for_build(lock)
+    assert not lock.exists() and time.monotonic() - start >= 0.25

@@ -26,15 +26,21 @@ from uenn_geo.models import MODELS
 __all__ = ["TrainJob", "run_training", "job_from_args", "add_parser"]
 
 
-def run_training(job: TrainJob) -> dict[str, Any]:
+def run_training(job: TrainJob, threads: int | None = None) -> dict[str, Any]:
     """Train a model as ``job`` says; writes ``model.pt``, ``checkpoint.pt``, ``log.csv``,
-    ``config.yaml`` and ``metrics.json`` into ``job.out``.
+    ``config.yaml`` and ``metrics.json`` into ``job.out`` (with ``job.committee`` > 1, one
+    folder per member and the committee's ``metrics.json``: :mod:`uenn_geo.cli.train_committee`,
+    its members run with ``threads`` torch threads each, default 1).
 
     Returns:
         The metrics (also in ``metrics.json``): structures per set, the model and its
         configuration, the training summary and the error tables
         (:func:`uenn_geo.train.metrics.error_table`) of the validation and test sets.
     """
+    if job.committee > 1:
+        from uenn_geo.cli.train_committee import run_committee
+
+        return run_committee(job, threads)
     from uenn_geo.cli.train_job import run_job
 
     return run_job(job)
@@ -47,8 +53,9 @@ def job_from_args(args: argparse.Namespace) -> TrainJob:
 
 def run(args: argparse.Namespace) -> int:
     job = job_from_args(args)
-    metrics = run_training(job)
-    print(f"\nmodel: {job.out}/model.pt   metrics: {job.out}/metrics.json")
+    metrics = run_training(job, getattr(args, "threads", None))
+    model = f"{job.out}/member*/model.pt" if job.committee > 1 else f"{job.out}/model.pt"
+    print(f"\nmodel: {model}   metrics: {job.out}/metrics.json")
     print(metrics["table"])
     return 0
 
@@ -117,6 +124,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ("--test-fraction", float, "(default: 0.1 of --data)"),
         ("--seed", int, f"(default: {d['seed']})"),
         ("--split-seed", int, "of the validation and test split (default: --seed)"),
+        (
+            "--committee",
+            int,
+            "train this many models side by side (seeds --seed, --seed + 1, ...; one process "
+            "each, --threads threads each, default 1) and report their mean (default: 1)",
+        ),
     ]:
         group.add_argument(flag, type=kind, help=text)
     group.add_argument(

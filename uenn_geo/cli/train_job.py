@@ -341,7 +341,8 @@ def _identity(job: TrainJob, sets: _Sets) -> dict[str, Any]:
         identity["--valid-file (SHA-1 of the file)"] = file_sha1(job.valid_file)
     parts = [[int(k) for k in part.indices()] for part in (sets.train, sets.val)]
     split = hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
-    identity["split (--val-fraction, --test-fraction, --split-seed)"] = split
+    # the key of older checkpoints (the split's seed is --split-seed, default --seed)
+    identity["split (--val-fraction, --test-fraction, --seed)"] = split
     for name, value in job.as_dict().items():
         if name not in _RESUMABLE_OPTIONS:
             identity["--" + name.replace("_", "-")] = value

@@ -93,6 +93,8 @@ class TrainJob:
             atoms on average, :data:`BATCH` otherwise (:meth:`resolved_batch_size`).
         val_fraction, test_fraction: shares of ``data`` held out (``test_fraction`` of a
             ``train_file`` only when given).
+        committee: train this many models side by side (seeds ``seed``, ``seed + 1``, ...;
+            one split) and evaluate their mean (:mod:`uenn_geo.cli.train_committee`).
         split_seed: the seed of that random split (default: ``seed``); a committee's
             members share it, so that they hold out the same structures.
         out, root, resume, progress: output folder, processed-data cache, continue from
@@ -145,6 +147,7 @@ class TrainJob:
     test_fraction: float | None = None
     seed: int = _CONFIG_DEFAULTS["seed"]
     split_seed: int | None = None
+    committee: int = 1
     resume: bool = True
     progress: bool = True
     compile: bool | str = "auto"  # or "yes" / "no", as on the command line
@@ -173,6 +176,8 @@ class TrainJob:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if not self.committee >= 1:
+            raise ValueError(f"--committee must be >= 1 (1: one model), got {self.committee}")
         if self.time_limit is None and self.max_epochs is None:
             raise ValueError("give --time-limit or --max-epochs")
         object.__setattr__(self, "test_files", tuple(self.test_files))

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,11 @@ __all__ = [
 SOURCE = Path(__file__).with_name("neighbour_sums.cpp")
 #: Environment variable that turns the kernel off when set to ``0``.
 ENV = "UENN_GEO_KERNELS"
+
+#: Seconds after which a build's lock file counts as left by a build that never finished (a
+#: killed process): torch's lock has no owner, so its waiters would wait for ever. A build
+#: takes about a minute on two busy cores.
+STALE_LOCK_SECONDS = 600.0
 
 _lock = threading.Lock()
 _extension: ModuleType | None = None
@@ -97,6 +103,7 @@ def _load() -> ModuleType | None:
         # OpenMP (Apple's clang) gets the kernel on one thread instead.
         for openmp in (["-fopenmp"], []):
             try:
+                _wait_for_build(_lock_file(name + ("" if openmp else "_serial")))
                 _extension = load(
                     name + ("" if openmp else "_serial"),
                     [str(SOURCE)],
@@ -126,6 +133,36 @@ def _load() -> ModuleType | None:
                 stacklevel=3,
             )
         return _extension
+
+
+def _lock_file(name: str) -> Path | None:
+    """The lock file torch's builder takes for the extension ``name`` (None if unknown)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        return Path(_get_build_directory(name, verbose=False)) / "lock"
+    except Exception:  # a torch that builds elsewhere: its own waiting applies
+        return None
+
+
+def _wait_for_build(lock: Path | None, stale: float = STALE_LOCK_SECONDS) -> None:
+    """Wait while another process builds (``lock`` exists); remove a lock older than
+    ``stale`` seconds, with a warning, rather than wait on it for ever."""
+    while lock is not None:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age > stale:
+            warnings.warn(
+                f"uenn-geo: removing {lock}, left {age / 60:.0f} minutes ago by a build of the "
+                "CPU kernel that did not finish (a killed process); building again",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            lock.unlink(missing_ok=True)
+            return
+        time.sleep(0.5)
 
 
 def available() -> bool:

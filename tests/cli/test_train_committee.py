@@ -1,0 +1,55 @@
+"""``uenn-geo train --committee N`` (uenn_geo.cli.train_committee): members side by side,
+one split, and the committee's tables (small slices of rMD17 ethanol from ../shared/data)."""
+
+import json
+
+import pytest
+import torch
+
+from tests.cli.test_train import args, files  # noqa: F401 (the fixture)
+from uenn_geo.cli import main
+from uenn_geo.cli.eval import EvalJob, run_eval
+from uenn_geo.cli.train import TrainJob
+from uenn_geo.cli.train_committee import member_jobs
+
+
+def test_members_differ_in_seed_and_share_the_split(tmp_path):
+    job = TrainJob(train_file="t.xyz", seed=3, committee=3, out=str(tmp_path))
+    members = member_jobs(job)
+    assert [m.seed for m in members] == [3, 4, 5]
+    assert {m.resolved_split_seed for m in members} == {3}
+    assert [m.out for m in members] == [str(tmp_path / f"member{i}") for i in range(3)]
+    assert all(m.committee == 1 and not m.progress for m in members)
+    split = member_jobs(TrainJob(train_file="t.xyz", seed=3, split_seed=7, committee=2))
+    assert {m.resolved_split_seed for m in split} == {7}
+    with pytest.raises(ValueError, match="--committee must be >= 1"):
+        TrainJob(train_file="t.xyz", committee=0)
+
+
+def test_committee_trains_its_members_and_reports_their_mean(files, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "committee"
+    assert main(args(files, out, "--committee", "2", "--threads", "1")) == 0
+    printed = capsys.readouterr().out
+    assert "training 2 members" in printed and "member*/model.pt" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["committee"] == 2 and set(metrics["member_errors"]) == {"member0", "member1"}
+    each = [json.loads((out / f"member{i}" / "metrics.json").read_text()) for i in range(2)]
+    assert each[0]["structures"] == each[1]["structures"]  # one split
+    assert metrics["structures"] == each[0]["structures"]
+    weights = [torch.load(out / f"member{i}" / "model.pt")["state_dict"] for i in range(2)]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # two seeds
+    # the committee's test table is that of `uenn-geo eval --model A B`
+    paths = [str(out / f"member{i}" / "model.pt") for i in range(2)]
+    table = run_eval(EvalJob(model=tuple(paths), files=(str(files / "test.xyz"),)))["test"]
+    ours = metrics["errors"]["test"]["all"]
+    assert ours["force_mae"] == pytest.approx(table["all"]["force_mae"], rel=1e-6)
+    members_mae = [e["errors"]["test"]["all"]["force_mae"] for e in each]
+    assert ours["force_mae"] != members_mae[0] and ours["force_mae"] != members_mae[1]
+
+
+def test_a_failing_member_is_named_with_its_log(files, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "bad"
+    flags = ["--committee", "2", "--model-kwargs", '{"no_such_option": 1}']
+    assert main(args(files, out, *flags)) == 2
+    err = capsys.readouterr().err
+    assert "committee member 0 failed" in err and "train.log" in err
