@@ -4,6 +4,7 @@ from dataclasses import MISSING, fields
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.io import read, write
 
@@ -292,3 +293,17 @@ def test_committee_from_the_command_line(inputs):
         MDConfig(structure="s.xyz", model=())
     with pytest.raises(FileNotFoundError, match="no model file at .*missing.pt"):
         run_md(config(inputs, "x", model=(str(inputs / "model.pt"), str(inputs / "missing.pt"))))
+
+
+def test_a_committee_folder_of_uenn_geo_train_runs_as_a_committee(inputs):
+    folder = inputs / "committee"
+    for i in range(2):
+        torch.manual_seed(i)
+        member = UENNForceField(**SMALL, conservative=True)
+        member.energy_scale.fill_(0.05)
+        save_model(member, folder / f"member{i}" / "model.pt")
+    run_md(config(inputs, "from_folder", model=str(folder), steps=5))
+    rows = read_log(inputs / "from_folder" / "log.csv")
+    assert "force_dev_max" in rows[0] and float(rows[-1]["force_dev_max"]) > 0
+    run_md(config(inputs, "one", model=str(inputs), steps=5))  # a folder with a model.pt
+    assert "force_dev_max" not in read_log(inputs / "one" / "log.csv")[0]

@@ -11,6 +11,9 @@ from uenn_geo.cli import main
 from uenn_geo.cli.eval import EvalJob, run_eval
 from uenn_geo.cli.train import TrainJob
 from uenn_geo.cli.train_committee import member_jobs
+from uenn_geo.engines import load_force_model
+from uenn_geo.models import Committee
+from uenn_geo.models.committee import model_files
 
 
 def test_members_differ_in_seed_and_share_the_split(tmp_path):
@@ -45,6 +48,15 @@ def test_committee_trains_its_members_and_reports_their_mean(files, tmp_path, ca
     assert ours["force_mae"] == pytest.approx(table["all"]["force_mae"], rel=1e-6)
     members_mae = [e["errors"]["test"]["all"]["force_mae"] for e in each]
     assert ours["force_mae"] != members_mae[0] and ours["force_mae"] != members_mae[1]
+    # the folder stands for its members wherever a model is taken
+    assert model_files(out) == [out / "member0" / "model.pt", out / "member1" / "model.pt"]
+    folder = run_eval(EvalJob(model=str(out), files=(str(files / "test.xyz"),)))["test"]
+    assert folder["all"]["force_mae"] == table["all"]["force_mae"]
+    committee = load_force_model(str(out))
+    assert isinstance(committee, Committee) and len(committee.members) == 2
+    assert model_files(out / "member1") == [out / "member1" / "model.pt"]
+    with pytest.raises(FileNotFoundError, match="no model.pt and no member<i>/model.pt"):
+        model_files(tmp_path)
 
 
 def test_a_failing_member_is_named_with_its_log(files, tmp_path, capsys):  # noqa: F811

@@ -106,7 +106,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--model",
         nargs="+",
         required=True,
-        help="model file (model.pt); several: their committee (the mean of their predictions)",
+        help="model file (model.pt) or the --out folder of uenn-geo train; several (or a "
+        "--committee folder): their committee (the mean of their predictions)",
     )
     p.add_argument("--file", dest="files", nargs="+", required=True, help="structure files")
     for key in ("energy", "forces", "stress"):

@@ -40,7 +40,7 @@ import os
 import re
 import time
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -468,6 +468,7 @@ def run_md(config: MDConfig) -> dict[str, Any]:
     """
     from uenn_geo.calculator import UENNCalculator
     from uenn_geo.data.extxyz import read_atoms
+    from uenn_geo.models.committee import model_files
 
     structure = Path(config.structure)
     if not structure.is_file():
@@ -476,8 +477,10 @@ def run_md(config: MDConfig) -> dict[str, Any]:
     out = check_output_dir(config.out)
     with RunLock(out, "md"):
         sweep_temporaries(out)
-        committee = isinstance(config.model, tuple)
-        paths = list(config.model) if committee else [config.model]
+        given = config.model if isinstance(config.model, tuple) else [config.model]
+        paths = [str(f) for p in given for f in model_files(p)]  # folders: their models
+        committee = len(paths) > 1
+        config = replace(config, model=tuple(paths) if committee else paths[0])
         for path in paths:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"no model file at {path}")
@@ -556,8 +559,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--model",
         required=True,
         nargs="+",
-        help="model file (model.pt); several: a committee, moved by their mean forces, "
-        "with their disagreement in log.csv",
+        help="model file (model.pt) or the --out folder of uenn-geo train; several (or a "
+        "--committee folder): a committee, moved by their mean forces, with their "
+        "disagreement in log.csv",
     )
     option("--out", "output directory")
     option("--ensemble", "NVE (velocity Verlet) or Langevin", choices=ENSEMBLES)

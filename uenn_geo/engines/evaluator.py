@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from uenn_geo.edges import Edges
 from uenn_geo.models.base import ForceModel
-from uenn_geo.models.committee import Committee, mean_of_members
+from uenn_geo.models.committee import Committee, mean_of_members, model_files
 from uenn_geo.models.response import energy_response
 from uenn_geo.neighbors import radius_graph
 from uenn_geo.nn import kernels
@@ -69,7 +69,10 @@ _COMPILED: weakref.WeakKeyDictionary[nn.Module, dict[str, Any]] = weakref.WeakKe
 def load_force_model(model_or_path: Any, device: str | torch.device = "cpu") -> ForceModel:
     """A :class:`~uenn_geo.models.ForceModel` given as a model or a file of
     :func:`uenn_geo.models.save_model`, on ``device``, in evaluation mode; a list or tuple of
-    several gives their :class:`~uenn_geo.models.committee.Committee`."""
+    several gives their :class:`~uenn_geo.models.committee.Committee`; a folder, its model
+    files (:func:`~uenn_geo.models.committee.model_files`)."""
+    if isinstance(model_or_path, (str, os.PathLike)) and os.path.isdir(model_or_path):
+        model_or_path = model_files(model_or_path)  # a training folder (or a committee's)
     if isinstance(model_or_path, (list, tuple)):
         members = [load_force_model(m, device) for m in model_or_path]
         model_or_path = members[0] if len(members) == 1 else Committee(members)

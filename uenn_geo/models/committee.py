@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from uenn_geo.edges import Edges
 from uenn_geo.models.base import ForceModel
 
-__all__ = ["Committee", "force_deviation", "load_committee", "mean_of_members"]
+__all__ = ["Committee", "force_deviation", "load_committee", "mean_of_members", "model_files"]
 
 
 class Committee(ForceModel):
@@ -138,14 +139,37 @@ def force_deviation(forces_comm: Any) -> Any:
     return ((spread**2).sum(-1).mean(0)) ** 0.5
 
 
+def model_files(path: str | os.PathLike) -> list[Path]:
+    """The model files that ``path`` names: the file itself, or in a folder written by
+    ``uenn-geo train`` its ``model.pt``, or with ``--committee`` its members'
+    (``member<i>/model.pt``, in order).
+
+    Raises:
+        FileNotFoundError: a folder with neither.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    if (path / "model.pt").is_file():
+        return [path / "model.pt"]
+    members = [p for p in path.glob("member*/model.pt") if p.parent.name[6:].isdigit()]
+    if not members:
+        raise FileNotFoundError(
+            f"{path} is a folder with no model.pt and no member<i>/model.pt (a folder written "
+            "by uenn-geo train, with or without --committee); give a model file"
+        )
+    return sorted(members, key=lambda p: int(p.parent.name[6:]))
+
+
 def load_committee(
     paths: Sequence[str | os.PathLike], map_location: str | torch.device = "cpu"
 ) -> ForceModel:
     """The model of one file, or the :class:`Committee` of several
-    (:func:`uenn_geo.models.load_model` for each), in evaluation mode."""
+    (:func:`uenn_geo.models.load_model` for each), in evaluation mode; a folder stands for
+    its model files (:func:`model_files`)."""
     from uenn_geo.models import load_model
 
-    paths = list(paths)
+    paths = [file for p in paths for file in model_files(p)]
     if not paths:
         raise ValueError("give at least one model file")
     models = [load_model(p, map_location=map_location) for p in paths]
