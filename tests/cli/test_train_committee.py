@@ -41,6 +41,11 @@ def test_committee_trains_its_members_and_reports_their_mean(files, tmp_path, ca
     assert metrics["structures"] == each[0]["structures"]
     weights = [torch.load(out / f"member{i}" / "model.pt")["state_dict"] for i in range(2)]
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # two seeds
+    # a member is the run of the same options by hand: seed 1, the split of seed 0
+    alone = tmp_path / "alone"
+    assert main(args(files, alone, "--seed", "1", "--split-seed", "0", "--threads", "1")) == 0
+    by_hand = torch.load(alone / "model.pt")["state_dict"]
+    assert all(torch.equal(by_hand[k], weights[1][k]) for k in by_hand)
     # the committee's test table is that of `uenn-geo eval --model A B`
     paths = [str(out / f"member{i}" / "model.pt") for i in range(2)]
     table = run_eval(EvalJob(model=tuple(paths), files=(str(files / "test.xyz"),)))["test"]
