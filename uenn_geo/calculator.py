@@ -71,7 +71,8 @@ class UENNCalculator(Calculator):
 
     Args:
         model_or_path (nn.Module or path): a model, or a file written by
-            :func:`uenn_geo.models.save_model`; a list of them for a committee.
+            :func:`uenn_geo.models.save_model`; a list of them for a committee; a folder of
+            ``uenn-geo train`` (with ``--committee``: its members).
         device (str or torch.device): where the model runs (default: ``"cpu"``).
         skin (float): Verlet skin :math:`\delta` in Angstrom (default: :obj:`1.0`).
         compile (bool or str): ``True``, ``False`` or ``"auto"`` (default), see above.

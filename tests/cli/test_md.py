@@ -297,6 +297,8 @@ def test_committee_from_the_command_line(inputs):
 
 def test_a_committee_folder_of_uenn_geo_train_runs_as_a_committee(inputs):
     folder = inputs / "committee"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("committee: 2\n")  # as uenn-geo train writes it
     for i in range(2):
         torch.manual_seed(i)
         member = UENNForceField(**SMALL, conservative=True)

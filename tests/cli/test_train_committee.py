@@ -2,6 +2,7 @@
 one split, and the committee's tables (small slices of rMD17 ethanol from ../shared/data)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -53,6 +54,11 @@ def test_committee_trains_its_members_and_reports_their_mean(files, tmp_path, ca
     assert ours["force_mae"] == pytest.approx(table["all"]["force_mae"], rel=1e-6)
     members_mae = [e["errors"]["test"]["all"]["force_mae"] for e in each]
     assert ours["force_mae"] != members_mae[0] and ours["force_mae"] != members_mae[1]
+    # run again, the members resume from their checkpoints (finished: nothing to train)
+    assert main(args(files, out, "--committee", "2", "--threads", "1")) == 0
+    again = json.loads((out / "metrics.json").read_text())["errors"]["test"]["all"]
+    assert again["force_mae"] == pytest.approx(ours["force_mae"], rel=1e-5)
+    assert "resum" in (out / "member0" / "train.log").read_text().lower()
     # the folder stands for its members wherever a model is taken
     assert model_files(out) == [out / "member0" / "model.pt", out / "member1" / "model.pt"]
     folder = run_eval(EvalJob(model=str(out), files=(str(files / "test.xyz"),)))["test"]
@@ -60,8 +66,11 @@ def test_committee_trains_its_members_and_reports_their_mean(files, tmp_path, ca
     committee = load_force_model(str(out))
     assert isinstance(committee, Committee) and len(committee.members) == 2
     assert model_files(out / "member1") == [out / "member1" / "model.pt"]
-    with pytest.raises(FileNotFoundError, match="no model.pt and no member<i>/model.pt"):
+    with pytest.raises(FileNotFoundError, match="not a finished uenn-geo train folder"):
         model_files(tmp_path)
+    (out / "member1" / "model.pt").rename(out / "member1" / "kept.pt")
+    with pytest.raises(FileNotFoundError, match="member1/model.pt"):
+        model_files(out)  # a member missing is named, not left out
 
 
 def test_a_failing_member_is_named_with_its_log(files, tmp_path, capsys):  # noqa: F811
@@ -69,4 +78,4 @@ def test_a_failing_member_is_named_with_its_log(files, tmp_path, capsys):  # noq
     flags = ["--committee", "2", "--model-kwargs", '{"no_such_option": 1}']
     assert main(args(files, out, *flags)) == 2
     err = capsys.readouterr().err
-    assert "committee member 0 failed" in err and "train.log" in err
+    assert re.search(r"committee member \d failed", err) and "train.log" in err

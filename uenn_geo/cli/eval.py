@@ -25,7 +25,9 @@ class EvalJob:
 
     Args:
         model: a model file written by uenn-geo (``model.pt``), or several: their committee
-            (:class:`~uenn_geo.models.committee.Committee`, the mean of their predictions).
+            (:class:`~uenn_geo.models.committee.Committee`, the mean of their predictions); a
+            folder of ``uenn-geo train`` stands for its model files (with ``--committee``,
+            the members': :func:`~uenn_geo.models.committee.model_files`).
         files: structure files with reference forces (and energies, stresses).
         energy_key, forces_key, stress_key: where the references are (as for training).
         batch_size: structures per evaluation batch (default: 64).

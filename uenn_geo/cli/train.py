@@ -148,7 +148,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help=f"output folder (default: {d['out']})")
     p.add_argument("--root", help=f"processed-data cache (default: {d['root']})")
     p.add_argument("--restart", dest="resume", action="store_false", help="ignore checkpoints")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument(
+        "--threads", type=int, help="torch CPU threads (each member's with --committee: 1)"
+    )
     p.add_argument("--device", help="cpu or cuda (cuda:LOCAL_RANK per process under torchrun)")
     p.add_argument("--num-workers", type=int, help="processes reading prepared data (0)")
     p.add_argument("--no-progress", dest="progress", action="store_false")

@@ -119,6 +119,7 @@ _RESUMABLE_OPTIONS = frozenset(
     {"out", "root", "resume", "progress", "time_limit", "max_epochs", "test_files"}
     | {"data", "train_file", "valid_file"}
     | {"device", "num_workers", "compile"}
+    | {"committee", "split_seed"}  # the split itself is part of the identity (its hash)
 )
 
 

@@ -141,24 +141,36 @@ def force_deviation(forces_comm: Any) -> Any:
 
 def model_files(path: str | os.PathLike) -> list[Path]:
     """The model files that ``path`` names: the file itself, or in a folder written by
-    ``uenn-geo train`` its ``model.pt``, or with ``--committee`` its members'
-    (``member<i>/model.pt``, in order).
+    ``uenn-geo train`` its ``model.pt``, or with ``--committee N`` (its ``config.yaml`` says
+    so) its members' ``member0/model.pt`` ... ``member<N-1>/model.pt``.
 
     Raises:
-        FileNotFoundError: a folder with neither.
+        FileNotFoundError: a folder without its model file, or a member's.
     """
     path = Path(path)
     if not path.is_dir():
         return [path]
-    if (path / "model.pt").is_file():
-        return [path / "model.pt"]
-    members = [p for p in path.glob("member*/model.pt") if p.parent.name[6:].isdigit()]
-    if not members:
+    size = _committee_size(path / "config.yaml")
+    files = [path / f"member{i}" / "model.pt" for i in range(size)] if size > 1 else []
+    files = files or [path / "model.pt"]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
         raise FileNotFoundError(
-            f"{path} is a folder with no model.pt and no member<i>/model.pt (a folder written "
-            "by uenn-geo train, with or without --committee); give a model file"
+            f"{path} is not a finished uenn-geo train folder: no {', '.join(missing)} (a run "
+            "that did not finish resumes when its command is run again); or give model files"
         )
-    return sorted(members, key=lambda p: int(p.parent.name[6:]))
+    return files
+
+
+def _committee_size(config: Path) -> int:
+    """``committee`` in a training folder's ``config.yaml`` (1 without one)."""
+    import yaml
+
+    try:
+        values = yaml.safe_load(config.read_text())
+    except (OSError, yaml.YAMLError):
+        return 1
+    return int(values.get("committee", 1)) if isinstance(values, dict) else 1
 
 
 def load_committee(

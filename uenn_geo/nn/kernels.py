@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import time
 import warnings
@@ -148,11 +149,20 @@ def _lock_file(name: str) -> Path | None:
 def _wait_for_build(lock: Path | None, stale: float = STALE_LOCK_SECONDS) -> None:
     """Wait while another process builds (``lock`` exists); remove a lock older than
     ``stale`` seconds, with a warning, rather than wait on it for ever."""
+    said = False
     while lock is not None:
         try:
             age = time.time() - lock.stat().st_mtime
         except FileNotFoundError:
             return
+        if not said and age > 10.0:
+            print(
+                f"uenn-geo: waiting for another process's build of the CPU kernel ({lock}; "
+                f"removed if older than {stale / 60:.0f} minutes)",
+                file=sys.stderr,
+                flush=True,
+            )
+            said = True
         if age > stale:
             warnings.warn(
                 f"uenn-geo: removing {lock}, left {age / 60:.0f} minutes ago by a build of the "
