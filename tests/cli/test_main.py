@@ -133,3 +133,13 @@ def test_train_options_reach_the_job():
         job_from_args(args)
     with pytest.raises(SystemExit):  # not JSON at all
         build_parser().parse_args(["train", "--data", "x", "--model-kwargs", "{1"])
+
+
+def test_python_m_uenn_geo_is_the_command():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "uenn_geo", "train", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "--committee" in done.stdout
