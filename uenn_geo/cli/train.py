@@ -124,12 +124,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ("--test-fraction", float, "(default: 0.1 of --data)"),
         ("--seed", int, f"(default: {d['seed']})"),
         ("--split-seed", int, "of the validation and test split (default: --seed)"),
-        (
-            "--committee",
-            int,
-            "train this many models side by side (seeds --seed, --seed + 1, ...; one process "
-            "each, --threads threads each, default 1) and report their mean (default: 1)",
-        ),
+        ("--committee", int, "models trained side by side, a process each (default: 1)"),
     ]:
         group.add_argument(flag, type=kind, help=text)
     group.add_argument(
@@ -148,9 +143,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help=f"output folder (default: {d['out']})")
     p.add_argument("--root", help=f"processed-data cache (default: {d['root']})")
     p.add_argument("--restart", dest="resume", action="store_false", help="ignore checkpoints")
-    p.add_argument(
-        "--threads", type=int, help="torch CPU threads (each member's with --committee: 1)"
-    )
+    p.add_argument("--threads", type=int, help="torch CPU threads (a member's: --committee)")
     p.add_argument("--device", help="cpu or cuda (cuda:LOCAL_RANK per process under torchrun)")
     p.add_argument("--num-workers", type=int, help="processes reading prepared data (0)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
