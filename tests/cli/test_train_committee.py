@@ -3,6 +3,7 @@ one split, and the committee's tables (small slices of rMD17 ethanol from ../sha
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -79,3 +80,41 @@ def test_a_failing_member_is_named_with_its_log(files, tmp_path, capsys):  # noq
     assert main(args(files, out, *flags)) == 2
     err = capsys.readouterr().err
     assert re.search(r"committee member \d failed", err) and "train.log" in err
+
+
+def test_members_hold_out_the_same_structures(files):  # noqa: F811
+    from uenn_geo.cli.train_job import _load_sets
+
+    job = TrainJob(train_file=str(files / "train.xyz"), root=str(files / "cache"), committee=2)
+    val = [_load_sets(m).val.indices() for m in member_jobs(job)]
+    assert [int(k) for k in val[0]] == [int(k) for k in val[1]]
+    other = _load_sets(TrainJob(train_file=str(files / "train.xyz"), root=str(files / "cache")))
+    moved = _load_sets(replace(member_jobs(job)[1], split_seed=5)).val.indices()
+    assert [int(k) for k in other.val.indices()] == [int(k) for k in val[0]]
+    assert [int(k) for k in moved] != [int(k) for k in val[0]]  # --split-seed moves it
+
+
+def test_stopping_interrupts_then_kills(monkeypatch):
+    import subprocess
+    import sys
+    import time
+
+    from uenn_geo.cli import train_committee
+
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stubborn = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+            "print('ready', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert stubborn.stdout.readline().strip() == "ready"
+    monkeypatch.setattr(train_committee, "STOP_GRACE_SECONDS", 1.0)
+    start = time.monotonic()
+    train_committee._stop([polite, stubborn])
+    assert time.monotonic() - start < 10
+    assert polite.returncode not in (None, -9) and stubborn.returncode == -9
