@@ -172,7 +172,8 @@ def _evaluate(members: list[TrainJob], sets: Any, out: Path) -> dict[str, Any]:
     from uenn_geo.train import distributed
     from uenn_geo.train.metrics import format_table
 
-    model = load_committee([Path(m.out) / "model.pt" for m in members])
+    device = members[0].device or "cpu"  # where the members trained ("cuda": the first GPU)
+    model = load_committee([Path(m.out) / "model.pt" for m in members], map_location=device)
     tables = {}
     for name, data in {"validation": sets.val, **sets.tests}.items():
         data.transform = CastFloats(model.dtype)

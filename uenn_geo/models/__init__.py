@@ -150,7 +150,7 @@ def load_weights(model: nn.Module, state: dict[str, Any]) -> None:
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Load a model written by :func:`save_model`, in evaluation mode.
+    """Load a model written by :func:`save_model`, on ``map_location``, in evaluation mode.
 
     Raises:
         ValueError: the file is not a uenn-geo model file, is damaged (its weights' checksum
@@ -166,4 +166,4 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise ValueError(
             f"{path} is not a uenn-geo model file, or a damaged or truncated one: {err}"
         ) from err
-    return model_from_record(record, source=str(path)).eval()
+    return model_from_record(record, source=str(path)).to(map_location).eval()
