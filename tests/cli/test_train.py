@@ -273,6 +273,21 @@ def test_weight_decay_and_ema_decay_reach_the_optimiser():
             TrainJob(data="x", max_epochs=1, **bad)
 
 
+def test_lr_final_reaches_the_schedule():
+    """``--lr-final`` (a fraction of ``--lr``) passes to TrainConfig; 0 or above 1 is refused."""
+    from uenn_geo.cli.train_job import _train_config
+    from uenn_geo.models import UENNForceField
+
+    model = UENNForceField(conservative=True)
+    config = _train_config(TrainJob(data="x", max_epochs=1), model, energies=True)
+    assert config.lr_final == 1e-3
+    job = TrainJob(data="x", max_epochs=1, lr_final=0.2)
+    assert _train_config(job, model, energies=True).lr_final == 0.2
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="--lr-final is a fraction of --lr"):
+            TrainJob(data="x", max_epochs=1, lr_final=bad)
+
+
 def test_grad_clip_and_amsgrad_reach_the_optimiser():
     """``--grad-clip`` and ``--amsgrad`` pass to TrainConfig (and AMSGrad to Adam); files
     are clipped by default, built-in sets not, ``--grad-clip 0`` turns it off; a negative

@@ -533,6 +533,7 @@ def _train_config(
     stage_two, stage_weight = job.resolved_stage_two(from_file, compositions, with_energy)
     return TrainConfig(
         lr=job.lr,
+        lr_final=job.lr_final,
         weight_decay=job.weight_decay,
         ema_decay=job.ema_decay or None,
         grad_clip=_grad_clip(job, from_file),

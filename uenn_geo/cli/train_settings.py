@@ -84,8 +84,8 @@ class TrainJob:
             than one composition, one stage otherwise).
         stage_two_energy_weight: default :data:`STAGE_TWO_ENERGY_WEIGHT` for those files,
             :class:`~uenn_geo.train.TrainConfig`'s otherwise.
-        time_limit, max_epochs, lr, weight_decay, ema_decay, amsgrad, seed: as in TrainConfig
-            (``ema_decay`` 0 turns the moving average off).
+        time_limit, max_epochs, lr, lr_final, weight_decay, ema_decay, amsgrad, seed: as in
+            TrainConfig (``ema_decay`` 0 turns the moving average off).
         grad_clip: clip the gradient norm to this; 0 turns it off (default: ``FILE_GRAD_CLIP``
             of :mod:`uenn_geo.cli.train_job` for files, none for built-in sets).
         batch_size: structures per step (and process); default (:obj:`None`):
@@ -139,6 +139,7 @@ class TrainJob:
     max_epochs: int | None = None
     batch_size: int | None = None
     lr: float = _CONFIG_DEFAULTS["lr"]
+    lr_final: float = _CONFIG_DEFAULTS["lr_final"]
     weight_decay: float = _CONFIG_DEFAULTS["weight_decay"]
     ema_decay: float = _CONFIG_DEFAULTS["ema_decay"]
     grad_clip: float | None = None
@@ -166,6 +167,10 @@ class TrainJob:
         test = self.test_fraction or 0.0
         if not 0 <= test < 1 or self.val_fraction + test >= 1:
             raise ValueError("--test-fraction must lie in [0, 1) and leave training data")
+        if not 0 < self.lr_final <= 1:
+            raise ValueError(
+                f"--lr-final is a fraction of --lr and must lie in (0, 1], got {self.lr_final}"
+            )
         if not self.weight_decay >= 0 or not 0 <= self.ema_decay < 1:
             raise ValueError("--weight-decay must be >= 0 and --ema-decay lie in [0, 1)")
         if self.stage_two is not None and not 0 <= self.stage_two < 1:
