@@ -539,3 +539,27 @@ def test_eval_job_takes_paths_and_lists():
     assert EvalJob(model=[Path("a.pt"), "b.pt"], files=["x.xyz"]).model == ("a.pt", "b.pt")
     with pytest.raises(ValueError, match="--model"):
         EvalJob(model=[], files=["x.xyz"])
+
+
+def test_distillation_example_splits_as_train_does(tmp_path):
+    """examples/distill_committee.py holds out the validation frames that ``uenn-geo train
+    --val-fraction X --split-seed S`` holds out, so a student never trains on them."""
+    import importlib.util
+
+    from uenn_geo.cli.train_job import _load_sets
+
+    path = Path(__file__).parents[2] / "examples" / "distill_committee.py"
+    spec = importlib.util.spec_from_file_location("distill_committee", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    file = tmp_path / "eth.xyz"
+    ase.io.write(file, ase.io.read(ETHANOL / "train.xyz", ":24"))
+    frames = ase.io.read(file, ":")
+    for fraction, seed in ((0.25, 0), (0.1, 3)):
+        job = TrainJob(train_file=str(file), val_fraction=fraction, split_seed=seed, max_epochs=1)
+        sets = _load_sets(job)
+        val, train = module.split(len(frames), fraction, seed)
+        expected = np.stack([frames[i].positions for i in val])
+        got = np.stack([sets.val[k].pos.numpy() for k in range(len(sets.val))])
+        assert len(train) == len(sets.train)
+        np.testing.assert_allclose(got, expected, atol=1e-6)
