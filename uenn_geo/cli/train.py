@@ -117,11 +117,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             f"of more than {COMPILE_MAX_ATOMS} atoms a structure)",
         ),
         ("--lr", float, f"Adam's learning rate (default: {d['lr']})"),
-        (
-            "--lr-final",
-            float,
-            f"end of the cosine schedule, a fraction of --lr (default: {d['lr_final']})",
-        ),
+        ("--lr-final", float, f"schedule's end, times --lr (default: {d['lr_final']})"),
         ("--weight-decay", float, f"AdamW's (default: {d['weight_decay']})"),
         ("--ema-decay", float, f"weight average, 0: none (default: {d['ema_decay']})"),
         ("--grad-clip", float, "gradient-norm clip, 0: none (default: 0.3 for files)"),
