@@ -60,6 +60,13 @@ def main() -> None:
         raise SystemExit("--sigma must be > 0 and --copies >= 1")
     torch.set_num_threads(args.threads)
     frames = read(args.train_file, ":")
+    isolated = [k for k, a in enumerate(frames) if len(a) == 1]
+    if isolated:
+        raise SystemExit(
+            f"{args.train_file} holds isolated atoms (frames {isolated[:5]}), which uenn-geo "
+            "train keeps out of its split, so the split here would differ: pass them with "
+            "--E0s from a separate file instead"
+        )
     val, train = split(len(frames), args.val_fraction, args.split_seed)
     train_frames = [frames[i] for i in train]
     calc = UENNCalculator(args.model, compile=False)
