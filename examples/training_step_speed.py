@@ -20,6 +20,7 @@ import torch
 from torch_geometric.data import Batch
 
 from uenn_geo.cli import build_parser
+from uenn_geo.cli import data_stats
 from uenn_geo.cli import train_job as tj
 from uenn_geo.cli.train import job_from_args
 from uenn_geo.models import UENNForceField
@@ -36,7 +37,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     job = job_from_args(build_parser().parse_args(["train", *train_args]))
     sets = tj._load_sets(job)
-    mean_atoms = tj._mean_atoms(sets.train)
+    mean_atoms = data_stats.mean_atoms(sets.train)
     job = replace(job, batch_size=job.resolved_batch_size(sets.from_file, mean_atoms))
     energies = getattr(sets.train[0], "energy", None) is not None
     model = tj._build_model(job, sets, energies, mean_atoms)

@@ -65,6 +65,19 @@ def test_every_batch_has_the_budget_shape_and_every_structure_comes_once():
     assert len(epoch) == len(epoch.groups) >= 10  # about 40 / 4, a few more for the gaps
 
 
+def test_ranks_take_disjoint_shards_of_one_packing_as_many_each():
+    packed = PackedGraphs(_structures(40), CUTOFF)
+    epoch = packed.batches(4, True, torch.Generator().manual_seed(1))
+    shards = [epoch.shard(r, 3) for r in range(3)]
+    assert len({len(shard) for shard in shards}) == 1  # every rank takes as many steps
+    assert 3 * len(shards[0]) > len(epoch) - 3
+    taken = [g for shard in shards for group in shard.groups for g in group]
+    assert len(taken) == len(set(taken))  # no structure on two ranks
+    assert set(taken) <= set(range(40))
+    first = next(iter(shards[1]))
+    assert first.num_nodes == packed.budget(4).atoms  # the shape of every batch
+
+
 def test_padding_never_touches_the_real_structures():
     frames = _structures(12)
     packed = PackedGraphs(frames, CUTOFF)

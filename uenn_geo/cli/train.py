@@ -22,6 +22,7 @@ from uenn_geo.cli.train_settings import (
 )
 from uenn_geo.data.registry import DATASET_NAMES
 from uenn_geo.models import MODELS
+from uenn_geo.train import distributed
 
 __all__ = ["TrainJob", "run_training", "job_from_args", "add_parser"]
 
@@ -54,6 +55,8 @@ def job_from_args(args: argparse.Namespace) -> TrainJob:
 def run(args: argparse.Namespace) -> int:
     job = job_from_args(args)
     metrics = run_training(job, getattr(args, "threads", None))
+    if distributed.launched_rank() != 0:
+        return 0  # under torchrun, rank 0 prints the tables
     model = f"{job.out}/member*/model.pt" if job.committee > 1 else f"{job.out}/model.pt"
     print(f"\nmodel: {model}   metrics: {job.out}/metrics.json")
     print(metrics["table"])

@@ -564,8 +564,6 @@ def _compile(job: TrainJob, mean_atoms: float, one_shape: bool = False) -> bool:
     """Whether the training step runs through :func:`torch.compile` (``job.compile``), for
     structures of ``mean_atoms`` atoms on average; ``one_shape``: their neighbour lists are
     stored, so that the batches can all have one shape (:class:`PackedGraphs`)."""
-    if distributed.world_size() > 1:
-        return False
     if job.compile == "auto":
         by_time = job.time_limit is not None and job.max_epochs is None
         long = by_time and job.time_limit >= COMPILE_MIN_SECONDS

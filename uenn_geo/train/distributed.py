@@ -4,9 +4,14 @@ r"""Data-parallel training on :mod:`torch.distributed`: one process per device, 
 variables) starts ``N`` copies of the command; :func:`init_from_env` joins them into one
 process group (gloo on the CPU, NCCL on GPUs) and the training loop then
 
-* wraps the model in :class:`~torch.nn.parallel.DistributedDataParallel` (:func:`wrap`),
-  which broadcasts rank 0's weights and buffers (so the fitted scales and E0s) at
-  construction and averages the gradients during ``backward``,
+* broadcasts rank 0's weights and buffers (so the fitted scales and E0s) to every rank
+  before training (:func:`broadcast_state`) and averages the gradients after every
+  ``backward`` in one all-reduce (:func:`average_gradients`): what
+  :class:`~torch.nn.parallel.DistributedDataParallel` does, but outside the step, so that
+  the step may be compiled (:func:`torch.compile`; DDP's hooks fire inside autograd's
+  backward, which a compiled step with forces from the energy replaces) and so that
+  parameters without a gradient in a step (an energy readout's bias under a force loss)
+  need no special case,
 * reads a disjoint shard of each epoch on every rank (:func:`train_batches`: a
   :class:`~torch.utils.data.DistributedSampler` seeded with the run's seed, ``set_epoch``
   each epoch); the batch size is per process, so an epoch takes :math:`1/N` of the steps,
@@ -41,12 +46,14 @@ __all__ = [
     "teardown",
     "is_distributed",
     "rank",
+    "launched_rank",
     "world_size",
     "local_rank",
     "is_main",
     "barrier",
     "main_first",
-    "wrap",
+    "broadcast_state",
+    "average_gradients",
     "train_batches",
     "batches_per_epoch",
     "device_of",
@@ -120,6 +127,12 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def launched_rank() -> int:
+    """This process's rank as its launcher (torchrun, srun) set it, whether or not the group
+    is joined (before :func:`init_from_env`, after :func:`teardown`); 0 in one process."""
+    return _env_int("RANK", "SLURM_PROCID") or 0
+
+
 def local_rank() -> int:
     return _env_int("LOCAL_RANK", "SLURM_LOCALID") or 0
 
@@ -144,44 +157,43 @@ def main_first() -> Iterator[None]:
         barrier()
 
 
-class _Call(nn.Module):
-    """Routes a named method of the model through ``forward`` (DDP hooks only ``forward``)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        if method == "forward":
-            return self.model(*args, **kwargs)
-        return getattr(self.model, method)(*args, **kwargs)
+def broadcast_state(model: nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank (what DistributedDataParallel's
+    constructor does)."""
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(tensor.data, 0)
 
 
-class DataParallel:
-    """The model as the loss sees it: calls go through DistributedDataParallel, every other
-    attribute (``force_scale``, ``has_energy``, ...) is the model's own."""
-
-    def __init__(self, model: nn.Module) -> None:
-        from torch.nn.parallel import DistributedDataParallel
-
-        device = next(model.parameters()).device
-        ids = [device.index] if device.type == "cuda" else None
-        self.module = model
-        self.ddp = DistributedDataParallel(_Call(model), device_ids=ids, broadcast_buffers=False)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.ddp("forward", *args, **kwargs)
-
-    def energy_forces(self, *args: Any, **kwargs: Any) -> Any:
-        return self.ddp("energy_forces", *args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.module, name)
-
-
-def wrap(model: nn.Module) -> Any:
-    """``model`` for the loss: a :class:`DataParallel` view with several ranks, else itself."""
-    return DataParallel(model) if is_distributed() else model
+def average_gradients(model: nn.Module) -> None:
+    """Every rank's gradients replaced by their mean over the ranks, in one all-reduce (what
+    DistributedDataParallel does during ``backward``). A parameter without a gradient on a
+    rank counts as zero there, and gets the mean wherever any rank had one (the same
+    parameters step on every rank); one without a gradient anywhere keeps none."""
+    if not is_distributed():
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        return
+    like = params[0]
+    parts = [like.new_zeros(p.numel()) if p.grad is None else p.grad.reshape(-1) for p in params]
+    had = like.new_tensor([float(p.grad is not None) for p in params])
+    flat = torch.cat([*(x.to(like.dtype) for x in parts), had])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    anyone = (flat[-len(params) :] > 0).tolist()
+    start = 0
+    for k, p in enumerate(params):
+        mean = flat[start : start + p.numel()].view_as(p).to(p.dtype)
+        start += p.numel()
+        if not anyone[k]:
+            continue
+        if p.grad is None:
+            p.grad = mean.clone()
+        else:
+            p.grad.copy_(mean)
 
 
 def batches_per_epoch(n: int, batch_size: int | None) -> int:
@@ -214,12 +226,17 @@ def train_batches(
     DistributedSampler (``seed``, ``set_epoch(epoch)``) gives each rank its shard. Batches
     are moved to ``device`` (default: where they are). A
     :class:`~uenn_geo.train.packing.PackedGraphs` in one process gives its padded batches of
-    one shape, whose number (``len``) varies from epoch to epoch.
+    one shape, whose number (``len``) varies from epoch to epoch; with several ranks, every
+    rank packs one order (``seed`` + ``epoch``) and takes every ``N``-th of its batches.
     """
     from uenn_geo.train.packing import PackedGraphs
 
-    if isinstance(data, PackedGraphs) and not is_distributed():
-        return data.batches(batch_size, True, generator, device)
+    if isinstance(data, PackedGraphs):
+        if not is_distributed():
+            return data.batches(batch_size, True, generator, device)
+        # every rank packs the same order (seed and epoch) and takes every N-th batch
+        order = torch.Generator().manual_seed(seed + epoch)
+        return data.batches(batch_size, True, order, device).shard(rank(), world_size())
     return _moved(_train_batches(data, batch_size, generator, seed, epoch), device)
 
 

@@ -145,6 +145,10 @@ class _Run:
     ) -> None:
         self.model, self.config, self.out, self.metadata = model, config, out, metadata
         adam = config.optimizer == "adam"
+        compiled = config.compile and adam
+        # several ranks: rank 0's weights first, before the weights' average and the best
+        # weights copy them; the gradients averaged after each backward (average_gradients)
+        distributed.broadcast_state(model)
         self.gen = torch.Generator().manual_seed(config.seed)
         self.optimizer = _make_optimizer(model, config)
         self.plateau = (
@@ -153,10 +157,10 @@ class _Run:
             else None
         )
         self.ema = _EMA(model, config.ema_decay) if config.ema_decay is not None and adam else None
-        self.loss_fn = LossFunction(  # through DistributedDataParallel with several ranks
-            distributed.wrap(model),
+        self.loss_fn = LossFunction(
+            model,
             config.energy_weight,
-            config.compile and adam,
+            compiled,
             config.stress_weight,
             static_shapes=config.static_shapes,
         )
@@ -228,8 +232,9 @@ class _Run:
         else:
             per_epoch = distributed.batches_per_epoch(len(data), cfg.batch_size)
         skip_short = self.loss_fn.compiled is not None and cfg.static_shapes and cfg.batch_size
-        skip_short = bool(skip_short) and distributed.world_size() == 1 and not padded
-        if skip_short and per_epoch > 1 and len(data) % cfg.batch_size:
+        skip_short = bool(skip_short) and not padded
+        per_rank = math.ceil(len(data) / distributed.world_size())  # the sampler pads the ranks
+        if skip_short and per_epoch > 1 and per_rank % cfg.batch_size:
             per_epoch -= 1  # the short last batch is skipped (one compiled shape)
         clock = distributed.StepClock(t0)  # one clock (and loss) for all ranks
         shard = _Timed(batches)
@@ -246,9 +251,11 @@ class _Run:
                     self.start_stage_two()
                 self.loss_fn.energy_weight = cfg.stage_two_energy_weight
             self.optimizer.zero_grad(set_to_none=True)
-            loss = clock.agree(self.loss_fn.backward(batch))
-            if not s.compile_s and self.loss_fn.compile_seconds:
-                s.compile_s = self.loss_fn.compile_seconds
+            loss = self.loss_fn.backward(batch)
+            distributed.average_gradients(self.model)  # several ranks: their mean
+            loss = clock.agree(loss)
+            if k == 0 and not s.compile_s:  # the ranks' mean: one schedule for every rank
+                s.compile_s = distributed.agreed_seconds(self.loss_fn.compile_seconds or 0.0)
             if not torch.isfinite(loss):
                 return None
             if cfg.grad_clip is not None and cfg.optimizer == "adam":

@@ -318,6 +318,13 @@ class _Epoch:
     def __len__(self) -> int:
         return len(self.groups)
 
+    def shard(self, rank: int, ranks: int) -> _Epoch:
+        """Rank ``rank``'s batches of ``ranks``: every ``ranks``-th, as many on every rank
+        (up to ``ranks - 1`` batches of the pass are left out; they come in other epochs)."""
+        per_rank = len(self.groups) // ranks
+        groups = self.groups[rank::ranks][:per_rank]
+        return _Epoch(self.data, groups, self.room, self.device)
+
     def __iter__(self) -> Iterator[Batch]:
         for group in self.groups:
             batch = self.data.make(group, self.room)
