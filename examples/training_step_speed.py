@@ -19,8 +19,7 @@ from dataclasses import replace
 import torch
 from torch_geometric.data import Batch
 
-from uenn_geo.cli import build_parser
-from uenn_geo.cli import data_stats
+from uenn_geo.cli import build_parser, data_stats
 from uenn_geo.cli import train_job as tj
 from uenn_geo.cli.train import job_from_args
 from uenn_geo.models import UENNForceField
