@@ -411,7 +411,7 @@ class StepClock:
         if not is_distributed():
             return loss
         w = world_size()
-        mean_loss, seconds = all_reduce_sum([float(loss), time.perf_counter() - self.t0])
+        mean_loss, seconds = all_reduce_sum([float(loss.detach()), time.perf_counter() - self.t0])
         self.agreed = seconds / w
         return torch.tensor(mean_loss / w, dtype=torch.float64)
 

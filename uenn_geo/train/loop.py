@@ -145,7 +145,6 @@ class _Run:
     ) -> None:
         self.model, self.config, self.out, self.metadata = model, config, out, metadata
         adam = config.optimizer == "adam"
-        compiled = config.compile and adam
         # several ranks: rank 0's weights first, before the weights' average and the best
         # weights copy them; the gradients averaged after each backward (average_gradients)
         distributed.broadcast_state(model)
@@ -160,7 +159,7 @@ class _Run:
         self.loss_fn = LossFunction(
             model,
             config.energy_weight,
-            compiled,
+            config.compile and adam,
             config.stress_weight,
             static_shapes=config.static_shapes,
         )
