@@ -43,7 +43,7 @@ CASES = {
          "interaction_channels": 2, "atomic_numbers": [1, 8], "dtype": "float64",
          "conservative": True, "species_pairs": True, "gram_channels": 3,
          "separate_scalars": True, "own_species": True, "centre_vectors": True,
-         "bond_vectors": True, "bond_cubes": True},
+         "bond_vectors": True, "bond_cubes": True, "bond_quartics": True},
     ),
     # learned radial functions and Gaussians (no pair term: it reads them as fixed), smooth
     # directions in the bias terms, neighbour sums over the square root of their mean count

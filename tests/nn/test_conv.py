@@ -161,16 +161,22 @@ def test_general_layer_matches_dense_einsum(edges_per_chunk, shuffle):
 
 @pytest.mark.parametrize(
     "options",
-    [("centre_vectors",), ("bond_vectors",), ("bond_vectors", "bond_cubes")],
+    [
+        ("centre_vectors",),
+        ("bond_vectors",),
+        ("bond_vectors", "bond_cubes"),
+        ("bond_vectors", "bond_cubes", "bond_quartics"),
+    ],
 )
 def test_projected_vectors_match_dense_einsum(options):
     # centre_vectors: the centre's own vectors projected on each bond, p = r_hat . x_i;
     # bond_vectors: the neighbour's, q = r_hat . x_j. Vector rows get r_hat p, the scalar row
-    # p^2, after the neighbour's columns; bond_cubes then r_hat q^2 and q^3 (order three).
+    # p^2, after the neighbour's columns; bond_cubes then r_hat q^2 and q^3 (order three),
+    # bond_quartics r_hat q^3 and q^4 (order four).
     rc, num, n = 4.5, 6, 3
     conv = VectorGaussianConv(2, 4, 3, rc, vector_channels=2, output="both", dtype=F64,
                               **dict.fromkeys(options, True))  # fmt: skip
-    powers = [1, 2] if "bond_cubes" in options else [1]  # the extra columns: r_hat p^k
+    powers = [k + 1 for k in range(len(options))]  # the extra columns: r_hat p^k
     assert conv.weight.shape == (3, 2 + 2 * (1 + len(powers)), 4)
     pos, v, x = cluster(num, n), torch.randn(num, 2, dtype=F64), torch.randn(num, n, 2, dtype=F64)
     out = conv(pos, all_pairs(num), v, x)
@@ -405,7 +411,8 @@ def test_bond_vectors_smooth_at_cutoff_and_differentiable():
     # the derivatives (forces; their derivatives in training) are right.
     rc = 4.0
     conv = VectorGaussianConv(1, 4, 5, rc, vector_channels=2, output="both", dtype=F64,
-                              bond_vectors=True, centre_vectors=True, bond_cubes=True)  # fmt: skip
+                              bond_vectors=True, centre_vectors=True, bond_cubes=True,
+                              bond_quartics=True)  # fmt: skip
     x = torch.randn(2, 3, 2, dtype=F64)
     outs = []
     for r in (rc - 1e-3, rc, rc + 1e-3):

@@ -257,6 +257,22 @@ def test_training_takes_the_plain_path(monkeypatch):
     assert second.abs().max() > 0
 
 
+def test_order_four_takes_the_plain_path(monkeypatch):
+    # The kernel has no columns for bond_quartics: such a layer computes its sums in PyTorch,
+    # in eval mode too, even where the kernel was decided on.
+    conv = layer(bond_vectors=True, bond_cubes=True, bond_quartics=True).eval()
+    conv.kernel = True
+    pos, index, _ = graph()
+    v, x = node_features(conv, pos.shape[0])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the kernel was called for a layer with bond_quartics")
+
+    monkeypatch.setattr(kernels, "neighbour_sums", refuse)
+    with torch.no_grad():
+        assert conv(pos, index, v, x).abs().max() > 0
+
+
 def test_off_by_environment(monkeypatch):
     monkeypatch.setenv(kernels.ENV, "0")
     conv = layer()

@@ -21,6 +21,7 @@ LEGACY_CONFIG: dict[str, Any] = {
     "centre_vectors": False,
     "bond_vectors": False,
     "bond_cubes": False,
+    "bond_quartics": False,
     "radial_mlp": 0,
     "learnable_basis": False,
     "bias_delta": 0.0,

@@ -19,16 +19,12 @@ from uenn_geo.models.pair import fit_pair, has_positions
 from uenn_geo.models.response import cells_of, energy_response
 from uenn_geo.models.scales import company, fit_force_energy_scales
 from uenn_geo.nn.conv import VectorGaussianConv
+from uenn_geo.nn.functional import scalar_channels
 from uenn_geo.nn.gram import GramInvariants
 from uenn_geo.nn.linear import EquivariantLinear
 from uenn_geo.nn.mlp import EquivariantMLP
 
 __all__ = ["UENNForceField"]
-
-
-def _as_scalar_channels(s: Tensor, n: int) -> Tensor:
-    r"""Invariants :obj:`(N, T)` as channels :math:`[\mathbf{0}; s]` :obj:`(N, n + 1, T)`."""
-    return torch.cat([s.new_zeros(s.shape[0], n, s.shape[1]), s.unsqueeze(1)], dim=1)
 
 
 class UENNForceField(ForceModel):
@@ -171,10 +167,11 @@ class UENNForceField(ForceModel):
             projected on the bond along it, :math:`\hat{\mathbf{r}}_{ij}
             (\hat{\mathbf{r}}_{ij} \cdot \mathbf{x}_j)` (angular coupling of order two;
             :class:`~uenn_geo.nn.VectorGaussianConv`) (default: :obj:`False`).
-        bond_cubes (bool): blocks :math:`k \geq 2` also carry
-            :math:`\hat{\mathbf{r}}_{ij} (\hat{\mathbf{r}}_{ij} \cdot \mathbf{x}_j)^2` and
-            :math:`(\hat{\mathbf{r}}_{ij} \cdot \mathbf{x}_j)^3` (angular coupling of order
-            three) (default: :obj:`False`).
+        bond_cubes (bool): the same at order three, with :math:`q_j = \hat{\mathbf{r}}_{ij}
+            \cdot \mathbf{x}_j`: :math:`\hat{\mathbf{r}}_{ij} q_j^2` and :math:`q_j^3` (default:
+            :obj:`False`).
+        bond_quartics (bool): the same at order four: :math:`\hat{\mathbf{r}}_{ij} q_j^3` and
+            :math:`q_j^4` (default: :obj:`False`).
         radial_mlp (int): hidden width of learned radial functions of the Gaussians in every
             graph layer (``radial_hidden`` of :class:`~uenn_geo.nn.VectorGaussianConv`;
             default: :obj:`0`, none).
@@ -241,6 +238,7 @@ class UENNForceField(ForceModel):
         learnable_basis: bool = False,
         bias_delta: float = 0.0,
         avg_num_neighbors: float | None = None,
+        bond_quartics: bool = False,
     ) -> None:
         super().__init__()
         dtype = resolve_dtype(dtype)
@@ -267,6 +265,7 @@ class UENNForceField(ForceModel):
             centre_vectors=bool(centre_vectors),
             bond_vectors=bool(bond_vectors),
             bond_cubes=bool(bond_cubes),
+            bond_quartics=bool(bond_quartics),
             radial_mlp=int(radial_mlp),
             learnable_basis=bool(learnable_basis),
             bias_delta=float(bias_delta),
@@ -336,6 +335,7 @@ class UENNForceField(ForceModel):
                 inter = {**conv, "num_basis": cfg["interaction_basis"] or cfg["num_basis"]}
                 inter.update(vector_channels=c, centre_vectors=cfg["centre_vectors"])
                 inter.update(bond_vectors=cfg["bond_vectors"], bond_cubes=cfg["bond_cubes"])
+                inter.update(bond_quartics=cfg["bond_quartics"])
                 self.convs.append(VectorGaussianConv(species + c, m, **inter))
         readout = None
         if self.conservative:
@@ -437,7 +437,7 @@ class UENNForceField(ForceModel):
         h = self.convs[0].contract(sums, centre)  # (N, n + 1, M): [D; S]
         own = []
         if self.config["own_species"]:  # [0; v_i]: the atom's own species as scalar channels
-            own = [_as_scalar_channels(v, n)]
+            own = [scalar_channels(v, n)]
         h = self.mlps[0](self._with_gram(0, torch.cat([h, *own], dim=-1)))
         blocks = zip(self.mixes, self.convs[1:], self.mlps[1:], strict=True)
         for k, (mix, conv, mlp) in enumerate(blocks, start=1):
@@ -451,7 +451,7 @@ class UENNForceField(ForceModel):
         """``x`` and, with ``gram_channels``, its inner-product invariants as scalar channels."""
         if self.grams is None:
             return x
-        return torch.cat([x, _as_scalar_channels(self.grams[block](x), x.shape[1] - 1)], dim=-1)
+        return torch.cat([x, scalar_channels(self.grams[block](x), x.shape[1] - 1)], dim=-1)
 
     def _pair_readout(self, sums: Tensor, species: Tensor) -> Tensor:
         r"""Rows of the neighbour sums times :math:`c_{(b, d), z_i}`: :obj:`(N, R)`."""

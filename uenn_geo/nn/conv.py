@@ -138,6 +138,10 @@ class VectorGaussianConv(MessagePassing):
         bond_cubes (bool): the same coupling at order three, :math:`F_v` more columns:
             :math:`\hat{\mathbf{r}}_{ij}\, q_{jc}^2` in the vector form and :math:`q_{jc}^3`
             in the scalar form (default: :obj:`False`; needs ``vector_channels``).
+        bond_quartics (bool): the same coupling at order four, :math:`F_v` more columns:
+            :math:`\hat{\mathbf{r}}_{ij}\, q_{jc}^3` in the vector form and :math:`q_{jc}^4`
+            in the scalar form; computed by the PyG path only (the fused CPU kernel has no such
+            columns) (default: :obj:`False`; needs ``vector_channels``).
         sum_scale (float): :math:`\gamma`, a constant that multiplies the neighbour sums
             :math:`h_i` before the contraction with :math:`w`, e.g. :math:`1 / \sqrt{\bar{n}}`
             for atoms with :math:`\bar{n}` neighbours on average (MACE and NequIP divide
@@ -190,6 +194,7 @@ class VectorGaussianConv(MessagePassing):
         radial_hidden: int = 0,
         bond_cubes: bool = False,
         sum_scale: float = 1.0,
+        bond_quartics: bool = False,
     ) -> None:
         super().__init__(aggr="add", flow="target_to_source", node_dim=0)
         if in_channels < 1 or out_channels < 1 or num_basis < 1:
@@ -203,11 +208,9 @@ class VectorGaussianConv(MessagePassing):
             raise ValueError(f"centre_species must be >= 0, got {centre_species}")
         if radial_hidden < 0:
             raise ValueError(f"radial_hidden must be >= 0 (0: none), got {radial_hidden}")
-        for name, flag in (
-            ("centre_vectors", centre_vectors),
-            ("bond_vectors", bond_vectors),
-            ("bond_cubes", bond_cubes),
-        ):
+        columns = {"centre_vectors": centre_vectors, "bond_vectors": bond_vectors}
+        columns.update(bond_cubes=bond_cubes, bond_quartics=bond_quartics)
+        for name, flag in columns.items():
             if flag and not vector_channels:
                 raise ValueError(f"{name} needs vector features: set vector_channels >= 1")
         if output not in OUTPUTS:
@@ -234,6 +237,7 @@ class VectorGaussianConv(MessagePassing):
         self.centre_vectors = bool(centre_vectors)
         self.bond_vectors = bool(bond_vectors)
         self.bond_cubes = bool(bond_cubes)
+        self.bond_quartics = bool(bond_quartics)
         self.sum_scale = float(sum_scale)
         self.act = resolve_activation(act)
         factory = {"device": device, "dtype": dtype}
@@ -278,10 +282,9 @@ class VectorGaussianConv(MessagePassing):
     @property
     def feature_width(self) -> int:
         r"""Columns of :math:`\mathrm{feat}_{ij}`: :math:`F + F_v`, plus :math:`F_v` for each of
-        ``centre_vectors``, ``bond_vectors`` and ``bond_cubes``."""
-        return self.in_channels + self.vector_channels * (
-            1 + int(self.centre_vectors) + int(self.bond_vectors) + int(self.bond_cubes)
-        )
+        ``centre_vectors``, ``bond_vectors``, ``bond_cubes`` and ``bond_quartics``."""
+        extra = (self.centre_vectors, self.bond_vectors, self.bond_cubes, self.bond_quartics)
+        return self.in_channels + self.vector_channels * (1 + sum(map(int, extra)))
 
     def reset_parameters(self) -> None:
         r"""Normalised Xavier for :math:`w` seen as a :math:`(B (F + F_v), M_0)` matrix."""
@@ -420,7 +423,10 @@ class VectorGaussianConv(MessagePassing):
             proj = (unit.unsqueeze(-1) * x_i).sum(dim=1, keepdim=True)  # (E, 1, F_v)
         along = None
         if x_j is not None and (
-            self.scalar_weight is not None or self.bond_vectors or self.bond_cubes
+            self.scalar_weight is not None
+            or self.bond_vectors
+            or self.bond_cubes
+            or self.bond_quartics
         ):
             along = (unit.unsqueeze(-1) * x_j).sum(dim=1, keepdim=True)  # (E, 1, F_v)
         if self.weight is not None:
@@ -431,6 +437,8 @@ class VectorGaussianConv(MessagePassing):
                     extra.append(unit.unsqueeze(-1) * along)
                 if self.bond_cubes:
                     extra.append(unit.unsqueeze(-1) * along.square())
+                if self.bond_quartics:
+                    extra.append(unit.unsqueeze(-1) * along.pow(3))
                 x_rows.append(torch.cat([x_j, *extra], dim=-1) if extra else x_j)
         if self.scalar_weight is not None:
             dirs.append(torch.ones_like(r))
@@ -440,6 +448,8 @@ class VectorGaussianConv(MessagePassing):
                     extra.append(along.square())
                 if self.bond_cubes:
                     extra.append(along.pow(3))
+                if self.bond_quartics:
+                    extra.append(along.square().square())
                 x_rows.append(torch.cat([along, *extra], dim=-1) if extra else along)
         d = dirs[0] if len(dirs) == 1 else torch.cat(dirs, dim=-1)  # (E, R)
         feat = d.unsqueeze(-1) * v_j.unsqueeze(1)  # (E, R, F)
@@ -562,6 +572,8 @@ class VectorGaussianConv(MessagePassing):
             parts.append("bond_vectors=True")
         if self.bond_cubes:
             parts.append("bond_cubes=True")
+        if self.bond_quartics:
+            parts.append("bond_quartics=True")
         if self.radial_hidden:
             parts.append(f"radial_hidden={self.radial_hidden}")
         if self.sum_scale != 1.0:

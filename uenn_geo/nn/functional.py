@@ -10,7 +10,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["squared_norm", "safe_norm", "unit_vectors", "concat_scalars", "split_scalars"]
+__all__ = [
+    "squared_norm",
+    "safe_norm",
+    "unit_vectors",
+    "concat_scalars",
+    "split_scalars",
+    "scalar_channels",
+]
 
 #: Default floor of the norm used to normalise a vector, see :func:`unit_vectors`.
 DEFAULT_EPS = 1e-6
@@ -100,3 +107,9 @@ def split_scalars(x: Tensor, num_scalars: int) -> tuple[Tensor, Tensor]:
         )
     n = x.shape[-2] - num_scalars
     return x[..., :n, :], x[..., n:, :]
+
+
+def scalar_channels(s: Tensor, n: int) -> Tensor:
+    r"""Invariants :obj:`(N, T)` as :math:`T` channels :math:`[\mathbf{0}; s]` of vectors of
+    length :math:`n` with one scalar row: :obj:`(N, n + 1, T)` (:func:`concat_scalars`'s layout)."""
+    return torch.cat([s.new_zeros(s.shape[0], n, s.shape[1]), s.unsqueeze(1)], dim=1)

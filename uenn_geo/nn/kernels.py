@@ -202,6 +202,8 @@ def takes_kernel(
     outside (:func:`differentiated_outside`). Decides ``layer.kernel`` at the first eager call."""
     if layer.kernel is False or layer.radial is not None or torch.compiler.is_exporting():
         return False
+    if getattr(layer, "bond_quartics", False):  # columns the kernel does not compute
+        return False
     if pos.shape[1] != 3 or pos.device.type != "cpu":
         return False
     if torch.is_grad_enabled():
