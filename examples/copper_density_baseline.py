@@ -84,6 +84,13 @@ def main() -> None:
     args = p.parse_args()
     torch.set_default_dtype(torch.float64)
     frames = ase.io.read(args.data, ":")
+    for k, atoms in enumerate(frames):
+        results = getattr(atoms.calc, "results", {})
+        if "energy" not in results or "forces" not in results:
+            raise SystemExit(
+                f"{args.data}: frame {k} has no energy or forces where ASE reads them (the "
+                "calculator results); the baseline is fitted to both: give a file that has them"
+            )
     perm = torch.randperm(len(frames), generator=torch.Generator().manual_seed(args.seed))
     tenth = max(1, round(0.1 * len(frames)))
     test, train = perm[tenth : 2 * tenth].tolist(), perm[2 * tenth :].tolist()
