@@ -288,6 +288,35 @@ def test_lr_final_reaches_the_schedule():
             TrainJob(data="x", max_epochs=1, lr_final=bad)
 
 
+def test_optimizer_flag_and_its_defaults():
+    """``--optimizer`` reaches TrainConfig and builds that optimiser; files train with Muon
+    by default, built-in sets with Adam; an unknown name is refused, and AMSGrad (Adam's)
+    with Muon too."""
+    from uenn_geo.cli.train_job import _train_config
+    from uenn_geo.models import UENNForceField
+    from uenn_geo.optim import MuonAdam
+    from uenn_geo.train import TrainConfig
+    from uenn_geo.train.loop import _make_optimizer
+
+    model = UENNForceField(conservative=True)
+    job = TrainJob(data="x", max_epochs=1)
+    assert _train_config(job, model, energies=True, from_file=True).optimizer == "muon"
+    assert _train_config(job, model, energies=True).optimizer == "adam"
+    job = TrainJob(data="x", max_epochs=1, amsgrad=True)  # Adam's variant: Adam
+    assert _train_config(job, model, energies=True, from_file=True).optimizer == "adam"
+    args = build_parser().parse_args(["train", "--data", "x", "--optimizer", "adam"])
+    config = _train_config(job_from_args(args), model, energies=True, from_file=True)
+    assert config.optimizer == "adam"
+    assert isinstance(_make_optimizer(model, config), torch.optim.AdamW)
+    args = build_parser().parse_args(["train", "--data", "x", "--optimizer", "muon"])
+    config = _train_config(job_from_args(args), model, energies=True)
+    assert isinstance(_make_optimizer(model, config), MuonAdam)
+    with pytest.raises(ValueError, match="--optimizer must be adam or muon"):
+        TrainJob(data="x", max_epochs=1, optimizer="sgd")
+    with pytest.raises(ValueError, match="amsgrad is Adam's"):
+        TrainConfig(max_epochs=1, optimizer="muon", amsgrad=True)
+
+
 def test_grad_clip_and_amsgrad_reach_the_optimiser():
     """``--grad-clip`` and ``--amsgrad`` pass to TrainConfig (and AMSGrad to Adam); files
     are clipped by default, built-in sets not, ``--grad-clip 0`` turns it off; a negative
@@ -530,6 +559,24 @@ def test_resume_keeps_the_defaults_the_run_started_with(files, tmp_path, monkeyp
     assert resumed["train_config"] == first["train_config"] | {"max_epochs": 2}
     assert main([*flags, "--lr", "0.01", "--max-epochs", "3"]) != 0  # another option
     assert "--lr changed" in capsys.readouterr().err
+    assert first["train_config"]["optimizer"] == "muon"  # the default for files
+
+
+def test_a_run_from_before_the_optimizer_option_resumes_with_adam(files, tmp_path):
+    """A checkpoint written before ``--optimizer`` existed (its identity lacks the option,
+    its run trained with Adam) resumes with Adam, though files now train with Muon."""
+    out = tmp_path / "run"
+    flags = args(files, out)
+    flags[flags.index("--max-epochs") + 1] = "1"
+    assert main([*flags, "--optimizer", "adam"]) == 0
+    path = out / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=False)
+    del ckpt["identity"]["--optimizer"]
+    torch.save(ckpt, path)
+    flags[flags.index("--max-epochs") + 1] = "2"
+    assert main(flags) == 0
+    resumed = torch.load(path, weights_only=False)
+    assert resumed["epoch"] == 2 and resumed["train_config"]["optimizer"] == "adam"
 
 
 def test_eval_job_takes_paths_and_lists():

@@ -28,10 +28,11 @@ def setup():
     return model, tr, va
 
 
-def test_training_reduces_error_and_writes_files(setup, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adam", "muon"])
+def test_training_reduces_error_and_writes_files(setup, tmp_path, optimizer):
     model, tr, va = setup
     before = evaluate(model, va)["force_rmse"]
-    cfg = TrainConfig(max_epochs=25, batch_size=16, lr=1e-2, progress=False)
+    cfg = TrainConfig(max_epochs=25, batch_size=16, lr=1e-2, progress=False, optimizer=optimizer)
     res = train(model, tr, va, cfg, tmp_path)
     assert res.best_val_rmse < 0.93 * before
     assert res.history[-1]["train_loss"] < 0.7 * res.history[0]["train_loss"]
@@ -65,10 +66,11 @@ def test_log_records_the_wait_for_data(setup, tmp_path):
     assert all(0 <= r["data_wait_s"] <= r["epoch_time_s"] for r in fast.history)
 
 
-def test_resume_equals_uninterrupted(setup, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adam", "muon"])
+def test_resume_equals_uninterrupted(setup, tmp_path, optimizer):
     model, tr, va = setup
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = TrainConfig(max_epochs=6, batch_size=32, progress=False)
+    cfg = TrainConfig(max_epochs=6, batch_size=32, progress=False, optimizer=optimizer)
     full = train(model, tr, va, cfg, tmp_path / "a")
     full_state = {k: v.clone() for k, v in model.state_dict().items()}
 

@@ -100,7 +100,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--dtype", choices=["float32", "float64"], help="(default: float32)")
     group.add_argument("--direct", action="store_true", help="forces without an energy")
     group.add_argument("--model-kwargs", type=_json, help="JSON, e.g. '{\"num_blocks\": 3}'")
-    group = p.add_argument_group("training")
+    _add_training_options(p.add_argument_group("training"), d)
+    p.add_argument("--out", help=f"output folder (default: {d['out']})")
+    p.add_argument("--root", help=f"processed-data cache (default: {d['root']})")
+    p.add_argument("--restart", dest="resume", action="store_false", help="ignore checkpoints")
+    p.add_argument("--threads", type=int, help="torch CPU threads (a member's: --committee)")
+    p.add_argument("--device", help="cpu or cuda (cuda:LOCAL_RANK per process under torchrun)")
+    p.add_argument("--num-workers", type=int, help="processes reading prepared data (0)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=run)
+
+
+def _add_training_options(group: argparse._ArgumentGroup, d: dict[str, Any]) -> None:
+    """The options of the loss, the optimiser and the schedule."""
     for flag, kind, text in [
         ("--energy-weight", float, "per-atom energy term (default: 0.01 with energies)"),
         ("--stress-weight", float, f"(default: {d['stress_weight']})"),
@@ -136,6 +148,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         help=f"Adam's AMSGrad variant, as in MACE (default: {d['amsgrad']})",
     )
+    group.add_argument(
+        "--optimizer",
+        choices=("adam", "muon"),
+        help="adam: AdamW; muon: Muon for the weight matrices, AdamW for the rest (default: "
+        "muon for files, adam for built-in sets)",
+    )
     group.add_argument("--valid-fraction", dest="val_fraction", type=float, help="same")
     group.add_argument(
         "--compile",
@@ -144,11 +162,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "packed batches of one shape); auto: runs limited by --time-limit alone of "
         f"{COMPILE_MIN_SECONDS:.0f} s or more (default: auto)",
     )
-    p.add_argument("--out", help=f"output folder (default: {d['out']})")
-    p.add_argument("--root", help=f"processed-data cache (default: {d['root']})")
-    p.add_argument("--restart", dest="resume", action="store_false", help="ignore checkpoints")
-    p.add_argument("--threads", type=int, help="torch CPU threads (a member's: --committee)")
-    p.add_argument("--device", help="cpu or cuda (cuda:LOCAL_RANK per process under torchrun)")
-    p.add_argument("--num-workers", type=int, help="processes reading prepared data (0)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(func=run)

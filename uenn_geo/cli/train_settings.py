@@ -138,6 +138,7 @@ class TrainJob:
     time_limit: float | None = 600.0
     max_epochs: int | None = None
     batch_size: int | None = None
+    optimizer: str | None = None
     lr: float = _CONFIG_DEFAULTS["lr"]
     lr_final: float = _CONFIG_DEFAULTS["lr_final"]
     weight_decay: float = _CONFIG_DEFAULTS["weight_decay"]
@@ -156,6 +157,8 @@ class TrainJob:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
+        if self.optimizer not in (None, "adam", "muon"):
+            raise ValueError(f"--optimizer must be adam or muon, got {self.optimizer!r}")
         if self.compile not in (True, False, "auto", "yes", "no"):
             raise ValueError(f"--compile must be auto, yes or no, got {self.compile!r}")
         if (self.data is None) == (self.train_file is None):

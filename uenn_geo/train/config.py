@@ -13,9 +13,11 @@ class TrainConfig:
     """Settings of :func:`~uenn_geo.train.train`.
 
     Args:
-        optimizer: ``"adam"`` (mini-batch AdamW, the default) or ``"fire"`` (FIRE, with which
-            Ma & Chan train).
-        lr: Adam's initial learning rate.
+        optimizer: ``"adam"`` (mini-batch AdamW, the default), ``"muon"`` (mini-batch Muon
+            for the weight matrices and AdamW for the rest,
+            :class:`~uenn_geo.optim.MuonAdam`) or ``"fire"`` (FIRE, with which Ma & Chan
+            train).
+        lr: the initial learning rate (Adam's, Muon's).
         lr_final: learning rate at the end of the cosine schedule, as a fraction of ``lr``.
         schedule: ``"cosine"`` (over the time/step/epoch budget, whichever is tightest),
             ``"plateau"`` (halve on a validation plateau of 5 epochs) or ``"constant"``.
@@ -23,9 +25,9 @@ class TrainConfig:
         max_epochs, max_steps, time_limit: stopping limits (time in seconds of training).
         patience: stop after this many epochs without validation improvement.
         weight_decay: Adam's (decoupled, AdamW) weight decay.
-        grad_clip: clip the gradient norm to this value (Adam only).
+        grad_clip: clip the gradient norm to this value (not with FIRE).
         amsgrad: Adam's AMSGrad variant (the running maximum of the second moments), as in
-            MACE.
+            MACE (``"adam"`` only).
         seed: seeds parameter-independent randomness (shuffling, resampling).
         eval_batch_size: structures per evaluation batch.
         fire: keyword arguments of :class:`~uenn_geo.optim.FIRE`.
@@ -82,9 +84,20 @@ class TrainConfig:
     compile: bool = False
     static_shapes: bool = False
 
+    @property
+    def mini_batch(self) -> bool:
+        """Trained by a mini-batch optimiser (Adam, Muon) with its schedule, clip and
+        weight average, not by FIRE."""
+        return self.optimizer != "fire"
+
     def __post_init__(self) -> None:
-        if self.optimizer not in ("adam", "fire"):
-            raise ValueError(f"optimizer must be 'adam' or 'fire', got {self.optimizer!r}")
+        if self.optimizer not in ("adam", "muon", "fire"):
+            raise ValueError(f"optimizer must be 'adam', 'muon' or 'fire', got {self.optimizer!r}")
+        if self.amsgrad and self.optimizer != "adam":
+            raise ValueError(
+                f"amsgrad is Adam's; it does not apply to {self.optimizer!r} "
+                "(--optimizer adam --amsgrad)"
+            )
         if self.schedule not in ("cosine", "plateau", "constant"):
             raise ValueError(
                 f"schedule must be 'cosine', 'plateau' or 'constant', got {self.schedule!r}"

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from uenn_geo.files import write_csv
 from uenn_geo.models import load_weights, model_record, save_model
+from uenn_geo.optim import MuonAdam
 from uenn_geo.train import distributed
 from uenn_geo.train.checkpoint import load_checkpoint, save_checkpoint
 from uenn_geo.train.config import TrainConfig, TrainResult
@@ -144,7 +145,7 @@ class _Run:
         metadata: dict[str, Any] | None,
     ) -> None:
         self.model, self.config, self.out, self.metadata = model, config, out, metadata
-        adam = config.optimizer == "adam"
+        mini_batch = config.mini_batch
         # several ranks: rank 0's weights first, before the weights' average and the best
         # weights copy them; the gradients averaged after each backward (average_gradients)
         distributed.broadcast_state(model)
@@ -152,14 +153,16 @@ class _Run:
         self.optimizer = _make_optimizer(model, config)
         self.plateau = (
             torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=0.5, patience=5)
-            if config.schedule == "plateau" and adam
+            if config.schedule == "plateau" and mini_batch
             else None
         )
-        self.ema = _EMA(model, config.ema_decay) if config.ema_decay is not None and adam else None
+        self.ema = (
+            _EMA(model, config.ema_decay) if config.ema_decay is not None and mini_batch else None
+        )
         self.loss_fn = LossFunction(
             model,
             config.energy_weight,
-            config.compile and adam,
+            config.compile and mini_batch,
             config.stress_weight,
             static_shapes=config.static_shapes,
         )
@@ -218,7 +221,7 @@ class _Run:
         """One pass over ``data`` (cut short by the step or time limit); the mean loss, or
         :obj:`None` at a non-finite loss (whose step is not taken)."""
         cfg, s = self.config, self.state
-        cosine = cfg.optimizer == "adam" and cfg.schedule == "cosine"
+        cosine = cfg.mini_batch and cfg.schedule == "cosine"
         self.model.train()
         loss_sum, loss_count = 0.0, 0
         device = distributed.device_of(self.model)
@@ -257,7 +260,7 @@ class _Run:
                 s.compile_s = distributed.agreed_seconds(self.loss_fn.compile_seconds or 0.0)
             if not torch.isfinite(loss):
                 return None
-            if cfg.grad_clip is not None and cfg.optimizer == "adam":
+            if cfg.grad_clip is not None and cfg.mini_batch:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             if self.ema is not None:
@@ -499,6 +502,8 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
         return FIRE(model.parameters(), **cfg.fire)
     params = list(model.parameters())
+    if cfg.optimizer == "muon":
+        return MuonAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # one fused kernel for all parameters where torch has it (CPU, CUDA), instead of a loop
     # over the tensors (docs/training.md measures the difference)
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)

@@ -1,0 +1,141 @@
+r"""Muon for the weight matrices, Adam for the rest: one optimiser for the force fields."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+__all__ = ["MuonAdam", "orthogonalise"]
+
+#: The quintic Newton-Schulz iteration's coefficients of Jordan et al. (2024), as in
+#: :class:`torch.optim.Muon`.
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalise(g: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
+    r"""Approximately the nearest semi-orthogonal matrix :math:`U V^\top` to each matrix of
+    ``g`` (over its last two dimensions; :math:`g = U S V^\top`) by ``steps`` quintic
+    Newton-Schulz iterations, as in :class:`torch.optim.Muon`, batched over the leading
+    dimensions."""
+    a, b, c = NS_COEFFICIENTS
+    shape = g.shape
+    x = g.float().reshape(-1, *shape[-2:])
+    wide = x.size(-2) > x.size(-1)
+    if wide:
+        x = x.mT.contiguous()  # the Gram matrix over the shorter side
+    x = x / (torch.linalg.matrix_norm(x, keepdim=True) + eps)
+    for _ in range(steps):
+        gram = x @ x.mT
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
+        x = torch.baddbmm(x, poly, x, beta=a)  # a X + (b A + c A^2) X
+    if wide:
+        x = x.mT
+    x = x.reshape(shape)
+    return x.to(g.dtype)
+
+
+class MuonAdam(Optimizer):
+    r"""Muon (momentum orthogonalised by Newton-Schulz; Jordan et al., 2024) for every
+    parameter of two or more dimensions, each read as a stack of matrices over its last two
+    dimensions (a layer's :math:`W` of eq. 15 maps the channels of the last-but-one
+    dimension to those of the last), and AdamW for the vectors (biases of scalars, per-
+    species shifts).
+
+    Muon's update of a :math:`A \times B` matrix is scaled by :math:`0.2\sqrt{\max(A, B)}`
+    (Moonshot's rule, ``adjust_lr_fn="match_rms_adamw"`` of :class:`torch.optim.Muon`), so
+    that one learning rate, tuned for Adam, serves both.
+
+    Args:
+        params: the model's parameters (one group).
+        lr: the learning rate of both.
+        weight_decay: decoupled weight decay of both.
+        momentum: Muon's (Nesterov) momentum.
+        betas, eps: Adam's.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter],
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        momentum: float = 0.95,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "betas": betas,
+            "eps": eps,
+        }
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 (Optimizer's)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if group["weight_decay"]:
+                torch._foreach_mul_(params, 1.0 - group["lr"] * group["weight_decay"])
+            self._muon([p for p in params if p.dim() >= 2], group)
+            self._adam([p for p in params if p.dim() < 2], group)
+        return loss
+
+    def _muon(self, params: list[Tensor], group: dict) -> None:
+        """Nesterov momentum, then one batched orthogonalisation for all matrices of a
+        shape (small matrices: one call instead of one per parameter)."""
+        if not params:
+            return
+        grads = [p.grad for p in params]
+        bufs = []
+        for p in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            bufs.append(state["momentum_buffer"])
+        mu = group["momentum"]
+        torch._foreach_mul_(bufs, mu)
+        torch._foreach_add_(bufs, grads)
+        updates = torch._foreach_add(grads, bufs, alpha=mu)
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for i, u in enumerate(updates):
+            by_shape.setdefault(_matrix_shape(u), []).append(i)
+        for (a, b), index in by_shape.items():
+            stack = torch.cat([updates[i].reshape(-1, a, b) for i in index])
+            ortho = orthogonalise(stack).split([updates[i].numel() // (a * b) for i in index])
+            step = -group["lr"] * 0.2 * math.sqrt(max(a, b))
+            for i, o in zip(index, ortho, strict=True):
+                params[i].add_(o.view_as(params[i]), alpha=step)
+
+    def _adam(self, params: list[Tensor], group: dict) -> None:
+        beta1, beta2 = group["betas"]
+        for p in params:
+            state = self.state[p]
+            if "step" not in state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            state["step"] += 1
+            t = state["step"]
+            m, v = state["exp_avg"], state["exp_avg_sq"]
+            m.lerp_(p.grad, 1.0 - beta1)
+            v.mul_(beta2).addcmul_(p.grad, p.grad, value=1.0 - beta2)
+            denom = (v / (1.0 - beta2**t)).sqrt_().add_(group["eps"])
+            p.addcdiv_(m, denom, value=-group["lr"] / (1.0 - beta1**t))
+
+
+def _matrix_shape(p: Tensor) -> tuple[int, int]:
+    """The shape of the matrices a parameter is read as: itself if it has two dimensions;
+    else one matrix per index of its first dimension, from the middle dimensions (flattened)
+    to the last."""
+    if p.dim() == 2:
+        return (p.size(-2), p.size(-1))
+    return (p[0].numel() // p.size(-1), p.size(-1))
