@@ -24,6 +24,20 @@ def test_orthogonalise_flattens_the_singular_values_and_keeps_the_directions(sha
     assert (cosine > 0.9).all()
 
 
+def test_orthogonalise_complex_matrices():
+    """Complex matrices (U(n) models) go to U V^H of their SVD, not to a real part."""
+    gen = torch.Generator().manual_seed(3)
+    g = torch.randn(4, 6, 10, dtype=torch.complex64, generator=gen)
+    out = orthogonalise(g)
+    assert out.dtype == torch.complex64
+    s = torch.linalg.svdvals(out)
+    assert s.min() > 0.5 and s.max() < 1.25
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    exact = u @ vh
+    inner = (out.conj() * exact).sum((-2, -1)).real
+    assert (inner / (out.norm(dim=(-2, -1)) * exact.norm(dim=(-2, -1))) > 0.9).all()
+
+
 def test_matrices_of_a_parameter():
     """A matrix is itself; a conv weight (species pairs, Gaussians, in, out) is one matrix per
     species pair, from the Gaussians times the input channels to the output channels."""
@@ -32,16 +46,17 @@ def test_matrices_of_a_parameter():
     assert _matrix_shape(torch.empty(4, 8, 5)) == (8, 5)
 
 
-def test_vectors_get_adamw_step_for_step():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])
+def test_vectors_get_adamw_step_for_step(dtype):
     """Parameters of one dimension are stepped by Adam with decoupled weight decay, as
-    torch's AdamW steps them."""
+    torch's AdamW steps them (complex ones as pairs of reals, as torch's)."""
     torch.manual_seed(0)
-    a = nn.Parameter(torch.randn(10))
+    a = nn.Parameter(torch.randn(10, dtype=dtype))
     b = nn.Parameter(a.detach().clone())
     ours = MuonAdam([a], lr=1e-2, weight_decay=0.1)
     ref = torch.optim.AdamW([b], lr=1e-2, weight_decay=0.1)
     for _ in range(20):
-        grad = torch.randn(10)
+        grad = torch.randn(10, dtype=dtype)
         a.grad, b.grad = grad.clone(), grad.clone()
         ours.step()
         ref.step()

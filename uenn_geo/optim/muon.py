@@ -1,4 +1,8 @@
-r"""Muon for the weight matrices, Adam for the rest: one optimiser for the force fields."""
+r"""Muon for the weight matrices, Adam for the rest: one optimiser for the force fields.
+
+:class:`torch.optim.Muon` takes matrices only, real ones; :class:`MuonAdam` serves a whole
+model (matrices, stacks of them, vectors; real or complex) with one state for the
+checkpoints."""
 
 from __future__ import annotations
 
@@ -18,32 +22,36 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 def orthogonalise(g: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
     r"""Approximately the nearest semi-orthogonal matrix :math:`U V^\top` to each matrix of
-    ``g`` (over its last two dimensions; :math:`g = U S V^\top`) by ``steps`` quintic
+    ``g`` (over its last two dimensions; :math:`g = U S V^\dagger`) by ``steps`` quintic
     Newton-Schulz iterations, as in :class:`torch.optim.Muon`, batched over the leading
     dimensions."""
     a, b, c = NS_COEFFICIENTS
     shape = g.shape
-    x = g.float().reshape(-1, *shape[-2:])
+    x = g.to(torch.complex64 if g.is_complex() else torch.float32).reshape(-1, *shape[-2:])
     wide = x.size(-2) > x.size(-1)
     if wide:
-        x = x.mT.contiguous()  # the Gram matrix over the shorter side
+        x = x.mH.contiguous()  # the Gram matrix over the shorter side
     x = x / (torch.linalg.matrix_norm(x, keepdim=True) + eps)
     for _ in range(steps):
-        gram = x @ x.mT
+        gram = x @ x.mH
         poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
         x = torch.baddbmm(x, poly, x, beta=a)  # a X + (b A + c A^2) X
     if wide:
-        x = x.mT
+        x = x.mH
     x = x.reshape(shape)
     return x.to(g.dtype)
 
 
 class MuonAdam(Optimizer):
     r"""Muon (momentum orthogonalised by Newton-Schulz; Jordan et al., 2024) for every
-    parameter of two or more dimensions, each read as a stack of matrices over its last two
-    dimensions (a layer's :math:`W` of eq. 15 maps the channels of the last-but-one
-    dimension to those of the last), and AdamW for the vectors (biases of scalars, per-
-    species shifts).
+    parameter of two or more dimensions, and AdamW for the vectors (the scalar rows' biases).
+
+    A matrix (a layer's :math:`W` or :math:`b` of eq. 15, a mixing matrix) is stepped as
+    it is; a parameter of more dimensions as one matrix per index of its first dimension,
+    from its middle dimensions (flattened) to its last: a graph layer's radial weights
+    (species pairs, Gaussians, input channels, output channels) as one matrix per species
+    pair, from the Gaussians times the input channels to the output channels, the linear
+    map the layer applies to its expanded messages.
 
     Muon's update of a :math:`A \times B` matrix is scaled by :math:`0.2\sqrt{\max(A, B)}`
     (Moonshot's rule, ``adjust_lr_fn="match_rms_adamw"`` of :class:`torch.optim.Muon`), so
@@ -105,10 +113,10 @@ class MuonAdam(Optimizer):
         torch._foreach_mul_(bufs, mu)
         torch._foreach_add_(bufs, grads)
         updates = torch._foreach_add(grads, bufs, alpha=mu)
-        by_shape: dict[tuple[int, int], list[int]] = {}
+        by_shape: dict[tuple[int, int, bool], list[int]] = {}
         for i, u in enumerate(updates):
-            by_shape.setdefault(_matrix_shape(u), []).append(i)
-        for (a, b), index in by_shape.items():
+            by_shape.setdefault((*_matrix_shape(u), u.is_complex()), []).append(i)
+        for (a, b, _), index in by_shape.items():
             stack = torch.cat([updates[i].reshape(-1, a, b) for i in index])
             ortho = orthogonalise(stack).split([updates[i].numel() // (a * b) for i in index])
             step = -group["lr"] * 0.2 * math.sqrt(max(a, b))
@@ -126,10 +134,16 @@ class MuonAdam(Optimizer):
             state["step"] += 1
             t = state["step"]
             m, v = state["exp_avg"], state["exp_avg_sq"]
-            m.lerp_(p.grad, 1.0 - beta1)
-            v.mul_(beta2).addcmul_(p.grad, p.grad, value=1.0 - beta2)
+            # complex entries as (real, imaginary) pairs, as torch's Adam treats them
+            grad, m, v, param = (_real(x) for x in (p.grad, m, v, p))
+            m.lerp_(grad, 1.0 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
             denom = (v / (1.0 - beta2**t)).sqrt_().add_(group["eps"])
-            p.addcdiv_(m, denom, value=-group["lr"] / (1.0 - beta1**t))
+            param.addcdiv_(m, denom, value=-group["lr"] / (1.0 - beta1**t))
+
+
+def _real(t: Tensor) -> Tensor:
+    return torch.view_as_real(t) if t.is_complex() else t
 
 
 def _matrix_shape(p: Tensor) -> tuple[int, int]:
