@@ -315,6 +315,10 @@ def test_optimizer_flag_and_its_defaults():
         TrainJob(data="x", max_epochs=1, optimizer="sgd")
     with pytest.raises(ValueError, match="amsgrad is Adam's"):
         TrainConfig(max_epochs=1, optimizer="muon", amsgrad=True)
+    with pytest.raises(ValueError, match="--amsgrad is Adam's: give --optimizer adam"):
+        TrainJob(data="x", max_epochs=1, optimizer="muon", amsgrad=True)
+    schnet = TrainJob(data="x", max_epochs=1, model="schnet")  # measured with Adam
+    assert _train_config(schnet, model, energies=True, from_file=True).optimizer == "adam"
 
 
 def test_grad_clip_and_amsgrad_reach_the_optimiser():
@@ -562,9 +566,10 @@ def test_resume_keeps_the_defaults_the_run_started_with(files, tmp_path, monkeyp
     assert first["train_config"]["optimizer"] == "muon"  # the default for files
 
 
-def test_a_run_from_before_the_optimizer_option_resumes_with_adam(files, tmp_path):
+def test_a_run_from_before_the_optimizer_option_resumes_with_adam(files, tmp_path, capsys):
     """A checkpoint written before ``--optimizer`` existed (its identity lacks the option,
-    its run trained with Adam) resumes with Adam, though files now train with Muon."""
+    its run trained with Adam) resumes with Adam, though files now train with Muon; asked
+    for Muon, it is refused."""
     out = tmp_path / "run"
     flags = args(files, out)
     flags[flags.index("--max-epochs") + 1] = "1"
@@ -577,6 +582,9 @@ def test_a_run_from_before_the_optimizer_option_resumes_with_adam(files, tmp_pat
     assert main(flags) == 0
     resumed = torch.load(path, weights_only=False)
     assert resumed["epoch"] == 2 and resumed["train_config"]["optimizer"] == "adam"
+    flags[flags.index("--max-epochs") + 1] = "3"
+    assert main([*flags, "--optimizer", "muon"]) != 0  # not what the run trained with
+    assert "--optimizer changed" in capsys.readouterr().err
 
 
 def test_eval_job_takes_paths_and_lists():

@@ -64,6 +64,8 @@ def test_resume_refuses_another_identity_naming_what_changed(tmp_path):
         train(model, data, data, more, tmp_path, identity={**identity, "data": "sha1-b"})
     with pytest.raises(ValueError, match=r"another run: split changed"):
         train(model, data, data, more, tmp_path, identity={**identity, "split": "4567"})
+    with pytest.raises(ValueError, match=r"another run: valid changed"):  # a key added
+        train(model, data, data, more, tmp_path, identity={**identity, "valid": "sha1-c"})
     assert train(model, data, data, more, tmp_path, identity=identity).epochs == 2
 
 

@@ -232,9 +232,10 @@ def _resolved(
         if job.stage_two_energy_weight is None:
             weight = started["identity"].get("--stage-two-energy-weight", weight)
         stage_two = (fraction, weight)
-    optimizer = _optimizer(job, from_file)
-    if started is not None and job.optimizer is None:  # Adam for runs from before Muon
-        optimizer = started["train_config"].get("optimizer", optimizer)
+    optimizer: str | None = _optimizer(job, from_file)
+    if started is not None and job.optimizer is None:
+        # a run from before --optimizer (Adam, its checkpoint's settings) records none
+        optimizer = started["identity"].get("--optimizer")
     # as resolved, for the record
     job = replace(job, batch_size=batch_size, grad_clip=grad_clip, optimizer=optimizer)
     job = replace(job, stage_two=stage_two[0], stage_two_energy_weight=stage_two[1])
@@ -572,12 +573,13 @@ def _train_config(
 
 
 def _optimizer(job: TrainJob, from_file: bool) -> str:
-    """``job.optimizer``, by default Muon for files (measured on rMD17 ethanol and EMT
-    copper, docs/training.md) and Adam for built-in sets (measured with it), or with
-    ``--amsgrad`` (Adam's)."""
+    """``job.optimizer``, by default Muon for the default model on files (measured on rMD17
+    ethanol and EMT copper, docs/training.md, "Muon") and Adam otherwise: built-in sets and
+    the other models were measured with it, and ``--amsgrad`` is Adam's."""
     if job.optimizer is not None:
         return job.optimizer
-    return "muon" if from_file and not job.amsgrad else "adam"
+    muon = from_file and job.model == "graph" and not job.amsgrad
+    return "muon" if muon else "adam"
 
 
 def _grad_clip(job: TrainJob, from_file: bool) -> float | None:

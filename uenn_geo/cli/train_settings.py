@@ -159,6 +159,8 @@ class TrainJob:
     def __post_init__(self) -> None:
         if self.optimizer not in (None, "adam", "muon"):
             raise ValueError(f"--optimizer must be adam or muon, got {self.optimizer!r}")
+        if self.amsgrad and self.optimizer == "muon":
+            raise ValueError("--amsgrad is Adam's: give --optimizer adam with it")
         if self.compile not in (True, False, "auto", "yes", "no"):
             raise ValueError(f"--compile must be auto, yes or no, got {self.compile!r}")
         if (self.data is None) == (self.train_file is None):

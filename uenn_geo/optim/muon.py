@@ -28,15 +28,15 @@ def orthogonalise(g: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
     a, b, c = NS_COEFFICIENTS
     shape = g.shape
     x = g.to(torch.complex64 if g.is_complex() else torch.float32).reshape(-1, *shape[-2:])
-    wide = x.size(-2) > x.size(-1)
-    if wide:
+    tall = x.size(-2) > x.size(-1)
+    if tall:
         x = x.mH.contiguous()  # the Gram matrix over the shorter side
     x = x / (torch.linalg.matrix_norm(x, keepdim=True) + eps)
     for _ in range(steps):
         gram = x @ x.mH
         poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
         x = torch.baddbmm(x, poly, x, beta=a)  # a X + (b A + c A^2) X
-    if wide:
+    if tall:
         x = x.mH
     x = x.reshape(shape)
     return x.to(g.dtype)

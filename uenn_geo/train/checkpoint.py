@@ -76,8 +76,7 @@ def load_checkpoint(
 def _check_identity(saved: dict[str, Any] | None, now: dict[str, Any] | None, path: Path) -> None:
     if not saved or not now:  # checkpoints written before identities, or not given
         return
-    # a key the checkpoint lacks names an option added since it was written: not compared
-    changed = sorted(k for k in saved.keys() & now.keys() if saved[k] != now[k])
+    changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
     if changed:
         what = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in changed)
         raise ValueError(

@@ -324,7 +324,7 @@ class _Run:
 
     def start_stage_two(self) -> None:
         """Stage two goes on from the averaged weights (those validated so far), with fresh
-        Adam moments: the live weights' energies drift where a light energy term leaves
+        moments (Adam's, Muon's): the live weights' energies drift where a light energy term leaves
         them free, and the moments were scaled to the forces' gradients alone."""
         self.state.stage_two_started = True
         # its scores weigh the energies more: the best model is picked among stage two's
