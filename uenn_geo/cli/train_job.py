@@ -233,13 +233,12 @@ def _resolved(
             weight = started["identity"].get("--stage-two-energy-weight", weight)
         stage_two = (fraction, weight)
     optimizer: str | None = _optimizer(job, from_file)
-    if started is not None and job.optimizer is None:
-        # a run from before --optimizer (Adam, its checkpoint's settings) records none
+    if started is not None and job.optimizer is None:  # none: a run from before the option
         optimizer = started["identity"].get("--optimizer")
-    # as resolved, for the record
-    job = replace(job, batch_size=batch_size, grad_clip=grad_clip, optimizer=optimizer)
-    job = replace(job, stage_two=stage_two[0], stage_two_energy_weight=stage_two[1])
-    return job
+    return replace(  # as resolved, for the record
+        job, batch_size=batch_size, grad_clip=grad_clip, optimizer=optimizer,
+        stage_two=stage_two[0], stage_two_energy_weight=stage_two[1],
+    )  # fmt: skip
 
 
 def _started(job: TrainJob, out: Path) -> dict[str, Any] | None:
