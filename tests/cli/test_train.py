@@ -321,6 +321,24 @@ def test_optimizer_flag_and_its_defaults():
     assert _train_config(schnet, model, energies=True, from_file=True).optimizer == "adam"
 
 
+def test_muon_reads_radial_weights_per_gaussian_for_one_element():
+    """Files of one element train with Muon reading a graph layer's radial weights as one
+    matrix per Gaussian, files of several elements (and built-in sets) as one per species
+    pair; the reading reaches the optimiser."""
+    from uenn_geo.cli.train_job import _train_config
+    from uenn_geo.models import UENNForceField
+    from uenn_geo.train.loop import _make_optimizer
+
+    copper = UENNForceField(atomic_numbers=[29], conservative=True, species_pairs=True)
+    ethanol = UENNForceField(atomic_numbers=[1, 6, 8], conservative=True, species_pairs=True)
+    job = TrainJob(data="x", max_epochs=1)
+    one = _train_config(job, copper, True, mean_atoms=30, from_file=True)
+    several = _train_config(job, ethanol, True, mean_atoms=30, from_file=True)
+    builtin = _train_config(job, copper, True, mean_atoms=30)
+    assert (one.muon_nd_as, several.muon_nd_as, builtin.muon_nd_as) == ("batch", "rows", "rows")
+    assert _make_optimizer(copper, one).param_groups[0]["nd_as"] == "batch"
+
+
 def test_grad_clip_and_amsgrad_reach_the_optimiser():
     """``--grad-clip`` and ``--amsgrad`` pass to TrainConfig (and AMSGrad to Adam); files
     are clipped by default, built-in sets not, ``--grad-clip 0`` turns it off; a negative

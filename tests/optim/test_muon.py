@@ -47,10 +47,10 @@ def test_each_matrix_of_a_stack_is_normalised_alone():
     assert s.min() > 0.5 and s.max() < 1.25
 
 
-def _reference_muon(params, grad_steps, lr, weight_decay, momentum):
+def _reference_muon(params, grad_steps, lr, weight_decay, momentum, nd_as="rows"):
     """Muon written out per matrix (Jordan et al.): decoupled decay, Nesterov momentum, the
     quintic Newton-Schulz iteration on each matrix alone, the step scaled by
-    0.2 sqrt(max(A, B))."""
+    0.2 sqrt(max(A, B)); parameters of more dimensions as matrices per ``nd_as``."""
     a, b, c = 3.4445, -4.7750, 2.0315
     params = [p.detach().clone().double() for p in params]
     bufs = [torch.zeros_like(p) for p in params]
@@ -60,7 +60,10 @@ def _reference_muon(params, grad_steps, lr, weight_decay, momentum):
             p.mul_(1 - lr * weight_decay)
             buf.mul_(momentum).add_(g)
             update = g + momentum * buf
-            rows = update[0].numel() // update.shape[-1] if update.dim() > 2 else update.shape[0]
+            if update.dim() > 2 and nd_as == "rows":
+                rows = update[0].numel() // update.shape[-1]
+            else:
+                rows = update.shape[-2]
             mats = update.reshape(-1, rows, update.shape[-1])
             out = []
             for m in mats:
@@ -76,15 +79,19 @@ def _reference_muon(params, grad_steps, lr, weight_decay, momentum):
     return params
 
 
-def test_muon_steps_as_written_out_per_matrix():
+@pytest.mark.parametrize("nd_as", ["rows", "batch"])
+def test_muon_steps_as_written_out_per_matrix(nd_as):
     """Against Muon written out per matrix, over several steps: matrices tall, wide and
-    square, two of the same shape (each gets its own update), a stack per species pair."""
+    square, two of the same shape (each gets its own update), a 4-D parameter read as one
+    matrix per index of its first dimension or per index of its first two."""
     gen = torch.Generator().manual_seed(5)
     shapes = [(8, 5), (5, 8), (6, 6), (6, 6), (3, 4, 2, 5)]
     params = [nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
     grad_steps = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(4)]
-    expected = _reference_muon(params, grad_steps, lr=0.05, weight_decay=0.1, momentum=0.9)
-    opt = MuonAdam(params, lr=0.05, weight_decay=0.1, momentum=0.9)
+    expected = _reference_muon(
+        params, grad_steps, 0.05, weight_decay=0.1, momentum=0.9, nd_as=nd_as
+    )
+    opt = MuonAdam(params, lr=0.05, weight_decay=0.1, momentum=0.9, nd_as=nd_as)
     for grads in grad_steps:
         for p, g in zip(params, grads, strict=True):
             p.grad = g.clone()
@@ -111,6 +118,31 @@ def test_matrices_of_a_parameter():
     assert _matrix_shape(torch.empty(32, 64)) == (32, 64)
     assert _matrix_shape(torch.empty(3, 16, 43, 32)) == (16 * 43, 32)
     assert _matrix_shape(torch.empty(4, 8, 5)) == (8, 5)
+    assert _matrix_shape(torch.empty(3, 16, 43, 32), "batch") == (43, 32)
+    assert _matrix_shape(torch.empty(32, 64), "batch") == (32, 64)
+
+
+def test_the_two_readings_differ_and_a_bad_one_is_refused():
+    """The readings give different steps for a 4-D parameter (the option is not ignored),
+    a state dict from before the option (no ``nd_as``) steps as "rows", and a misspelt
+    reading is refused."""
+    gen = torch.Generator().manual_seed(8)
+    start, grad = torch.randn(3, 4, 2, 5, generator=gen), torch.randn(3, 4, 2, 5, generator=gen)
+    moved = {}
+    for nd_as in ("rows", "batch", "old"):
+        w = nn.Parameter(start.clone())
+        opt = MuonAdam([w], lr=0.1, nd_as="batch" if nd_as == "old" else nd_as)
+        if nd_as == "old":
+            state = opt.state_dict()
+            del state["param_groups"][0]["nd_as"]
+            opt.load_state_dict(state)
+        w.grad = grad.clone()
+        opt.step()
+        moved[nd_as] = w.detach() - start
+    assert not torch.allclose(moved["rows"], moved["batch"], atol=1e-4)
+    torch.testing.assert_close(moved["old"], moved["rows"])
+    with pytest.raises(ValueError, match="nd_as"):
+        MuonAdam([nn.Parameter(start)], nd_as="columns")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])

@@ -325,3 +325,51 @@ def test_stage_two_picks_its_model_by_its_own_loss(tmp_path, small_energy_model)
         f, e = row["val_force_rmse"] / scale, row["val_energy_rmse_per_atom"] / scale
         assert row["val_score"] == pytest.approx(math.sqrt(f * f + weight * e * e) * scale)
     assert result.best_epoch > 2  # a stage-two epoch
+
+
+def test_muon_reads_a_graph_layers_weights_as_configured_and_a_resumed_run_keeps_it(tmp_path):
+    """``muon_nd_as`` reaches the optimiser (the two readings train a graph model, whose
+    radial weights have four dimensions, differently), and a run resumed with the other
+    reading goes on with the one it began with, as if never interrupted."""
+    from uenn_geo.data import LJClusters
+    from uenn_geo.models import UENNForceField
+
+    clusters = LJClusters(str(tmp_path / "lj"), num_configs=8, min_atoms=3, max_atoms=6, log=False)
+    train_set, val_set = clusters[:6], clusters[6:]
+
+    def small_model():  # radial weights per species pair: four dimensions
+        torch.manual_seed(0)
+        kwargs = {"num_blocks": 1, "hidden_channels": 8, "mlp_channels": [8], "pair_term": False}
+        model = UENNForceField(dtype="float64", conservative=True, species_pairs=True, **kwargs)
+        model.fit_scales(clusters)
+        return model
+
+    def config(nd_as):
+        return TrainConfig(
+            max_epochs=3, batch_size=4, progress=False, optimizer="muon", muon_nd_as=nd_as
+        )
+
+    states = {}
+    for nd_as in ("rows", "batch"):
+        model = small_model()
+        train(model, train_set, val_set, config(nd_as), out_dir=tmp_path / nd_as)
+        states[nd_as] = model.state_dict()
+    weight = "convs.0.weight"
+    assert states["rows"][weight].dim() == 4
+    assert not torch.allclose(states["rows"][weight], states["batch"][weight])
+
+    calls = []
+
+    def interrupt_in_epoch_two(gen):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return train_set
+
+    with pytest.raises(KeyboardInterrupt):
+        train(small_model(), train_set, val_set, config("rows"), tmp_path / "cut",
+              resample=interrupt_in_epoch_two)  # fmt: skip
+    model = small_model()  # a new process, given the other reading
+    train(model, train_set, val_set, config("batch"), out_dir=tmp_path / "cut")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, states["rows"][k]), k

@@ -551,6 +551,7 @@ def _train_config(
     stage_two, stage_weight = job.resolved_stage_two(from_file, compositions, with_energy)
     return TrainConfig(
         optimizer=_optimizer(job, from_file),
+        muon_nd_as=job.resolved_muon_nd_as(from_file, getattr(model, "num_species", 0)),
         lr=job.lr,
         lr_final=job.lr_final,
         weight_decay=job.weight_decay,
@@ -575,10 +576,8 @@ def _optimizer(job: TrainJob, from_file: bool) -> str:
     """``job.optimizer``, by default Muon for the default model on files (measured on rMD17
     ethanol and EMT copper, docs/training.md, "Muon") and Adam otherwise: built-in sets and
     the other models were measured with it, and ``--amsgrad`` is Adam's."""
-    if job.optimizer is not None:
-        return job.optimizer
     muon = from_file and job.model == "graph" and not job.amsgrad
-    return "muon" if muon else "adam"
+    return job.optimizer or ("muon" if muon else "adam")
 
 
 def _grad_clip(job: TrainJob, from_file: bool) -> float | None:

@@ -47,11 +47,13 @@ class MuonAdam(Optimizer):
     parameter of two or more dimensions, and AdamW for the vectors (the scalar rows' biases).
 
     A matrix (a layer's :math:`W` or :math:`b` of eq. 15, a mixing matrix) is stepped as
-    it is; a parameter of more dimensions as one matrix per index of its first dimension,
-    from its middle dimensions (flattened) to its last: a graph layer's radial weights
-    (species pairs, Gaussians, input channels, output channels) as one matrix per species
-    pair, from the Gaussians times the input channels to the output channels, the linear
-    map the layer applies to its expanded messages.
+    it is; a parameter of more dimensions as a stack of matrices, read by ``nd_as``:
+    ``"rows"``, one matrix per index of its first dimension, from its middle dimensions
+    (flattened) to its last (a graph layer's radial weights, species pairs x Gaussians x
+    input channels x output channels, as one matrix per species pair, from the Gaussians
+    times the input channels to the output channels: the linear map the layer applies to
+    its expanded messages); ``"batch"``, one matrix per index of every dimension but the
+    last two (one per species pair and Gaussian, from the input to the output channels).
 
     Muon's update of a :math:`A \times B` matrix is scaled by :math:`0.2\sqrt{\max(A, B)}`
     (Moonshot's rule, ``adjust_lr_fn="match_rms_adamw"`` of :class:`torch.optim.Muon`), so
@@ -63,6 +65,8 @@ class MuonAdam(Optimizer):
         weight_decay: decoupled weight decay of both.
         momentum: Muon's (Nesterov) momentum.
         betas, eps: Adam's.
+        nd_as: how parameters of more than two dimensions are read as matrices,
+            ``"rows"`` or ``"batch"`` (above).
     """
 
     def __init__(
@@ -73,8 +77,12 @@ class MuonAdam(Optimizer):
         momentum: float = 0.95,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        nd_as: str = "rows",
     ) -> None:
+        if nd_as not in ("rows", "batch"):
+            raise ValueError(f"nd_as must be 'rows' or 'batch', got {nd_as!r}")
         defaults = {
+            "nd_as": nd_as,
             "lr": lr,
             "weight_decay": weight_decay,
             "momentum": momentum,
@@ -115,7 +123,9 @@ class MuonAdam(Optimizer):
         updates = torch._foreach_add(grads, bufs, alpha=mu)
         by_shape: dict[tuple[int, int, bool], list[int]] = {}
         for i, u in enumerate(updates):
-            by_shape.setdefault((*_matrix_shape(u), u.is_complex()), []).append(i)
+            # "rows" where a group lacks the key (a state dict from before it)
+            shape = _matrix_shape(u, group.get("nd_as", "rows"))
+            by_shape.setdefault((*shape, u.is_complex()), []).append(i)
         for (a, b, _), index in by_shape.items():
             stack = torch.cat([updates[i].reshape(-1, a, b) for i in index])
             ortho = orthogonalise(stack).split([updates[i].numel() // (a * b) for i in index])
@@ -146,10 +156,11 @@ def _real(t: Tensor) -> Tensor:
     return torch.view_as_real(t) if t.is_complex() else t
 
 
-def _matrix_shape(p: Tensor) -> tuple[int, int]:
+def _matrix_shape(p: Tensor, nd_as: str = "rows") -> tuple[int, int]:
     """The shape of the matrices a parameter is read as: itself if it has two dimensions;
-    else one matrix per index of its first dimension, from the middle dimensions (flattened)
-    to the last."""
-    if p.dim() == 2:
+    else, ``nd_as="rows"``, one matrix per index of its first dimension, from the middle
+    dimensions (flattened) to the last, or, ``"batch"``, one per index of the leading
+    dimensions."""
+    if p.dim() == 2 or nd_as == "batch":
         return (p.size(-2), p.size(-1))
     return (p[0].numel() // p.size(-1), p.size(-1))

@@ -29,9 +29,10 @@ CHECKPOINT_VERSION = 1
 #: :func:`uenn_geo.train.train`).
 AFRESH = "start afresh with --restart (train(..., resume=False)) or use another --out"
 
-#: Fields of :class:`TrainConfig` that may change when a run is resumed (limits, display).
+#: Fields of :class:`TrainConfig` that may change when a run is resumed (limits, display;
+#: Muon's reading of its matrices, which the optimiser's saved state then fixes).
 RESUMABLE_FIELDS = frozenset(
-    {"max_epochs", "max_steps", "time_limit", "patience", "progress", "compile"}
+    {"max_epochs", "max_steps", "time_limit", "patience", "progress", "compile", "muon_nd_as"}
 )
 
 

@@ -17,6 +17,11 @@ class TrainConfig:
             for the weight matrices and AdamW for the rest,
             :class:`~uenn_geo.optim.MuonAdam`) or ``"fire"`` (FIRE, with which Ma & Chan
             train).
+        muon_nd_as: how Muon reads parameters of more than two dimensions (a graph
+            layer's radial weights) as matrices: ``"rows"``, one per species pair, or
+            ``"batch"``, one per species pair and Gaussian (``nd_as`` of
+            :class:`~uenn_geo.optim.MuonAdam`). A resumed run keeps the reading it began
+            with: the optimiser's saved state carries it.
         lr: the initial learning rate (Adam's, Muon's).
         lr_final: learning rate at the end of the cosine schedule, as a fraction of ``lr``.
         schedule: ``"cosine"`` (over the time/step/epoch budget, whichever is tightest),
@@ -61,6 +66,7 @@ class TrainConfig:
     """
 
     optimizer: str = "adam"
+    muon_nd_as: str = "rows"
     lr: float = 2e-3
     lr_final: float = 1e-3
     schedule: str = "cosine"
@@ -93,6 +99,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "muon", "fire"):
             raise ValueError(f"optimizer must be 'adam', 'muon' or 'fire', got {self.optimizer!r}")
+        if self.muon_nd_as not in ("rows", "batch"):
+            raise ValueError(f"muon_nd_as must be 'rows' or 'batch', got {self.muon_nd_as!r}")
         if self.amsgrad and self.optimizer != "adam":
             raise ValueError(
                 f"amsgrad is Adam's; it does not apply to {self.optimizer!r} "

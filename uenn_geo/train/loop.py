@@ -503,7 +503,7 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         return FIRE(model.parameters(), **cfg.fire)
     params = list(model.parameters())
     if cfg.optimizer == "muon":
-        return MuonAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return MuonAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, nd_as=cfg.muon_nd_as)
     # one fused kernel for all parameters where torch has it (CPU, CUDA), instead of a loop
     # over the tensors (docs/training.md measures the difference)
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
