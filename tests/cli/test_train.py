@@ -327,6 +327,7 @@ def test_muon_reads_radial_weights_per_gaussian_for_one_element():
     pair; the reading reaches the optimiser."""
     from uenn_geo.cli.train_job import _train_config
     from uenn_geo.models import UENNForceField
+    from uenn_geo.train import TrainConfig
     from uenn_geo.train.loop import _make_optimizer
 
     copper = UENNForceField(atomic_numbers=[29], conservative=True, species_pairs=True)
@@ -337,6 +338,8 @@ def test_muon_reads_radial_weights_per_gaussian_for_one_element():
     builtin = _train_config(job, copper, True, mean_atoms=30)
     assert (one.muon_nd_as, several.muon_nd_as, builtin.muon_nd_as) == ("batch", "rows", "rows")
     assert _make_optimizer(copper, one).param_groups[0]["nd_as"] == "batch"
+    with pytest.raises(ValueError, match="muon_nd_as must be 'rows' or 'batch'"):
+        TrainConfig(max_epochs=1, optimizer="muon", muon_nd_as="columns")
 
 
 def test_grad_clip_and_amsgrad_reach_the_optimiser():
