@@ -46,13 +46,14 @@ CASES = {
          "bond_vectors": True, "bond_cubes": True, "bond_quartics": True},
     ),
     # learned radial functions and Gaussians (no pair term: it reads them as fixed), smooth
-    # directions in the bias terms, neighbour sums over the square root of their mean count
+    # directions in the bias terms, neighbour sums over the square root of their mean count,
+    # a second graph layer of a shorter reach than the first
     "graph-radial": (
         "graph",
         {"cutoff": 4.0, "num_basis": 6, "hidden_channels": 6, "mlp_channels": [8],
          "interaction_channels": 2, "atomic_numbers": [1, 8], "dtype": "float64",
          "conservative": True, "pair_term": False, "radial_mlp": 5, "learnable_basis": True,
-         "bias_delta": 0.1, "avg_num_neighbors": 6.0},
+         "bias_delta": 0.1, "avg_num_neighbors": 6.0, "interaction_cutoff": 3.0},
     ),
     "schnet": (
         "schnet",

@@ -440,6 +440,30 @@ def test_avg_num_neighbors_must_be_positive(bad):
     assert all(conv.sum_scale == 0.25 for conv in model.convs)  # 1 / sqrt(16), every layer
 
 
+def test_interaction_cutoff_ends_the_second_layer_only():
+    """With ``interaction_cutoff`` the first layer reaches the cutoff and the later ones stop
+    short: a neighbour between the two moves the first layer's sums and not the second's."""
+    torch.manual_seed(0)
+    model = conservative(num_blocks=2, interaction_cutoff=3.5)
+    assert [conv.cutoff for conv in model.convs] == [5.0, 3.5]
+    pos = torch.tensor([[0.0, 0.0, 0.0], [4.2, 0.0, 0.0]], dtype=F64)  # 3.5 < 4.2 < 5
+    edges = build_edges(pos, 5.0)
+    v = torch.randn(2, model.convs[1].in_channels, dtype=F64)
+    x = torch.randn(2, 3, 3, dtype=F64)
+    first = model.convs[0].neighbour_sums(pos, edges, torch.ones(2, 1, dtype=F64))
+    second = model.convs[1].neighbour_sums(pos, edges, v, x)
+    assert first.abs().max() > 1e-3 and torch.equal(second, torch.zeros_like(second))
+    torch.manual_seed(0)
+    same = conservative(num_blocks=2, interaction_cutoff=5.0)  # at the cutoff: no change
+    torch.manual_seed(0)
+    plain = conservative(num_blocks=2)
+    data = Data(pos=torch.randn(6, 3, dtype=F64) * 1.5, z=torch.full((6,), 18))
+    assert torch.equal(same(data), plain(data))
+    for bad in (0.0, 5.5):
+        with pytest.raises(ValueError, match="interaction_cutoff must lie in"):
+            UENNForceField(**SMALL, interaction_cutoff=bad)
+
+
 @pytest.mark.parametrize("reflection", [False, True])
 def test_conservative_energy_invariant_forces_equivariant(reflection):
     model = conservative(atomic_numbers=[1, 8], num_blocks=2)

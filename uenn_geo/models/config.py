@@ -26,6 +26,7 @@ LEGACY_CONFIG: dict[str, Any] = {
     "learnable_basis": False,
     "bias_delta": 0.0,
     "avg_num_neighbors": None,
+    "interaction_cutoff": None,
 }
 
 
@@ -55,6 +56,12 @@ def checked_config(**cfg: Any) -> dict[str, Any]:
     avg = cfg["avg_num_neighbors"]
     if avg is not None and not (math.isfinite(avg) and avg > 0):
         raise ValueError(f"avg_num_neighbors must be a positive number or None, got {avg}")
+    inner = cfg["interaction_cutoff"]
+    if inner is not None and not cfg["r_min"] < inner <= cfg["cutoff"]:
+        raise ValueError(
+            f"interaction_cutoff must lie in (r_min, cutoff] = ({cfg['r_min']}, "
+            f"{cfg['cutoff']}] Angstrom, got {inner}; None uses the cutoff"
+        )
     if not cfg["bias_delta"] >= 0:
         raise ValueError(f"bias_delta must be >= 0 (0: eq. 8's x / |x|), got {cfg['bias_delta']}")
     if cfg["gram_channels"] < 0:

@@ -187,6 +187,10 @@ class UENNForceField(ForceModel):
             of an atom; every graph layer multiplies its neighbour sums by
             :math:`1 / \sqrt{\bar{n}}` (``sum_scale`` of
             :class:`~uenn_geo.nn.VectorGaussianConv`) (default: :obj:`None`, by 1).
+        interaction_cutoff (float, optional): the cutoff of the graph layers of blocks
+            :math:`k \geq 2`, at most ``cutoff``: their Gaussians and :math:`f_c` end there,
+            so that only the first layer's radial sums reach ``cutoff`` (default:
+            :obj:`None`, ``cutoff``).
 
     Shapes:
         - input: a PyG ``Data``/``Batch`` with ``pos`` :obj:`(N, 3)` (Angstrom), ``z``
@@ -239,6 +243,7 @@ class UENNForceField(ForceModel):
         bias_delta: float = 0.0,
         avg_num_neighbors: float | None = None,
         bond_quartics: bool = False,
+        interaction_cutoff: float | None = None,
     ) -> None:
         super().__init__()
         dtype = resolve_dtype(dtype)
@@ -270,6 +275,7 @@ class UENNForceField(ForceModel):
             learnable_basis=bool(learnable_basis),
             bias_delta=float(bias_delta),
             avg_num_neighbors=None if avg_num_neighbors is None else float(avg_num_neighbors),
+            interaction_cutoff=None if interaction_cutoff is None else float(interaction_cutoff),
         )
         self.cutoff = float(cutoff)
         self.num_species = len(atomic_numbers)
@@ -333,6 +339,7 @@ class UENNForceField(ForceModel):
             if k > 0:
                 self.mixes.append(EquivariantLinear(m, c, bias=False, num_scalars=1, dtype=dtype))
                 inter = {**conv, "num_basis": cfg["interaction_basis"] or cfg["num_basis"]}
+                inter["cutoff"] = cfg["interaction_cutoff"] or self.cutoff
                 inter.update(vector_channels=c, centre_vectors=cfg["centre_vectors"])
                 inter.update(bond_vectors=cfg["bond_vectors"], bond_cubes=cfg["bond_cubes"])
                 inter.update(bond_quartics=cfg["bond_quartics"])
@@ -466,10 +473,8 @@ class UENNForceField(ForceModel):
         plain tensors: the readout of the class docstring. Differentiable in ``pos`` and the
         shifts of ``edges``."""
         if self.energy_readout is None:
-            raise ValueError(
-                "this model predicts forces directly and has no energy; build it with "
-                "conservative=True"
-            )
+            msg = "this model predicts forces directly and has no energy; set conservative=True"
+            raise ValueError(msg)
         n = pos.shape[1]
         atomic, sums = self._readout(pos, species, edges)
         if self.config["e0s"] is not None:  # E0 alone, E0 + b_z in company (models/scales.py)
@@ -506,15 +511,10 @@ class UENNForceField(ForceModel):
         :meth:`energy_forces` calls it in the direct mode. In conservative mode it is
         :math:`-\partial E / \partial \mathbf{r}` of :meth:`atomic_energies`.
 
-        Args:
-            pos (Tensor): positions :obj:`(N, 3)` in Angstrom.
-            species (Tensor): species indices :obj:`(N)` (see :meth:`species_index`).
-            edges (Edges): the neighbour list (:func:`uenn_geo.edges.build_edges`).
-            batch (Tensor, optional): graph index per atom (default: one graph).
-            num_graphs (int): number of graphs in the batch (default: :obj:`1`).
-
-        Returns:
-            Forces :obj:`(N, 3)` in eV/A.
+        Takes positions :obj:`(N, 3)` (Angstrom), species indices :obj:`(N)`
+        (:meth:`species_index`), the neighbour list (:func:`uenn_geo.edges.build_edges`) and
+        optionally the graph index per atom and the number of graphs (default: one graph);
+        returns the forces :obj:`(N, 3)` in eV/A.
         """
         if self.conservative:
             batch = batch if batch is not None else species.new_zeros(pos.shape[0])
