@@ -530,6 +530,45 @@ def test_small_molecules_get_a_third_block_and_bond_couplings():
     assert _build_model(mine, sets, False, 9.0).config["num_blocks"] == 2
 
 
+def test_files_of_one_element_reach_further_in_the_first_layer():
+    """Files of one element of larger structures: ONE_ELEMENT_MODEL (a first layer to 5.5 A,
+    the second to 5 A, 4 channels passed); several elements, small structures or a given
+    cutoff (by flag or model kwargs): the 5-A defaults."""
+    from types import SimpleNamespace
+
+    from uenn_geo.cli.train_job import _build_model
+    from uenn_geo.cli.train_settings import COMPILE_MAX_ATOMS, ONE_ELEMENT_MODEL
+
+    def sets(z):
+        pos = torch.tensor([[0.0, 0.0, 0.0], [2.5, 0.0, 0.0], [0.0, 2.5, 0.0]])
+        frame = Data(pos=pos, z=torch.tensor(z))
+        return SimpleNamespace(stats=None, from_file=True, train=_FramesWithData([frame]))
+
+    large = COMPILE_MAX_ATOMS + 0.5
+    job = TrainJob(train_file="x.xyz", max_epochs=1)
+    copper = _build_model(job, sets([29, 29, 29]), False, large).config
+    assert ONE_ELEMENT_MODEL == {
+        "cutoff": 5.5,
+        "interaction_cutoff": 5.0,
+        "interaction_channels": 4,
+    }
+    assert {k: copper[k] for k in ONE_ELEMENT_MODEL} == ONE_ELEMENT_MODEL
+    assert copper["species_pairs"] and copper["num_blocks"] == 2  # FILE_MODEL beneath it
+    for z, atoms, given in [
+        ([29, 29, 28], large, {}),  # two elements
+        ([29, 29, 29], 9.0, {}),  # small structures
+        ([29, 29, 29], large, {"cutoff": 4.5}),  # --cutoff
+        ([29, 29, 29], large, {"model_kwargs": {"cutoff": 4.5}}),
+    ]:
+        config = _build_model(TrainJob(train_file="x.xyz", max_epochs=1, **given), sets(z),
+                              False, atoms).config  # fmt: skip
+        assert config["interaction_cutoff"] is None and config["cutoff"] in (4.5, 5.0)
+        assert config["interaction_channels"] == 8
+    mine = TrainJob(train_file="x.xyz", max_epochs=1, model_kwargs={"interaction_cutoff": 4.0})
+    config = _build_model(mine, sets([29, 29, 29]), False, large).config
+    assert (config["cutoff"], config["interaction_cutoff"]) == (5.0, 4.0)
+
+
 def test_gaussians_and_neighbour_sums_follow_the_training_set():
     """Files: the first Gaussian centre and the mean neighbour count from the training set
     (tests/cli/test_data_stats.py); given values win; small molecules start the Gaussians

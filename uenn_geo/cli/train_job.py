@@ -480,9 +480,10 @@ def _build_model(job: TrainJob, sets: _Sets, energies: bool, mean_atoms: float) 
                 "drop atomic_numbers (the species of the data are the default)"
             )
         if sets.from_file:  # defaults for molecules and materials, not argon's
-            kwargs.setdefault("cutoff", FILE_CUTOFF)
             small = SMALL_MOLECULE_MODEL if mean_atoms <= COMPILE_MAX_ATOMS else {}
-            kwargs = FILE_MODEL | small | kwargs
+            one = job.one_element_model(species, bool(small), kwargs)
+            kwargs = FILE_MODEL | small | one | kwargs
+            kwargs.setdefault("cutoff", FILE_CUTOFF)
             cutoff = job.cutoff or kwargs["cutoff"]
             if "r_min" not in kwargs:
                 kwargs["r_min"] = data_stats.gaussians_start(sets.train, cutoff)

@@ -39,6 +39,14 @@ SMALL_BATCH = 8
 #: "Muon").
 ONE_ELEMENT_MUON_ND_AS = "batch"
 
+#: On top of :data:`~uenn_geo.cli.train_job.FILE_MODEL` for files of one element whose
+#: structures hold more than :data:`COMPILE_MAX_ATOMS` atoms on average, unless a cutoff is
+#: given: the first graph layer's radial sums reach 5.5 A, the second layer stops at 5 A
+#: (``interaction_cutoff``), and it passes 4 channels to the neighbours, not 8. On EMT copper
+#: (whose EMT reaches 5.9 A) 600-s runs reached lower test force errors than the defaults
+#: at 5 A (docs/training.md, "Thirty-second round").
+ONE_ELEMENT_MODEL = {"cutoff": 5.5, "interaction_cutoff": 5.0, "interaction_channels": 4}
+
 #: Stage two (``stage_two``, ``stage_two_energy_weight``) by default for files of structures
 #: of more than one composition (atoms of each species), for the graph model with energies:
 #: the energy weight rises from 0.01 to 1 for the last 20 % of the budget. Forces fix the
@@ -212,6 +220,12 @@ class TrainJob:
         if self.batch_size is not None:
             return self.batch_size
         return SMALL_BATCH if from_file and mean_atoms > COMPILE_MAX_ATOMS else BATCH
+
+    def one_element_model(self, species: list[int], small: bool, kwargs: dict) -> dict:
+        """:data:`ONE_ELEMENT_MODEL` where it applies (one element, larger structures, no
+        cutoff given by ``--cutoff`` or ``--model-kwargs``), else nothing."""
+        given = self.cutoff is not None or {"cutoff", "interaction_cutoff"} & set(kwargs)
+        return ONE_ELEMENT_MODEL if len(species) == 1 and not small and not given else {}
 
     @staticmethod
     def resolved_muon_nd_as(from_file: bool, num_species: int) -> str:
