@@ -531,8 +531,8 @@ def test_small_molecules_get_a_third_block_and_bond_couplings():
 
 
 def test_files_of_one_element_reach_further_in_the_first_layer():
-    """Files of one element of larger structures: ONE_ELEMENT_MODEL (a first layer to 5.5 A,
-    the second to 5 A, 4 channels passed); several elements, small structures or a given
+    """Files of one element of larger structures: ONE_ELEMENT_MODEL (a first layer to 5.5 A
+    over 32 Gaussians, the second to 5 A over 16, 4 channels passed); several elements, small structures or a given
     cutoff (by flag or model kwargs): the 5-A defaults."""
     from types import SimpleNamespace
 
@@ -549,7 +549,9 @@ def test_files_of_one_element_reach_further_in_the_first_layer():
     copper = _build_model(job, sets([29, 29, 29]), False, large).config
     assert ONE_ELEMENT_MODEL == {
         "cutoff": 5.5,
+        "num_basis": 32,
         "interaction_cutoff": 5.0,
+        "interaction_basis": 16,
         "interaction_channels": 4,
     }
     assert {k: copper[k] for k in ONE_ELEMENT_MODEL} == ONE_ELEMENT_MODEL
@@ -563,7 +565,7 @@ def test_files_of_one_element_reach_further_in_the_first_layer():
         config = _build_model(TrainJob(train_file="x.xyz", max_epochs=1, **given), sets(z),
                               False, atoms).config  # fmt: skip
         assert config["interaction_cutoff"] is None and config["cutoff"] in (4.5, 5.0)
-        assert config["interaction_channels"] == 8
+        assert config["interaction_channels"] == 8 and config["num_basis"] == 16
     mine = TrainJob(train_file="x.xyz", max_epochs=1, model_kwargs={"interaction_cutoff": 4.0})
     config = _build_model(mine, sets([29, 29, 29]), False, large).config
     assert (config["cutoff"], config["interaction_cutoff"]) == (5.0, 4.0)

@@ -41,11 +41,19 @@ ONE_ELEMENT_MUON_ND_AS = "batch"
 
 #: On top of :data:`~uenn_geo.cli.train_job.FILE_MODEL` for files of one element whose
 #: structures hold more than :data:`COMPILE_MAX_ATOMS` atoms on average, unless a cutoff is
-#: given: the first graph layer's radial sums reach 5.5 A, the second layer stops at 5 A
-#: (``interaction_cutoff``), and it passes 4 channels to the neighbours, not 8. On EMT copper
-#: (whose EMT reaches 5.9 A) 600-s runs reached lower test force errors than the defaults
-#: at 5 A (docs/training.md, "Thirty-second round").
-ONE_ELEMENT_MODEL = {"cutoff": 5.5, "interaction_cutoff": 5.0, "interaction_channels": 4}
+#: given: the first graph layer's radial sums reach 5.5 A over 32 Gaussians, the second layer
+#: stops at 5 A (``interaction_cutoff``) with 16, and it passes 4 channels to the neighbours,
+#: not 8. On EMT copper (whose EMT reaches 5.9 A) 600-s runs reached lower test force errors
+#: than the defaults at 5 A (docs/training.md, "Thirty-second round"), and 25-30 % lower
+#: again with the first layer's finer Gaussians, which fit EMT's radial functions 10x more
+#: closely (docs/training.md, "Thirty-third round").
+ONE_ELEMENT_MODEL = {
+    "cutoff": 5.5,
+    "num_basis": 32,
+    "interaction_cutoff": 5.0,
+    "interaction_basis": 16,
+    "interaction_channels": 4,
+}
 
 #: Stage two (``stage_two``, ``stage_two_energy_weight``) by default for files of structures
 #: of more than one composition (atoms of each species), for the graph model with energies:
