@@ -44,9 +44,9 @@ ONE_ELEMENT_MUON_ND_AS = "batch"
 #: given: the first graph layer's radial sums reach 5.5 A over 32 Gaussians, the second layer
 #: stops at 5 A (``interaction_cutoff``) with 16, and it passes 4 channels to the neighbours,
 #: not 8. On EMT copper (whose EMT reaches 5.9 A) 600-s runs reached lower test force errors
-#: than the defaults at 5 A (docs/training.md, "Thirty-second round"), and 25-30 % lower
-#: again with the first layer's finer Gaussians, which fit EMT's radial functions 10x more
-#: closely (docs/training.md, "Thirty-third round").
+#: than the defaults at 5 A (docs/training.md, "Thirty-second round"), and 24-32 % lower
+#: again with the first layer's finer Gaussians, which fit EMT's radial functions 6-13x more
+#: closely (docs/training.md, "Thirty-third round"); on rMD17 ethanol they did not help.
 ONE_ELEMENT_MODEL = {
     "cutoff": 5.5,
     "num_basis": 32,
