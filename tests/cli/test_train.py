@@ -532,8 +532,9 @@ def test_small_molecules_get_a_third_block_and_bond_couplings():
 
 def test_files_of_one_element_reach_further_in_the_first_layer():
     """Files of one element of larger structures: ONE_ELEMENT_MODEL (a first layer to 5.5 A
-    over 32 Gaussians, the second to 5 A over 16, 4 channels passed); several elements, small structures or a given
-    cutoff (by flag or model kwargs): the 5-A defaults."""
+    over 32 Gaussians, the second to 5 A over 16, 4 channels passed); several elements,
+    small structures or a given cutoff (by flag or model kwargs): the 5-A defaults with 16
+    Gaussians."""
     from types import SimpleNamespace
 
     from uenn_geo.cli.train_job import _build_model
